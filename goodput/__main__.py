@@ -1,0 +1,3 @@
+from goodput.cli import main
+
+main()

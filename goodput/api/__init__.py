@@ -1,0 +1,1 @@
+"""Typed contracts shared by components: the LLMDeployment resource and the gateway config."""

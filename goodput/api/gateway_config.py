@@ -1,0 +1,77 @@
+"""The gateway's configuration: the contract between the operator (which writes it into a
+ConfigMap) and the in-pod gateway (which reads it). Kept here so neither imports the other."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PolicyName = Literal["fcfs", "slo", "oracle"]
+OverloadAction = Literal["reject", "best-effort"]
+
+
+class SLOTargets(BaseModel):
+    """Latency objectives a request is judged against; all in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ttft_ms: float = Field(gt=0, alias="ttftMs", description="Time to first token.")
+    tpot_ms: float = Field(gt=0, alias="tpotMs", description="Time per output token.")
+    e2e_ms: float | None = Field(default=None, gt=0, alias="e2eMs", description="End to end.")
+    percentile: float = Field(default=99.0, gt=0, lt=100, description="Percentile judged.")
+    attainment: float = Field(
+        default=0.99, gt=0, le=1, description="Target fraction of requests that meet the SLO."
+    )
+
+
+class PriorityClass(BaseModel):
+    """A named class of traffic: lower ``rank`` is served first; ``sloScale`` stretches its SLO."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63)
+    rank: int = Field(default=0, ge=0, le=1000)
+    slo_scale: float = Field(default=1.0, gt=0, alias="sloScale")
+
+
+class PredictorConfig(BaseModel):
+    """Which output-length predictor the gateway uses, and where its model file is."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal["online", "learned"] = "online"
+    model_path: str | None = Field(default=None, alias="modelPath")
+
+
+class GatewayConfig(BaseModel):
+    """Everything the gateway needs to know about the deployment it fronts."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    deployment: str = Field(description="LLMDeployment name; the `deployment` metrics label.")
+    namespace: str = "default"
+    served_model_name: str = Field(alias="servedModelName")
+    adapters: list[str] = Field(default_factory=list)
+    engine_url: str = Field(default="http://127.0.0.1:8000", alias="engineUrl")
+    max_model_len: int | None = Field(default=None, gt=0, alias="maxModelLen")
+    slo: SLOTargets
+    policy: PolicyName = "slo"
+    overload: OverloadAction = "reject"
+    max_queue_length: int = Field(default=1024, gt=0, alias="maxQueueLength")
+    max_queue_delay_ms: float | None = Field(default=None, gt=0, alias="maxQueueDelayMs")
+    priority_classes: list[PriorityClass] = Field(
+        default_factory=lambda: [PriorityClass(name="default")], alias="priorityClasses"
+    )
+    default_priority: str = Field(default="default", alias="defaultPriority")
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+
+    @model_validator(mode="after")
+    def _default_priority_exists(self) -> GatewayConfig:
+        names = {pc.name for pc in self.priority_classes}
+        if self.default_priority not in names:
+            raise ValueError(
+                f"defaultPriority {self.default_priority!r} is not one of the priority classes "
+                f"{sorted(names)}"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Learned models of what a model needs: output length, memory, step latency, capacity."""

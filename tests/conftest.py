@@ -1,0 +1,1 @@
+"""Shared fixtures. Component-specific fixtures live in each tier's own conftest."""
