@@ -1,0 +1,135 @@
+"""Parallel shapes: how many GPUs one replica needs and how they are split.
+
+A shape is a tensor-parallel degree (GPUs of one node that share every layer) times a pipeline
+degree (nodes that each hold a slice of the layers). Tensor parallelism needs the fast links of
+one interconnect domain; pipeline parallelism only passes activations between stages, so it is
+the way across nodes, used only when no single node can hold the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from goodput.operator.placement.demand import GIB, ModelDemand
+from goodput.operator.placement.pools import GpuPool
+
+#: Share of GPU memory the engine may use (vLLM's ``gpu_memory_utilization`` default).
+GPU_MEMORY_UTILIZATION = 0.90
+#: Memory per GPU kept for activations, CUDA graphs and the runtime, outside weights and KV.
+RUNTIME_RESERVE_BYTES = 1 * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A feasible parallel shape on one GPU pool, with its memory plan."""
+
+    tensor: int
+    pipeline: int
+    weights_per_gpu: int
+    kv_tokens: int  # tokens the replica's KV cache holds
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor * self.pipeline
+
+
+def kv_bytes_per_token_per_gpu(demand: ModelDemand, tensor: int, pipeline: int) -> float:
+    """KV heads shard over tensor ranks until each rank has one; beyond that they are copied."""
+    model = demand.model
+    return model.kv_bytes_per_token / (min(tensor, max(1, model.kv_heads)) * pipeline)
+
+
+def memory_plan(demand: ModelDemand, pool: GpuPool, tensor: int, pipeline: int) -> Shape | None:
+    """The shape's memory plan, or None when weights plus the SLO's KV headroom do not fit."""
+    usable = pool.gpu.memory_bytes * GPU_MEMORY_UTILIZATION - RUNTIME_RESERVE_BYTES
+    weights = -(-demand.model.weights_bytes // (tensor * pipeline))
+    spare = usable - weights
+    if spare <= 0:
+        return None
+    kv_tokens = int(spare / kv_bytes_per_token_per_gpu(demand, tensor, pipeline))
+    if kv_tokens < demand.target.kv_tokens:
+        return None
+    return Shape(tensor, pipeline, weights, kv_tokens)
+
+
+def split_layers(layers: int, stage_memory: list[float]) -> list[int]:
+    """Layers per pipeline stage, proportional to each stage's memory (largest remainder).
+
+    Every stage gets at least one layer; equal stages get an even split.
+    """
+    if not stage_memory:
+        return []
+    total = sum(stage_memory)
+    exact = [layers * m / total for m in stage_memory]
+    counts = [max(1, int(x)) for x in exact]
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    i = 0
+    while sum(counts) < layers:
+        counts[order[i % len(order)]] += 1
+        i += 1
+    while sum(counts) > layers:
+        j = max(range(len(counts)), key=lambda k: (counts[k] - exact[k], k))
+        counts[j] -= 1
+    return counts
+
+
+class ShapeChooser(Protocol):
+    """Judges which parallel shapes a deployment may take on a GPU pool, best first."""
+
+    def candidates(self, demand: ModelDemand, pool: GpuPool) -> list[Shape] | str:
+        """Shapes that hold the model, in order of preference, or why none does."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SmallestFittingShape:
+    """The fewest GPUs that hold weights plus KV headroom; tensor parallelism first.
+
+    Tensor degrees are powers of two that divide the attention heads and fit one node (its
+    interconnect domain), smallest first: a bigger group only buys KV room and per-token speed at
+    the price of all-reduce traffic, and the solver moves to the next candidate when a shape
+    cannot meet the SLO. Pipeline stages across nodes come only when no tensor group of one node
+    holds the model; among pipelined shapes, fewest GPUs first, then fewest stages (fewer hops).
+    """
+
+    max_pipeline: int = 16
+
+    def tensor_degrees(self, demand: ModelDemand, pool: GpuPool) -> list[int]:
+        heads = demand.model.attention_heads
+        out, tp = [], 1
+        while tp <= pool.max_gpus_per_node:
+            if heads <= 0 or heads % tp == 0:
+                out.append(tp)
+            tp *= 2
+        return out
+
+    def candidates(self, demand: ModelDemand, pool: GpuPool) -> list[Shape] | str:
+        if demand.tensor is not None or demand.pipeline is not None:
+            return self._fixed(demand, pool, demand.tensor or 1, demand.pipeline or 1)
+        degrees = self.tensor_degrees(demand, pool)
+        single = [s for tp in degrees if (s := memory_plan(demand, pool, tp, 1)) is not None]
+        if single:
+            return single
+        max_pp = min(self.max_pipeline, pool.nodes, demand.model.layers)
+        staged = [
+            s
+            for tp in degrees
+            for pp in range(2, max_pp + 1)
+            if (s := memory_plan(demand, pool, tp, pp)) is not None
+        ]
+        if staged:
+            return sorted(staged, key=lambda s: (s.gpus, s.pipeline))[:8]
+        largest = degrees[-1] if degrees else 0
+        return (
+            f"tensor parallelism <= {largest} within one interconnect domain"
+            f" x pipeline <= {max_pp} across nodes is too small"
+        )
+
+    def _fixed(self, demand: ModelDemand, pool: GpuPool, tp: int, pp: int) -> list[Shape] | str:
+        if tp > pool.max_gpus_per_node:
+            return f"tensor {tp} exceeds the {pool.max_gpus_per_node} GPUs of one node"
+        if pp > 1 and pp > pool.nodes:
+            return f"pipeline {pp} exceeds its {pool.nodes} nodes"
+        fixed = memory_plan(demand, pool, tp, pp)
+        return [fixed] if fixed else f"the requested tensor {tp} x pipeline {pp} is too small"
