@@ -69,7 +69,8 @@ def split_layers(layers: int, stage_memory: list[float]) -> list[int]:
         counts[order[i % len(order)]] += 1
         i += 1
     while sum(counts) > layers:
-        j = max(range(len(counts)), key=lambda k: (counts[k] - exact[k], k))
+        shrinkable = [k for k in range(len(counts)) if counts[k] > 1]
+        j = max(shrinkable, key=lambda k: (counts[k] - exact[k], k))
         counts[j] -= 1
     return counts
 
@@ -105,31 +106,30 @@ class SmallestFittingShape:
         return out
 
     def candidates(self, demand: ModelDemand, pool: GpuPool) -> list[Shape] | str:
-        if demand.tensor is not None or demand.pipeline is not None:
-            return self._fixed(demand, pool, demand.tensor or 1, demand.pipeline or 1)
         degrees = self.tensor_degrees(demand, pool)
-        single = [s for tp in degrees if (s := memory_plan(demand, pool, tp, 1)) is not None]
-        if single:
-            return single
+        if demand.tensor is not None:
+            if demand.tensor > pool.max_gpus_per_node:
+                return f"tensor {demand.tensor} exceeds the {pool.max_gpus_per_node} GPUs of a node"
+            degrees = [demand.tensor]
         max_pp = min(self.max_pipeline, pool.nodes, demand.model.layers)
-        staged = [
+        if demand.pipeline is not None:
+            if demand.pipeline > 1 and demand.pipeline > pool.nodes:
+                return f"pipeline {demand.pipeline} exceeds its {pool.nodes} nodes"
+            stages = [demand.pipeline]
+        else:
+            single = [s for tp in degrees if (s := memory_plan(demand, pool, tp, 1)) is not None]
+            if single:
+                return single
+            stages = list(range(2, max_pp + 1))
+        shapes = [
             s
             for tp in degrees
-            for pp in range(2, max_pp + 1)
+            for pp in stages
             if (s := memory_plan(demand, pool, tp, pp)) is not None
         ]
-        if staged:
-            return sorted(staged, key=lambda s: (s.gpus, s.pipeline))[:8]
-        largest = degrees[-1] if degrees else 0
-        return (
-            f"tensor parallelism <= {largest} within one interconnect domain"
-            f" x pipeline <= {max_pp} across nodes is too small"
-        )
-
-    def _fixed(self, demand: ModelDemand, pool: GpuPool, tp: int, pp: int) -> list[Shape] | str:
-        if tp > pool.max_gpus_per_node:
-            return f"tensor {tp} exceeds the {pool.max_gpus_per_node} GPUs of one node"
-        if pp > 1 and pp > pool.nodes:
-            return f"pipeline {pp} exceeds its {pool.nodes} nodes"
-        fixed = memory_plan(demand, pool, tp, pp)
-        return [fixed] if fixed else f"the requested tensor {tp} x pipeline {pp} is too small"
+        if shapes:
+            return sorted(shapes, key=lambda s: (s.gpus, s.pipeline))[:8]
+        tensor = f"tensor parallelism <= {max(degrees, default=0)} within one interconnect domain"
+        if stages == [1]:
+            return f"{tensor} is too small"
+        return f"{tensor} x pipeline <= {max(stages, default=1)} across nodes is too small"
