@@ -9,8 +9,8 @@ Labels and fields read (all documented in docs/placement.md):
 - ``nvidia.com/gpu.product``, ``nvidia.com/gpu.memory`` (MiB), ``nvidia.com/gpu.count``: written
   by GPU feature discovery. ``gpu.count`` is used only when allocatable is missing.
 - ``goodput.dev/interconnect`` (``nvswitch|nvlink|pcie``): how the node's GPUs are linked.
-  Default: per product (SXM H100/H200/B200/A100 ``nvswitch``, H100 NVL ``nvlink``, PCIe cards
-  ``pcie``; unknown products ``pcie``).
+  Default: ``nvswitch`` for GPUs the profiler's catalog lists with NVLink (H100, H200, A100 SXM
+  come on NVSwitch baseboards), ``pcie`` for the rest and for unknown products.
 - ``goodput.dev/interconnect-domain``: the NVLink domain the node's GPUs belong to. Default: the
   node itself. Nodes that share a domain (a rack-scale NVLink system) are one domain.
 - ``goodput.dev/rack`` and ``topology.kubernetes.io/zone``: failure domains for spreading.
@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from goodput.operator.gpu_catalog import GpuProduct, Interconnect, lookup_product
+from goodput.operator.gpu_catalog import Interconnect, default_interconnect, gpu_for_label
+from goodput.profiler.hardware import GPUType
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_PRODUCT = "nvidia.com/gpu.product"
@@ -50,7 +51,7 @@ class GpuNode:
 
     name: str
     product: str  # the nvidia.com/gpu.product label
-    gpu: GpuProduct
+    gpu: GPUType
     gpus: int  # allocatable nvidia.com/gpu
     interconnect: Interconnect
     domain: str  # interconnect domain: a TP group never leaves it
@@ -116,11 +117,11 @@ def parse_node(node: Obj) -> GpuNode | None:
         return None
     product_label = labels.get(LABEL_PRODUCT, "unknown")
     memory_mib = _quantity(labels.get(LABEL_MEMORY)) or None
-    gpu = lookup_product(product_label, memory_mib)
+    gpu = gpu_for_label(product_label, memory_mib)
     try:
-        interconnect = Interconnect(labels.get(LABEL_INTERCONNECT, gpu.interconnect))
+        interconnect = Interconnect(labels.get(LABEL_INTERCONNECT, default_interconnect(gpu)))
     except ValueError:
-        interconnect = gpu.interconnect
+        interconnect = default_interconnect(gpu)
     return GpuNode(
         name=name,
         product=product_label,

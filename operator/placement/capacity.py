@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from goodput.operator.gpu_catalog import LINK_BANDWIDTH, NODE_NETWORK_BANDWIDTH, Interconnect
+from goodput.operator.gpu_catalog import NODE_NETWORK_BANDWIDTH, Interconnect, link_bandwidth
 from goodput.operator.placement.demand import ModelDemand
 from goodput.operator.placement.pools import GpuPool
 from goodput.operator.placement.shape import Shape, kv_bytes_per_token_per_gpu
@@ -49,7 +49,7 @@ class RooflineCapacity:
     ) -> float:
         tp, pp = shape.tensor, shape.pipeline
         model, target = demand.model, demand.target
-        bandwidth = pool.gpu.memory_bandwidth * self.bandwidth_efficiency
+        bandwidth = pool.gpu.memory_bandwidth_bytes_per_s * self.bandwidth_efficiency
         context = target.prompt_tokens + target.output_tokens / 2
         micro = batch / pp
         kv_read = micro * context * kv_bytes_per_token_per_gpu(demand, tp, pp)
@@ -57,7 +57,7 @@ class RooflineCapacity:
         if tp > 1:
             activation = micro * model.hidden_size * 2
             per_layer = ALLREDUCE_LATENCY[pool.interconnect] + (
-                2 * (tp - 1) / tp * activation / LINK_BANDWIDTH[pool.interconnect]
+                2 * (tp - 1) / tp * activation / link_bandwidth(pool.gpu, pool.interconnect)
             )
             stage += 2 * (model.layers / pp) * per_layer
         hop = STAGE_HOP_LATENCY + micro * model.hidden_size * 2 / NODE_NETWORK_BANDWIDTH
@@ -66,7 +66,7 @@ class RooflineCapacity:
 
     def requests_per_second(self, demand: ModelDemand, pool: GpuPool, shape: Shape) -> float:
         target = demand.target
-        flops = pool.gpu.bf16_flops * self.flops_efficiency
+        flops = pool.gpu.bf16_dense_flops_per_s * self.flops_efficiency
         prefill = 2 * demand.model.parameters * target.prompt_tokens / (flops * shape.tensor)
         if prefill > target.ttft_s:
             return 0.0

@@ -18,12 +18,15 @@ class ModelFacts:
 
     name: str
     weights_bytes: int
-    parameters: int
+    parameters: int  # touched by each token (active parameters of an MoE)
     layers: int
     attention_heads: int
     kv_heads: int
     hidden_size: int
     kv_bytes_per_token: int  # all layers, K and V
+    #: Per-GPU memory besides weights and KV: activations of a prefill chunk, CUDA context,
+    #: graphs and NCCL buffers. The profiler's memory plan gives it; 1 GiB when unknown.
+    overhead_bytes: int = GIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +58,4 @@ class ModelDemand:
     gpu_types: tuple[str, ...] = ()  # user's preference order; empty: any
     tensor: int | None = None  # fixed by the user; None: chosen by placement
     pipeline: int | None = None
+    gpu_memory_utilization: float = 0.9  # share of each GPU the engine may use

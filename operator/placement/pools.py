@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from goodput.operator.gpu_catalog import GpuProduct, Interconnect, matches_gpu_type
+from goodput.operator.gpu_catalog import Interconnect, matches_gpu_type
 from goodput.operator.inventory import GpuNode
+from goodput.profiler.hardware import GPUType
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +16,7 @@ class GpuPool:
 
     product: str
     interconnect: Interconnect
-    gpu: GpuProduct
+    gpu: GPUType
     max_gpus_per_node: int
     nodes: int
     gpus: int

@@ -23,8 +23,8 @@ class PoolOption:
 
     @property
     def capacity_per_cost(self) -> float:
-        """Requests per second within the SLO per dollar-hour of GPUs."""
-        return self.requests_per_second / (self.shape.gpus * self.pool.gpu.cost_per_hour)
+        """Requests per second within the SLO per unit of GPU-hour cost (H100 = 1)."""
+        return self.requests_per_second / (self.shape.gpus * self.pool.gpu.relative_cost_per_hour)
 
 
 class PoolRanking(Protocol):

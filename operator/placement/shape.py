@@ -11,13 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from goodput.operator.placement.demand import GIB, ModelDemand
+from goodput.operator.placement.demand import ModelDemand
 from goodput.operator.placement.pools import GpuPool
-
-#: Share of GPU memory the engine may use (vLLM's ``gpu_memory_utilization`` default).
-GPU_MEMORY_UTILIZATION = 0.90
-#: Memory per GPU kept for activations, CUDA graphs and the runtime, outside weights and KV.
-RUNTIME_RESERVE_BYTES = 1 * GIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +37,7 @@ def kv_bytes_per_token_per_gpu(demand: ModelDemand, tensor: int, pipeline: int) 
 
 def memory_plan(demand: ModelDemand, pool: GpuPool, tensor: int, pipeline: int) -> Shape | None:
     """The shape's memory plan, or None when weights plus the SLO's KV headroom do not fit."""
-    usable = pool.gpu.memory_bytes * GPU_MEMORY_UTILIZATION - RUNTIME_RESERVE_BYTES
+    usable = pool.gpu.memory_bytes * demand.gpu_memory_utilization - demand.model.overhead_bytes
     weights = -(-demand.model.weights_bytes // (tensor * pipeline))
     spare = usable - weights
     if spare <= 0:

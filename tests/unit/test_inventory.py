@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from goodput.operator.gpu_catalog import Interconnect, lookup_product, matches_gpu_type
+from goodput.operator.gpu_catalog import (
+    Interconnect,
+    default_interconnect,
+    gpu_for_label,
+    matches_gpu_type,
+)
 from goodput.operator.inventory import GpuInventory, parse_node, pod_gpu_request
 
 
@@ -64,7 +69,7 @@ def test_labels_and_defaults() -> None:
 
     l4 = parse_node(node("n2", "NVIDIA-L4", 4))
     assert l4 is not None and l4.interconnect is Interconnect.PCIE
-    assert l4.gpu.memory_bytes == 24 * 1024**3  # catalog when the memory label is absent
+    assert l4.gpu.memory_bytes == 23034 * 1024**2  # catalog when the memory label is absent
 
     linked = parse_node(
         node(
@@ -83,9 +88,11 @@ def test_gpu_type_names_match_by_words() -> None:
     assert matches_gpu_type("a100-80gb", "NVIDIA-A100-SXM4-80GB")
     assert not matches_gpu_type("L4", "NVIDIA-L40S")
     assert not matches_gpu_type("A100-80GB", "NVIDIA-A100-SXM4-40GB")
-    assert lookup_product("NVIDIA-L40S").family == "L40S"
-    assert lookup_product("NVIDIA-L4").family == "L4"
-    assert lookup_product("Weird-GPU", 48 * 1024).interconnect is Interconnect.PCIE
+    assert gpu_for_label("NVIDIA-L40S").name == "L40S"
+    assert gpu_for_label("NVIDIA-L4").name == "L4"
+    weird = gpu_for_label("Weird-GPU", 48 * 1024)
+    assert default_interconnect(weird) is Interconnect.PCIE
+    assert weird.memory_bytes == 48 * 1024**3
 
 
 def test_unschedulable_nodes_are_left_out_with_reason() -> None:

@@ -41,8 +41,12 @@ def demand(name: str, model: ModelFacts = LLAMA_8B, **kw: Any) -> ModelDemand:
 
 
 def gpu_node(
-    name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpus: int = 8, zone: str = "z1", rack: str = "r1"
-) -> GpuNode:  # fmt: skip
+    name: str,
+    product: str = "NVIDIA-H100-80GB-HBM3",
+    gpus: int = 8,
+    zone: str = "z1",
+    rack: str = "r1",
+) -> GpuNode:
     obj = {
         "metadata": {
             "name": name,
@@ -267,3 +271,14 @@ def test_user_fixed_parallelism(tensor: int) -> None:
         assert not decision.placed and "tensor 16 exceeds the 8 GPUs of a node" in decision.reason
     else:
         assert decision.replicas[0].tensor == tensor
+
+
+def test_profiler_facts_feed_the_solver() -> None:
+    from goodput.operator.placement.profiler_facts import model_facts
+    from goodput.profiler import catalog
+
+    llama = model_facts(catalog.get("llama-3-70b"))
+    assert 130 < llama.weights_bytes / 1024**3 < 133
+    assert llama.kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
+    plan = PlacementSolver().solve(mixed_fleet(), [demand("x", llama)])
+    assert plan.deployments["x"].replicas[0].tensor in (2, 4)
