@@ -1,0 +1,129 @@
+"""The contenders: vLLM alone, and the gateway in front of it with each scheduling policy.
+
+Every contender gets a fresh engine with the same settings, so none inherits another's KV cache,
+compiled graphs in memory or queue; the gateway runs as a real ``goodput serve`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from loadgen import SLO
+
+from goodput.dev.engine import EngineProcess, EngineSettings, free_port
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    policy: str | None  # None: clients talk to vLLM directly
+
+    @property
+    def oracle(self) -> bool:
+        return self.policy == "oracle"
+
+
+CONTENDERS = (
+    Contender("vllm", None),
+    Contender("gateway-fcfs", "fcfs"),
+    Contender("gateway-slo", "slo"),
+    Contender("gateway-oracle", "oracle"),
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the load goes (``url``) and where the engine behind it answers (``engine_url``)."""
+
+    url: str
+    engine_url: str
+    engine_startup_s: float
+    kv_cache_tokens: int
+    gateway_log: Path | None
+
+
+@contextmanager
+def running(
+    contender: Contender,
+    settings: EngineSettings,
+    engine_python: Path,
+    slo: SLO,
+    workdir: Path,
+) -> Iterator[Endpoint]:
+    """A fresh engine (and gateway, for gateway contenders), stopped on exit."""
+    engine_log = workdir / f"{contender.name}.engine.log"
+    with EngineProcess(settings, python=engine_python, log_path=engine_log) as engine:
+        if contender.policy is None:
+            yield Endpoint(
+                engine.url,
+                engine.url,
+                engine.facts.startup_seconds,
+                engine.facts.kv_cache_tokens,
+                None,
+            )
+            return
+        with _gateway(contender.policy, engine, slo, workdir / f"{contender.name}.log") as url:
+            yield Endpoint(
+                url,
+                engine.url,
+                engine.facts.startup_seconds,
+                engine.facts.kv_cache_tokens,
+                workdir / f"{contender.name}.log",
+            )
+
+
+@contextmanager
+def _gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "goodput", "serve",
+        "--engine-url", engine.url,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--policy", policy,
+        "--deployment", "bench",
+        "--served-model-name", engine.model_name,
+        "--ttft-ms", f"{slo.ttft_s * 1000:.1f}",
+        "--tpot-ms", f"{slo.tpot_s * 1000:.2f}",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        # Outside the checkout: ``python -m`` puts the working directory on sys.path, and the
+        # repository's operator/ folder would shadow the standard library's ``operator``.
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(), env=dict(os.environ), start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {process.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready in 120 s; see {log_path}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
