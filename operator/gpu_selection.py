@@ -91,6 +91,7 @@ class Placement:
     pipeline: int
     nodes: tuple[str, ...]  # nodes of that product, for the status
     detail: str = ""
+    max_concurrency: int | None = None  # full-length sequences one replica's KV cache holds
 
     @property
     def gpus_per_replica(self) -> int:
@@ -178,6 +179,7 @@ class FirstFitSelector:
                         f"has {per_node}"
                     )
                     continue
+                concurrency = None
                 if memory is None:
                     fit_detail = "GPU memory unknown"
                 else:
@@ -187,13 +189,14 @@ class FirstFitSelector:
                             f"{product} with tensor={tensor} pipeline={pipeline}: {fit.detail}"
                         )
                         continue
-                    fit_detail = fit.detail
+                    fit_detail, concurrency = fit.detail, fit.max_concurrency
                 return Placement(
                     gpu_product=product,
                     tensor=tensor,
                     pipeline=pipeline,
                     nodes=tuple(sorted(n.name for n in of_product)),
                     detail=fit_detail,
+                    max_concurrency=concurrency,
                 )
         return Unplaceable(
             reason="InsufficientGPUMemory",

@@ -54,19 +54,38 @@ def _waiting_for_gpus(status: Mapping[str, Any], **_: Any) -> bool:
     )
 
 
-def register(
-    registry: kopf.OperatorRegistry,
-    reconciler_factory: Callable[[], Reconciler],
-    retry_placement_seconds: float,
-) -> None:
+def _node_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What placement reads from a Node; heartbeats and other status churn leave it unchanged."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    allocatable = (body.get("status") or {}).get("allocatable") or {}
+    return (
+        labels.get("nvidia.com/gpu.product"),
+        labels.get("nvidia.com/gpu.memory"),
+        allocatable.get("nvidia.com/gpu"),
+        bool((body.get("spec") or {}).get("unschedulable")),
+    )
+
+
+def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], Reconciler]) -> None:
     """Register every handler on ``registry``; the reconciler is built at operator start-up
     (after login), so building the registry needs no cluster."""
     holder: dict[str, Reconciler] = {}
+    nodes_seen: dict[str, tuple[Any, ...]] = {}
 
     def rec() -> Reconciler:
         if "r" not in holder:
             holder["r"] = reconciler_factory()
         return holder["r"]
+
+    def converge_and_patch(namespace: str, name: str) -> None:
+        """Converge outside an LLMDeployment handler (kopf's ``patch`` is not available)."""
+        r = rec()
+        parent = r.kube.get_llmdeployment(namespace, name)
+        if parent is None or parent["metadata"].get("deletionTimestamp"):
+            return
+        outcome = r.converge(parent)
+        r.kube.patch_llmdeployment_status(namespace, name, outcome.status)
+        _post(parent, outcome)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -83,25 +102,36 @@ def register(
         settings.posting.level = logging.INFO
         rec()
 
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, registry=registry)
-    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
+    @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
+    @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
     def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
         """Create, spec change (including ``kubectl scale``), and operator restart alike."""
-        with rec().metrics.reconciling(f"llmdeployment_{reason}"):
+        with rec().metrics.reconciling(f"llmdeployment_{reason or 'resume'}"):
             _converge(rec(), body, patch)
 
-    @kopf.timer(
-        *RESOURCE,
-        interval=retry_placement_seconds,
-        initial_delay=retry_placement_seconds,
-        when=_waiting_for_gpus,
-        registry=registry,
-    )
-    def retry_placement(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        """Nodes with the wanted GPUs may have joined since the last try."""
-        with rec().metrics.reconciling("retry_placement"):
-            _converge(rec(), body, patch)
+    @kopf.index(*RESOURCE, when=_waiting_for_gpus, registry=registry)
+    def waiting_for_gpus(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+        """LLMDeployments that new GPU nodes could place (kept current by kopf)."""
+        return {f"{namespace}/{name}": name}
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_event(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+        """Retry the waiting deployments when the GPU inventory changes. A watch rather than a
+        timer: kopf timers need a finalizer on every LLMDeployment, which would make deletion
+        depend on a running operator."""
+        fingerprint = None if type == "DELETED" else _node_fingerprint(body)
+        if nodes_seen.get(name) == fingerprint:
+            return
+        if fingerprint is None:
+            nodes_seen.pop(name, None)
+        else:
+            nodes_seen[name] = fingerprint
+        waiting: kopf.Index[str, str] = kwargs["waiting_for_gpus"]
+        for key in list(waiting):
+            namespace, _sep, deployment = key.partition("/")
+            with rec().metrics.reconciling("retry_placement"):
+                converge_and_patch(namespace, deployment)
 
     @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
     def deleted(name: str, namespace: str | None, **_: Any) -> None:
@@ -122,13 +152,11 @@ def register(
             return
         r = rec()
         with r.metrics.reconciling("workload_event"):
+            if type == "DELETED":
+                converge_and_patch(namespace, owner)
+                return
             parent = r.kube.get_llmdeployment(namespace, owner)
             if parent is None or parent["metadata"].get("deletionTimestamp"):
-                return
-            if type == "DELETED":
-                outcome = r.converge(parent)
-                r.kube.patch_llmdeployment_status(namespace, owner, outcome.status)
-                _post(parent, outcome)
                 return
             new = r.workload_changed(parent, dict(body))
             if new is not None:

@@ -187,6 +187,8 @@ class Reconciler:
             placed,
         )
         pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
+        if placement.max_concurrency is not None:
+            common["profile"]["maxConcurrency"] = placement.max_concurrency
         new.update(common)
         new.update(
             {

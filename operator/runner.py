@@ -42,7 +42,7 @@ def build_registry(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf
             settings=settings.workload,
         )
 
-    register(registry, reconciler, settings.retry_placement_seconds)
+    register(registry, reconciler)
     return registry
 
 
