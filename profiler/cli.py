@@ -283,3 +283,13 @@ def length_query_command(prompt: str, served_model: str, model_file: Path | None
     model = load_length_model(model_file) if model_file else load_default_length_model()
     p50, p90 = model.predict_request(prompt, served_model)
     click.echo(f"p50 {p50:.0f} tokens, p90 {p90:.0f} tokens")
+
+
+def _add_perf_commands() -> None:
+    from goodput.profiler.perf_commands import capacity_cmd, latency_group, memory_cmd
+
+    for command in (memory_cmd, latency_group, capacity_cmd):
+        profile.add_command(command)
+
+
+_add_perf_commands()
