@@ -39,7 +39,9 @@ def build_registry(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf
         inventory = GpuInventory()
         return Reconciler(
             kube=Kube(api_client(settings.kubeconfig)),
-            selector=SolverSelector(fallback=FirstFitSelector(memory), inventory=inventory),
+            selector=SolverSelector(
+                fallback=FirstFitSelector(memory), inventory=inventory, memory=memory
+            ),
             memory=memory,
             metrics=metrics,
             settings=settings.workload,

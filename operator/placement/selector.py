@@ -28,6 +28,7 @@ from goodput.operator.gpu_selection import (
     Unplaceable,
 )
 from goodput.operator.inventory import GpuInventory, GpuNode
+from goodput.operator.model_memory import ModelMemory
 from goodput.operator.placement.demand import ModelDemand
 from goodput.operator.placement.plan import DeploymentPlacement, ReplicaPlacement, StagePlacement
 from goodput.operator.placement.solver import PlacementSolver
@@ -63,6 +64,7 @@ class SolverSelector:
     inventory: GpuInventory | None = None
     solver: PlacementSolver = field(default_factory=PlacementSolver)
     pin_nodes: bool = False
+    memory: ModelMemory | None = None  # for status.profile.maxConcurrency
 
     def select(
         self,
@@ -91,6 +93,11 @@ class SolverSelector:
                 f" ({spans}), and multi-node serving is not available yet",
                 retryable=False,
             )
+        concurrency = None
+        if self.memory is not None:
+            gpu_memory = next(n.gpu.memory_bytes for n in fleet if n.product == first.product)
+            fit = self.memory.fit(spec, gpu_memory, first.tensor, first.pipeline)
+            concurrency = fit.max_concurrency
         return Placement(
             gpu_product=first.product,
             tensor=first.tensor,
@@ -98,6 +105,7 @@ class SolverSelector:
             nodes=tuple(sorted({n for r in decision.replicas for n in r.nodes})),
             detail=decision.reason,
             pinned_nodes=tuple(r.nodes[0] for r in decision.replicas) if self.pin_nodes else (),
+            max_concurrency=concurrency,
         )
 
     def _fleet(self, context: SelectionContext) -> tuple[GpuNode, ...]:

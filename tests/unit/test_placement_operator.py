@@ -186,11 +186,12 @@ class FakeKube:
 def test_reconciler_applies_the_solver_plan_as_pod_affinity() -> None:
     kube = FakeKube()
     memory = EstimatedMemory()
-    sel = SolverSelector(FirstFitSelector(memory), pin_nodes=True)  # nodes from list_nodes()
+    sel = SolverSelector(FirstFitSelector(memory), pin_nodes=True, memory=memory)  # no watches
     r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
     out = r.converge(make_body(replicas=2, resources={"gpuTypes": ["H100"]}))
     placed = next(c for c in out.status["conditions"] if c["type"] == "Placed")
     assert placed["status"] == "True" and "spread over 2 zone(s)" in placed["message"]
+    assert out.status["profile"]["maxConcurrency"] >= 1
     template = kube.objects[("Deployment", "llama")]["spec"]["template"]
     (term,) = template["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
