@@ -201,8 +201,9 @@ class StepLatencyRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class Measurement:
-    gpu: str  # catalog name
-    shape: str  # catalog model whose layer shape was timed
+    gpu: str  # catalog name, or "cpu" for the vLLM CPU engine
+    hardware: GPUType
+    shape: str  # the model whose layers were timed
     phase: str  # decode | prefill | lm_head
     step: Step
     seconds: float
@@ -213,13 +214,42 @@ def load_measurements(paths: Iterable[Path] | None = None) -> list[Measurement]:
     out: list[Measurement] = []
     for path in sorted(paths or DATA_DIR.glob("gpu_layer_latency_*.csv")):
         meta = json.loads(path.with_suffix(".json").read_text())
-        gpu_name = str(meta["catalog_gpu"])
+        gpu = catalog.gpu(str(meta["catalog_gpu"]))
         with path.open() as f:
             for row in csv.DictReader(f):
                 step = _step_from_row(row)
                 if step is not None:
-                    out.append(Measurement(gpu_name, row["shape"], row["phase"], step,
+                    out.append(Measurement(gpu.name, gpu, row["shape"], row["phase"], step,
                                            float(row["median_s"])))  # fmt: skip
+    return out
+
+
+def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
+    """Step times of the real vLLM CPU engine serving the tiny test model
+    (``bench/cpu_engine/measure_engine_steps.py``); the CPU's measured copy bandwidth and
+    matmul rate stand in for a GPU's datasheet figures."""
+    path = path or DATA_DIR / "cpu_engine_latency.csv"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    arch = ModelArchitecture.from_hf_config(meta["model_config"], name="tiny-llama")
+    cpu = GPUType(
+        name="cpu",
+        memory_bytes=int(meta["kv_cache_gib"]) * 1024**3,
+        memory_bandwidth_bytes_per_s=float(meta["copy_bytes_per_s"]),
+        bf16_dense_flops_per_s=float(meta["fp32_matmul_flops_per_s"]),
+        interconnect="none",
+        interconnect_bytes_per_s=1.0,  # one process: no tensor parallelism
+        relative_cost_per_hour=0.0,
+    )
+    out: list[Measurement] = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            batch, context = int(row["batch"]), int(row["context"])
+            if row["phase"] == "decode":
+                step = Step(arch, decode_seqs=batch, decode_context=context, cuda_graph=False)
+            else:
+                step = Step(arch, prefill_seqs=batch, prefill_tokens=context, cuda_graph=False)
+            out.append(Measurement("cpu", cpu, arch.name, row["phase"], step,
+                                   float(row["median_s"])))  # fmt: skip
     return out
 
 
@@ -242,7 +272,7 @@ def _step_from_row(row: dict[str, str]) -> Step | None:
 def design_matrix(
     measurements: Sequence[Measurement],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    X = np.array([m.step.raw(catalog.gpu(m.gpu)) for m in measurements], dtype=np.float64)
+    X = np.array([m.step.raw(m.hardware) for m in measurements], dtype=np.float64)
     y = np.array([m.seconds for m in measurements], dtype=np.float64)
     return X, y
 
@@ -338,6 +368,16 @@ def evaluate(measurements: Sequence[Measurement], seed: int = 0) -> list[Evaluat
         ape = np.abs(model.regressor.predict(X) - y) / y
         results.append(Evaluation(name, len(train), len(test), float(ape.mean()), float(ape.max())))
     return results
+
+
+def leave_one_out_mape(measurements: Sequence[Measurement]) -> float:
+    """MAPE of each point predicted by a model fit on all the others (for small data sets)."""
+    errors = []
+    for i, held in enumerate(measurements):
+        model = LatencyModel.fit([m for j, m in enumerate(measurements) if j != i])
+        X, y = design_matrix([held])
+        errors.append(abs(float(model.regressor.predict(X)[0]) - float(y[0])) / float(y[0]))
+    return float(np.mean(errors))
 
 
 def fit_default(measurements: Sequence[Measurement] | None = None) -> LatencyModel:
