@@ -204,7 +204,7 @@ class Measurement:
     gpu: str  # catalog name, or "cpu" for the vLLM CPU engine
     hardware: GPUType
     shape: str  # the model whose layers were timed
-    phase: str  # decode | prefill | lm_head
+    phase: str  # decode | prefill | mixed | lm_head
     step: Step
     seconds: float
 
@@ -255,7 +255,7 @@ def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
 
 def _step_from_row(row: dict[str, str]) -> Step | None:
     phase = row["phase"]
-    if phase not in ("decode", "prefill", "lm_head"):
+    if phase not in ("decode", "prefill", "lm_head", "mixed"):
         return None  # all-reduce sweeps document the link; the model uses datasheet bandwidth
     arch = catalog.get(row["shape"])
     tp, layers, batch = int(row["tp"]), int(row["layers"]), int(row["batch"])
@@ -266,6 +266,10 @@ def _step_from_row(row: dict[str, str]) -> Step | None:
     if phase == "prefill":
         return Step(arch, tp, prefill_seqs=batch, prefill_tokens=int(row["context"]),
                     layers=layers, lm_head=False, cuda_graph=graph)  # fmt: skip
+    if phase == "mixed":  # chunked prefill: one prompt of (tokens - batch) rides with decodes
+        return Step(arch, tp, decode_seqs=batch, decode_context=int(row["context"]),
+                    prefill_seqs=1, prefill_tokens=int(row["tokens"]) - batch, layers=layers,
+                    lm_head=False, cuda_graph=graph)  # fmt: skip
     return Step(arch, tp, decode_seqs=batch, layers=0, lm_head=True, cuda_graph=graph)
 
 
@@ -356,6 +360,9 @@ def evaluate(measurements: Sequence[Measurement], seed: int = 0) -> list[Evaluat
         splits.append(
             (f"unseen TP: tp={top} from smaller", [m.step.tp == top for m in measurements])
         )
+    mixed = [m.phase == "mixed" for m in measurements]
+    if any(mixed):
+        splits.append(("mixed prefill+decode steps from pure ones", mixed))
     whole = [m.step.layers is not None and m.step.layers > 4 for m in measurements]
     if any(whole):
         splits.append(("whole model from 4-layer stacks", whole))
