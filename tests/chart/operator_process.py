@@ -51,7 +51,9 @@ def local_arguments(container_args: list[str], priority: int) -> tuple[list[str]
     args: list[str] = []
     for arg in container_args:
         arg = arg.replace("$(GOODPUT_PEERING_PRIORITY)", str(priority))
-        if arg.startswith("--metrics-port="):
+        if arg.startswith("--metrics-host="):
+            arg = "--metrics-host=127.0.0.1"  # a pod listens on all interfaces; here, loopback
+        elif arg.startswith("--metrics-port="):
             arg = f"--metrics-port={metrics_port}"
         elif arg.startswith("--liveness-endpoint="):
             arg = f"--liveness-endpoint=http://127.0.0.1:{health_port}/healthz"

@@ -51,6 +51,7 @@ def test_defaults_run_two_peered_replicas_cluster_wide(chart: ChartRenderer) -> 
     assert not any(a.startswith("--namespace") for a in args)
     assert "--peering=gp-goodput" in args
     assert "--metrics-port=8080" in args
+    assert "--metrics-host=0.0.0.0" in args, "Prometheus scrapes the pod IP"
     assert "--liveness-endpoint=http://0.0.0.0:8081/healthz" in args
     # Distinct kopf priorities per replica: the StatefulSet index, through the downward API.
     assert "--priority=$(GOODPUT_PEERING_PRIORITY)" in args
@@ -231,6 +232,28 @@ def test_custom_images(chart: ChartRenderer) -> None:
     assert default.endswith(f":{app_version}")
 
 
+def test_serving_pod_defaults(chart: ChartRenderer) -> None:
+    default = operator_container(chart.render())
+    env = {e["name"]: e.get("value") for e in default["env"]}
+    assert env["GOODPUT_GATEWAY_IMAGE"] == default["image"], "the gateway runs the same image"
+    assert "GOODPUT_ENGINE_IMAGE" not in env
+    c = operator_container(
+        chart.render(
+            {
+                "serving": {
+                    "gatewayImage": "registry.example/gw:1",
+                    "engineImage": "registry.example/vllm:2",
+                    "tolerations": ["dedicated=llm:NoSchedule"],
+                }
+            }
+        )
+    )
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["GOODPUT_GATEWAY_IMAGE"] == "registry.example/gw:1"
+    assert env["GOODPUT_ENGINE_IMAGE"] == "registry.example/vllm:2"
+    assert "--toleration=dedicated=llm:NoSchedule" in c["args"]
+
+
 def test_existing_service_account(chart: ChartRenderer) -> None:
     r = chart.render({"serviceAccount": {"create": False, "name": "ops"}})
     assert not r.all("ServiceAccount")
@@ -249,6 +272,7 @@ def test_existing_service_account(chart: ChartRenderer) -> None:
         {"image": {"pullPolicy": "Sometimes"}},
         {"image": {"digest": "latest"}},
         {"operator": {"resources": {"requests": {"cpu": "lots"}}}},
+        {"serving": {"tolerations": ["no-effect"]}},
         {"unknownTopLevel": True},
     ],
 )
