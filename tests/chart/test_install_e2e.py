@@ -18,7 +18,9 @@ import yaml
 from .conftest import CHART, REPO
 from .operator_process import LocalOperator, service_account_kubeconfig
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
+pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 RELEASE = "gp-e2e"
 NAMESPACE = "goodput-e2e-chart"
@@ -92,7 +94,7 @@ def test_install_creates_the_operator_and_keeps_it_least_privileged(release: Any
 
     def can(*args: str) -> bool:
         out = cluster.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
-        return out.strip() == "yes"
+        return str(out).strip() == "yes"
 
     assert can("patch", "llmdeployments.goodput.dev/status", "-n", WORKLOAD_NAMESPACE)
     assert can("create", "deployments.apps", "-n", WORKLOAD_NAMESPACE)

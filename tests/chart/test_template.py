@@ -111,6 +111,7 @@ def test_probes_and_resources(chart: ChartRenderer) -> None:
 def test_no_monitoring_objects_without_the_prometheus_operator(chart: ChartRenderer) -> None:
     r = chart.render()
     assert not MONITORING_KINDS & set(r.kinds())
+    assert r.notes is not None
     assert "No Prometheus Operator API was found" in r.notes
 
 
@@ -128,7 +129,9 @@ def test_monitoring_objects_when_the_prometheus_operator_is_served(chart: ChartR
     assert pm["spec"]["podMetricsEndpoints"][0]["relabelings"] == [
         {"targetLabel": "job", "replacement": "goodput-gateway"}
     ]
-    assert "ServiceMonitor/PodMonitor/PrometheusRule were created" in r.notes
+    forced = chart.render({"monitoring": {"prometheusOperator": "always"}})
+    assert forced.notes is not None
+    assert "ServiceMonitor/PodMonitor/PrometheusRule were created" in forced.notes
 
 
 def test_prometheus_rule_embeds_the_rules_file(chart: ChartRenderer) -> None:
@@ -137,11 +140,12 @@ def test_prometheus_rule_embeds_the_rules_file(chart: ChartRenderer) -> None:
     assert r.one("PrometheusRule")["spec"] == plain
 
     custom = chart.render(
-        {"monitoring": {"rules": {"sloObjective": 0.999}}}, api_versions=PROMETHEUS_OPERATOR_APIS
+        {"monitoring": {"prometheusOperator": "always", "rules": {"sloObjective": 0.999}}}
     )
     rules = [rule for g in custom.one("PrometheusRule")["spec"]["groups"] for rule in g["rules"]]
     objective = [rule for rule in rules if rule.get("record") == "goodput:slo_objective:ratio"]
     assert [rule["expr"] for rule in objective] == ["vector(0.999)"]
+    assert custom.notes is not None
     assert "objective of 0.999" in custom.notes
 
 
@@ -189,7 +193,7 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar(chart: ChartRenderer)
 
 def test_single_namespace(chart: ChartRenderer) -> None:
     r = chart.render(
-        {"operator": {"watchNamespace": "team-a"}}, api_versions=PROMETHEUS_OPERATOR_APIS
+        {"operator": {"watchNamespace": "team-a"}, "monitoring": {"prometheusOperator": "always"}}
     )
     args = operator_container(r)["args"]
     assert "--namespace=team-a" in args
@@ -198,6 +202,7 @@ def test_single_namespace(chart: ChartRenderer) -> None:
     assert peering["metadata"]["namespace"] == "team-a"
     assert not r.all("ClusterKopfPeering")
     assert r.one("PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert r.notes is not None
     assert "kopfpeering -n team-a" in r.notes
 
 
@@ -206,6 +211,7 @@ def test_ha_off(chart: ChartRenderer) -> None:
     assert r.one("StatefulSet")["spec"]["replicas"] == 1
     assert not r.all("PodDisruptionBudget")
     assert "affinity" not in operator_pod(r)
+    assert r.notes is not None
     assert "no standby replica" in r.notes
 
 
