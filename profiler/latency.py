@@ -318,8 +318,14 @@ def evaluate(measurements: Sequence[Measurement], seed: int = 0) -> list[Evaluat
     for gpu in gpus:
         if len(gpus) > 1:
             splits.append((f"unseen GPU: {gpu}", [m.gpu == gpu for m in measurements]))
-    if any(m.step.tp > 1 for m in measurements):
-        splits.append(("unseen TP: tp=2", [m.step.tp > 1 for m in measurements]))
+    degrees = sorted({m.step.tp for m in measurements if m.step.tp > 1})
+    if degrees:
+        splits.append(("unseen TP: all tp>1 from tp=1", [m.step.tp > 1 for m in measurements]))
+    if len(degrees) > 1:
+        top = degrees[-1]
+        splits.append(
+            (f"unseen TP: tp={top} from smaller", [m.step.tp == top for m in measurements])
+        )
     whole = [m.step.layers is not None and m.step.layers > 4 for m in measurements]
     if any(whole):
         splits.append(("whole model from 4-layer stacks", whole))

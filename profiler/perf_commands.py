@@ -168,9 +168,9 @@ def _plot_fit(measurements: list[Measurement], path: Path) -> None:
             [m for m in measurements if m.gpu == "H100-80GB"],
             [m for m in measurements if m.gpu == "H200-141GB" and m.step.tp == 1],
         ),
-        "unseen TP (tp=2 from tp=1)": (
-            [m for m in measurements if m.step.tp == 1],
-            [m for m in measurements if m.step.tp > 1],
+        "unseen TP (tp=4 from tp=1,2)": (
+            [m for m in measurements if m.step.tp <= 2],
+            [m for m in measurements if m.step.tp == 4],
         ),
     }
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ Runs with PyTorch only (no vLLM, no network). For each shape it builds a stack o
     vLLM does, so launch gaps do not count;
   * prefill of ``seqs`` sequences of ``tokens`` each (causal attention), eagerly;
   * the LM head for a number of tokens;
-  * with 2+ GPUs: the same layers sharded for tensor parallelism 2 (NCCL all-reduce after the
+  * with 2+ GPUs: the same layers sharded for tensor parallelism --tp (NCCL all-reduce after the
     attention and the MLP) and an all-reduce sweep.
 Times are medians of CUDA-event timings after warm-up. Writes ``layers.csv`` and ``meta.json``
 to ``$OUT`` (or ``--out``).
@@ -350,6 +350,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--no-tp", action="store_true")
     parser.add_argument("--tp-only", action="store_true")
+    parser.add_argument("--tp", type=int, default=2, help="tensor-parallel degree of the TP sweep")
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.repeats = 1, 3
@@ -388,13 +389,13 @@ def main() -> None:
         measure_shape(SHAPES[0], 1, 32, device, full_timer, rows, FULL_DECODE, FULL_PREFILL, False)
         print(f"full llama-3-8b: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
         save(args.out, rows, meta)
-    if device.type == "cuda" and torch.cuda.device_count() >= 2 and not args.no_tp:
+    if device.type == "cuda" and torch.cuda.device_count() >= args.tp > 1 and not args.no_tp:
         path = os.path.join(args.out, "tp_rows.json")
-        torch.multiprocessing.spawn(tp_worker, args=(2, args, path), nprocs=2, join=True)
+        torch.multiprocessing.spawn(tp_worker, args=(args.tp, args, path), nprocs=args.tp)
         with open(path) as f:
             rows.extend(json.load(f))
         os.remove(path)
-        print(f"tp=2: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
+        print(f"tp={args.tp}: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
     meta["elapsed_s"] = time.time() - started
     save(args.out, rows, meta)
     for r in rows[:: max(1, len(rows) // 25)]:
