@@ -1,7 +1,7 @@
 """The contenders: vLLM alone, and the gateway in front of it with each scheduling policy.
 
-Every contender gets a fresh engine with the same settings, so none inherits another's KV cache,
-compiled graphs in memory or queue; the gateway runs as a real ``goodput serve`` process.
+Every contender gets a fresh engine with the same settings (started by the runner), so none
+inherits another's KV cache or queue; the gateway runs as a real ``goodput serve`` process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from loadgen import SLO
 
-from goodput.dev.engine import EngineProcess, EngineSettings, free_port
+from goodput.dev.engine import EngineProcess, free_port
 
 
 @dataclass(frozen=True)
@@ -41,49 +41,9 @@ CONTENDERS = (
 )
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the load goes (``url``) and where the engine behind it answers (``engine_url``)."""
-
-    url: str
-    engine_url: str
-    engine_startup_s: float
-    kv_cache_tokens: int
-    gateway_log: Path | None
-
-
 @contextmanager
-def running(
-    contender: Contender,
-    settings: EngineSettings,
-    engine_python: Path,
-    slo: SLO,
-    workdir: Path,
-) -> Iterator[Endpoint]:
-    """A fresh engine (and gateway, for gateway contenders), stopped on exit."""
-    engine_log = workdir / f"{contender.name}.engine.log"
-    with EngineProcess(settings, python=engine_python, log_path=engine_log) as engine:
-        if contender.policy is None:
-            yield Endpoint(
-                engine.url,
-                engine.url,
-                engine.facts.startup_seconds,
-                engine.facts.kv_cache_tokens,
-                None,
-            )
-            return
-        with _gateway(contender.policy, engine, slo, workdir / f"{contender.name}.log") as url:
-            yield Endpoint(
-                url,
-                engine.url,
-                engine.facts.startup_seconds,
-                engine.facts.kv_cache_tokens,
-                workdir / f"{contender.name}.log",
-            )
-
-
-@contextmanager
-def _gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Iterator[str]:
+def gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Iterator[str]:
+    """A ``goodput serve`` process in front of ``engine``; yields its URL once ready."""
     port = free_port()
     command = [
         sys.executable, "-m", "goodput", "serve",

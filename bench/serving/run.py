@@ -19,17 +19,18 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
-from contenders import CONTENDERS, Contender, running
+from contenders import CONTENDERS, Contender, gateway
 from loadgen import SLO, replay
 from report import add_ratios, plot, summarize, targets
-from workload import Corpus, arrival_times, shared_data_dir, trace_gaps
+from workload import Corpus, Request, arrival_times, shared_data_dir, trace_gaps
 
-from goodput.dev.engine import EngineEnv, EngineSettings
+from goodput.dev.engine import EngineEnv, EngineProcess, EngineSettings
 from goodput.dev.tiny_model import TinyLlamaSpec, ensure_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +73,43 @@ def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) 
         tpots.append(outcome.tpot_s)
         wait_idle(engine_url)
     return SLO(ttft_s=statistics.median(ttfts), tpot_s=statistics.median(tpots))
+
+
+def sweep(
+    contender: Contender,
+    url: str,
+    engine_url: str,
+    schedule: list[tuple[float, list[Request], list[float]]],
+    slo: SLO,
+    enforce: str,
+) -> list[dict[str, Any]]:
+    """Replay every rate of ``schedule`` against ``url``, lowest first; one summary per rate."""
+    rows = []
+    for rate, requests, arrivals in schedule:
+        before = engine_counters(engine_url)
+        outcomes = asyncio.run(
+            replay(
+                url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle
+            )
+        )
+        wait_idle(engine_url)
+        after = engine_counters(engine_url)
+        row = summarize(outcomes, slo, rate)
+        # Tokens the engine generated, against what clients received: the cost of aborting at
+        # the true length, and of anything else the engine ran for nobody.
+        row["engine_tokens"] = int(
+            after["generation_tokens_total"] - before["generation_tokens_total"]
+        )
+        rows.append(row)
+        click.echo(
+            f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
+            f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
+            f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
+            f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
+            f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  "
+            f"errors {row['errors']}"
+        )
+    return rows
 
 
 @click.command()
@@ -186,55 +224,30 @@ def main(
     results: dict[str, list[dict[str, Any]]] = {}
     engines: dict[str, dict[str, Any]] = {}
     for contender in contenders:
-        if slo is None:
-            # Calibrate on a fresh engine of the same settings, before any contender runs.
-            with running(
-                Contender("calibration", None), settings, engine_python, SLO(1, 1), workdir
-            ) as calib:
-                unloaded = measure_unloaded(calib.url, corpus, 6, enforce)
-            slo = SLO(
-                ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
-                tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
-            )
-            click.echo(
-                f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT {unloaded.tpot_s * 1000:.2f}"
-                f" ms -> SLO TTFT {slo.ttft_s * 1000:.0f} ms, TPOT {slo.tpot_s * 1000:.1f} ms"
-            )
-        with running(contender, settings, engine_python, slo, workdir) as endpoint:
-            engines[contender.name] = {
-                "startup_s": endpoint.engine_startup_s,
-                "kv_cache_tokens": endpoint.kv_cache_tokens,
-            }
-            rows = results.setdefault(contender.name, [])
-            for rate, requests, arrivals in schedule:
-                before = engine_counters(endpoint.engine_url)
-                outcomes = asyncio.run(
-                    replay(
-                        endpoint.url,
-                        MODEL_NAME,
-                        requests,
-                        arrivals,
-                        slo,
-                        enforce=enforce,
-                        oracle=contender.oracle,
-                    )
+        log = workdir / f"{contender.name}.engine.log"
+        with EngineProcess(settings, python=engine_python, log_path=log) as engine:
+            if slo is None:
+                # Calibrate on the first contender's fresh engine, before any load, directly.
+                unloaded = measure_unloaded(engine.url, corpus, 6, enforce)
+                slo = SLO(
+                    ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
+                    tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
                 )
-                wait_idle(endpoint.engine_url)
-                after = engine_counters(endpoint.engine_url)
-                row = summarize(outcomes, slo, rate)
-                # Tokens the engine generated beyond what clients received: the cost of
-                # aborting at the true length (and of anything else the engine ran for nobody).
-                generated = after["generation_tokens_total"] - before["generation_tokens_total"]
-                row["engine_tokens"] = int(generated)
-                rows.append(row)
                 click.echo(
-                    f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
-                    f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
-                    f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
-                    f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
-                    f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  "
-                    f"errors {row['errors']}"
+                    f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT "
+                    f"{unloaded.tpot_s * 1000:.2f} ms -> SLO TTFT {slo.ttft_s * 1000:.0f} ms, "
+                    f"TPOT {slo.tpot_s * 1000:.1f} ms"
                 )
+            engines[contender.name] = {
+                "startup_s": engine.facts.startup_seconds,
+                "kv_cache_tokens": engine.facts.kv_cache_tokens,
+            }
+            with ExitStack() as stack:
+                url = engine.url
+                if contender.policy is not None:
+                    gateway_log = workdir / f"{contender.name}.gateway.log"
+                    url = stack.enter_context(gateway(contender.policy, engine, slo, gateway_log))
+                results[contender.name] = sweep(contender, url, engine.url, schedule, slo, enforce)
     assert slo is not None and unloaded is not None
     add_ratios(results)
     lengths = [r.output_tokens for r in corpus.requests]

@@ -199,6 +199,10 @@ class EngineSettings:
     extra_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def kv_cache_gib(self) -> float:
+        return self.kv_cache_bytes / 2**30
+
 
 @dataclass(frozen=True)
 class EngineFacts:
