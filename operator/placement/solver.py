@@ -18,7 +18,7 @@ Every decision carries a reason; every refusal names the constraint that failed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from goodput.operator.inventory import GpuNode
@@ -215,17 +215,13 @@ class PlacementSolver:
         cache: dict[tuple[object, ...], tuple[list[PoolOption], list[str]]] = {}
         works: dict[str, _Work] = {}
         for demand in sorted(demands, key=lambda d: d.name):
-            t = demand.target
             key = (
                 demand.model,
-                t.ttft_s,
-                t.tpot_s,
-                t.prompt_tokens,
-                t.output_tokens,
-                t.concurrency,
+                replace(demand.target, target_rps=None),  # the rate changes counts, not options
                 demand.gpu_types,
                 demand.tensor,
                 demand.pipeline,
+                demand.gpu_memory_utilization,
             )
             if key not in cache:
                 cache[key] = self.options(demand, state.pools.values())
@@ -243,7 +239,13 @@ class PlacementSolver:
                 work.moved.append(replica.replica)
                 work.shortfall = f"replica {replica.replica} moved: {why}"
                 continue
-            option = by_key[pool_key(state.nodes[replica.stages[0].node])]
+            pool = state.pools[pool_key(state.nodes[replica.stages[0].node])]
+            shape = memory_plan(work.demand, pool, replica.tensor, replica.pipeline)
+            rps = self.capacity.requests_per_second(work.demand, pool, shape) if shape else 0.0
+            if rps <= 0:
+                work.moved.append(replica.replica)
+                work.shortfall = f"replica {replica.replica} moved: its shape misses the SLO"
+                continue
             for stage in replica.stages:
                 state.take(stage.node, stage.gpus)
             kept = ReplicaPlacement(
@@ -252,7 +254,7 @@ class PlacementSolver:
                 replica.tensor,
                 replica.pipeline,
                 replica.stages,
-                option.requests_per_second,
+                rps,
             )
             work.replicas.append(kept)
             work.usage.add(state.nodes[kept.stages[0].node])
