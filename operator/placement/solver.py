@@ -8,8 +8,9 @@ One pass, deterministic, incremental:
 2. Replicas of the previous plan stay where they are while still valid (``ReplicaKeeping``);
    their GPUs are taken first, so nothing new can push them out.
 3. Deployments, largest replica first (first-fit-decreasing order, which leaves small holes to
-   small models), get new replicas until demand is met (``ReplicaCount``), each on the best-ranked
-   pool with room, on nodes picked by ``NodeChooser`` (zone/rack spread, then best fit).
+   small models), get their minimum replicas; then, one replica per deployment per round, more
+   until demand is met (``ReplicaCount``). Each replica goes to the best-ranked pool with room,
+   on nodes picked by ``NodeChooser`` (zone/rack spread, then best fit).
 
 Every decision carries a reason; every refusal names the constraint that failed.
 """
@@ -188,8 +189,22 @@ class PlacementSolver:
                 w.demand.name,
             ),
         )
+        # Minimum replicas first, so one deployment's demand never starves another's minimum.
         for work in order:
-            self._grow(state, work)
+            minimum = max(1, work.demand.min_replicas)
+            while work.options and len(work.replicas) < minimum:
+                if not self._add_replica(state, work):
+                    break
+        # Then demand, one replica per deployment per round: a shortage is shared, not dumped on
+        # whoever comes last.
+        active = [w for w in order if w.options]
+        while active:
+            active = [
+                w
+                for w in active
+                if self.replica_count.needs_more(w.demand, len(w.replicas), w.capacity)
+                and self._add_replica(state, w)
+            ]
         decisions = {w.demand.name: self._decide(state, w) for w in works}
         return PlacementPlan(deployments=decisions, free_gpus=dict(state.free))
 
@@ -258,25 +273,18 @@ class PlacementSolver:
             for replica in keep:
                 work.usage.add(state.nodes[replica.stages[0].node])
 
-    def _grow(self, state: FleetState, work: _Work) -> None:
-        if not work.options:
-            return
+    def _add_replica(self, state: FleetState, work: _Work) -> bool:
+        """One more replica on the best-ranked pool with room; False (and why) when none has."""
         taken = {r.replica for r in work.replicas}
-        index = 0
-        while self.replica_count.needs_more(work.demand, len(work.replicas), work.capacity):
-            while index in taken:
-                index += 1
-            replica = None
-            for option in work.options:
-                replica = self._place_replica(state, work, option, index)
-                if replica is not None:
-                    break
-            if replica is None:
-                work.shortfall = self._no_room(state, work)
-                return
-            work.replicas.append(replica)
-            work.usage.add(state.nodes[replica.stages[0].node])
-            taken.add(index)
+        index = next(i for i in range(len(taken) + 1) if i not in taken)
+        for option in work.options:
+            replica = self._place_replica(state, work, option, index)
+            if replica is not None:
+                work.replicas.append(replica)
+                work.usage.add(state.nodes[replica.stages[0].node])
+                return True
+        work.shortfall = self._no_room(state, work)
+        return False
 
     def _place_replica(
         self, state: FleetState, work: _Work, option: PoolOption, index: int
@@ -342,7 +350,8 @@ class PlacementSolver:
         minimum = max(1, demand.min_replicas)
         placed = len(replicas) >= minimum
         if placed:
-            reason = _explanation(work, replicas, desired)
+            short = self.replica_count.needs_more(demand, len(replicas), capacity)
+            reason = _explanation(work, replicas, short)
         else:
             reason = f"placed {len(replicas)} of at least {minimum} replicas: {work.shortfall}"
         return DeploymentPlacement(
@@ -377,7 +386,7 @@ def _refusal(state: FleetState, demand: ModelDemand, refusals: list[str]) -> str
     return f"no GPU type in [{wanted}] can hold {need}: " + "; ".join(refusals[:4])
 
 
-def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], desired: int) -> str:
+def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], short: bool) -> str:
     demand = work.demand
     by_product: dict[tuple[str, int, int], int] = {}
     for r in replicas:
@@ -405,7 +414,7 @@ def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], desired: i
         f" in [{max(1, demand.min_replicas)}, {max(demand.min_replicas, demand.max_replicas)}];"
         f" spread over {zones} zone(s)"
     )
-    if len(replicas) < desired and work.shortfall:
+    if short and work.shortfall:
         text += f"; {work.shortfall}"
     if work.moved:
         text += f"; moved replicas {list(work.moved)}"
