@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +119,7 @@ class Capacity:
     ttft_p99_s: float  # at the SLO's percentile
     output_tokens_per_s: float
     kv_cache_tokens: int
-    limited_by: str  # "ttft" | "tpot" | "kv_cache" | "max_num_seqs" | "unattainable"
+    limited_by: str  # ttft | tpot | kv_cache | max_num_seqs | throughput | unattainable
 
 
 def capacity(
@@ -239,7 +238,4 @@ def _limit(best: int, n: int, kv_ok: NDArray[np.bool_], tpot_ok: NDArray[np.bool
         return "tpot"
     if not ttft_ok[nxt]:
         return "ttft"
-    return "tpot"
-
-
-__all__: Sequence[str] = ("SLO", "Capacity", "LengthDistribution", "capacity")
+    return "throughput"  # a larger batch would still meet the SLO but serve fewer requests/s
