@@ -16,16 +16,14 @@ The largest ``B`` whose TPOT, TTFT and KV demand all hold gives the replica's ca
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from goodput.profiler.architectures import ModelArchitecture
+from goodput.profiler.datasets import load_azure_trace, load_sharegpt_lengths
 from goodput.profiler.hardware import GPUType
 from goodput.profiler.latency import LatencyModel, Step
 from goodput.profiler.memory import (
@@ -60,30 +58,17 @@ class LengthDistribution:
         return cls(np.array([float(prompt_tokens)]), np.array([float(output_tokens)]))
 
     @classmethod
-    def from_csv(cls, path: Path) -> LengthDistribution:
-        """An Azure LLM trace (``ContextTokens, GeneratedTokens``) or ShareGPT lengths
-        (``num_prefill_tokens, num_decode_tokens``)."""
-        prompts: list[float] = []
-        outputs: list[float] = []
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                prompt = row.get("ContextTokens") or row.get("num_prefill_tokens")
-                output = row.get("GeneratedTokens") or row.get("num_decode_tokens")
-                if prompt is None or output is None:
-                    raise ValueError(f"{path}: no prompt/output length columns")
-                prompts.append(float(prompt))
-                outputs.append(max(1.0, float(output)))
-        return cls(np.array(prompts), np.array(outputs))
-
-    @classmethod
     def from_trace(cls, name: str) -> LengthDistribution:
-        """A trace under the shared data folder: ``azure-conv``, ``azure-code`` or ``sharegpt``."""
-        files = {
-            "azure-conv": "azure_llm_2023_conv.csv",
-            "azure-code": "azure_llm_2023_code.csv",
-            "sharegpt": "sharegpt_lengths_llama2_tokenizer.csv",
-        }
-        return cls.from_csv(_shared_data_dir() / "traces" / files[name])
+        """Lengths from the shared data: ``azure-conv``, ``azure-code`` or ``sharegpt``."""
+        if name == "sharegpt":
+            lengths = load_sharegpt_lengths()
+            prompts, outputs = lengths.prompt_tokens, lengths.output_tokens
+        elif name in ("azure-conv", "azure-code"):
+            trace = load_azure_trace("conv" if name == "azure-conv" else "code")
+            prompts, outputs = trace.context_tokens, trace.generated_tokens
+        else:
+            raise ValueError(f"unknown trace {name!r}: azure-conv, azure-code or sharegpt")
+        return cls(prompts.astype(np.float64), np.maximum(outputs, 1).astype(np.float64))
 
     def truncated(self, max_model_len: int) -> LengthDistribution:
         """Drop requests the engine would reject (prompt + output beyond ``max_model_len``)."""
@@ -99,12 +84,6 @@ class LengthDistribution:
     @property
     def mean_output(self) -> float:
         return float(self.output_tokens.mean())
-
-
-def _shared_data_dir() -> Path:
-    env = os.environ.get("GOODPUT_SHARED_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared"
-    return root / "data"
 
 
 @dataclass(frozen=True)

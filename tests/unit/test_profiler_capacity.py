@@ -69,7 +69,7 @@ def test_trace_lengths(shared_traces: None) -> None:
 
 @pytest.fixture
 def shared_traces() -> None:
-    from goodput.profiler.capacity import _shared_data_dir
+    from goodput.profiler.datasets import shared_data_dir
 
-    if not (_shared_data_dir() / "traces" / "azure_llm_2023_conv.csv").is_file():
+    if not (shared_data_dir() / "traces" / "azure_llm_2023_conv.csv").is_file():
         pytest.skip("shared data (../shared/data/traces) absent; set GOODPUT_SHARED_DIR")
