@@ -124,16 +124,45 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         """LLMDeployments that new GPU nodes could place (kept current by kopf)."""
         return {f"{namespace}/{name}": name}
 
+    @kopf.index(*RESOURCE, registry=registry)
+    def placed_on(
+        status: Mapping[str, Any], namespace: str | None, name: str, **_: Any
+    ) -> dict[str, str]:
+        """The nodes each LLMDeployment's replicas run on (from ``status.placement``)."""
+        nodes = {n for entry in status.get("placement") or () for n in entry.get("nodes") or ()}
+        return {node: f"{namespace}/{name}" for node in sorted(nodes)}
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
+        """Keep the GPU inventory's holds current (which GPUs other pods already use)."""
+        inventory = rec().inventory
+        if inventory is not None:
+            inventory.apply_pod(type, body)
+
     @kopf.on.event("", "v1", "nodes", registry=registry)
     def node_event(
         type: str, name: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any
     ) -> None:
-        """Retry the waiting deployments when the GPU inventory changes. A watch rather than a
+        """Keep the GPU inventory current; re-place the deployments with a replica on a node
+        that left (deleted or cordoned) and retry the waiting ones. A watch rather than a
         timer: kopf timers need a finalizer on every LLMDeployment, which would make deletion
         depend on a running operator."""
+        inventory = rec().inventory
+        if inventory is not None:
+            inventory.apply_node(type, body)
         fingerprint = None if type == "DELETED" else _node_fingerprint(body)
         if nodes_seen.get(name) == fingerprint:
             return
+        if fingerprint is None or fingerprint[-1]:  # gone or cordoned
+            placed: kopf.Index[str, str] = kwargs["placed_on"]
+            for key in sorted(set(placed.get(name, []))):
+                namespace, _sep, deployment = key.partition("/")
+                with rec().metrics.reconciling("replace_lost_node"):
+                    logged(
+                        f"re-placing {key}",
+                        logger,
+                        functools.partial(converge_and_patch, namespace, deployment),
+                    )
         if fingerprint is None:
             nodes_seen.pop(name, None)
         else:
