@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from goodput.operator.inventory import GpuNode
-from goodput.operator.placement.capacity import ReplicaCapacity, RooflineCapacity
+from goodput.operator.placement.capacity import ReplicaCapacity
 from goodput.operator.placement.demand import GIB, ModelDemand
 from goodput.operator.placement.fleet_state import (
     FleetState,
@@ -38,6 +38,7 @@ from goodput.operator.placement.plan import (
     StagePlacement,
 )
 from goodput.operator.placement.pools import GpuPool, pool_key
+from goodput.operator.placement.profiler_capacity import ProfilerCapacity
 from goodput.operator.placement.ranking import (
     CapacityPerCost,
     DemandReplicaCount,
@@ -130,7 +131,7 @@ class PlacementSolver:
     """Places deployments on a fleet; each judgement is a pluggable strategy."""
 
     shapes: ShapeChooser = field(default_factory=SmallestFittingShape)
-    capacity: ReplicaCapacity = field(default_factory=RooflineCapacity)
+    capacity: ReplicaCapacity = field(default_factory=ProfilerCapacity)
     ranking: PoolRanking = field(default_factory=CapacityPerCost)
     replica_count: ReplicaCount = field(default_factory=DemandReplicaCount)
     chooser: NodeChooser = field(default_factory=SpreadThenBestFit)
@@ -163,7 +164,7 @@ class PlacementSolver:
             t = demand.target
             refusals.insert(
                 0,
-                f"within its SLO (TTFT {t.ttft_s * 1000:.0f} ms, TPOT {t.tpot_s * 1000:.0f} ms): "
+                f"{_SLO_PREFIX} (TTFT {t.ttft_s * 1000:.0f} ms, TPOT {t.tpot_s * 1000:.0f} ms): "
                 + "; ".join(slo_failures),
             )
         return self.ranking.rank(demand, options), refusals
@@ -343,7 +344,11 @@ class PlacementSolver:
         capacity = work.capacity
         if not work.options:
             return DeploymentPlacement(
-                demand.name, False, (), _refusal(state, demand, work.refusals)
+                demand.name,
+                False,
+                (),
+                _refusal(state, demand, work.refusals),
+                refusal=_refusal_code(work.refusals),
             )
         best = work.options[0]
         desired = self.replica_count.desired(demand, best.requests_per_second)
@@ -362,11 +367,21 @@ class PlacementSolver:
             desired_replicas=desired,
             requests_per_second=capacity,
             moved=tuple(work.moved),
+            refusal="" if placed else "InsufficientGPUs",
         )
+
+
+_SLO_PREFIX = "within its SLO"
 
 
 def _shape_text(shape: Shape) -> str:
     return f"tensor {shape.tensor} x pipeline {shape.pipeline}"
+
+
+def _refusal_code(refusals: list[str]) -> str:
+    if not refusals:
+        return "NoMatchingGPUType"
+    return "SLOUnattainable" if refusals[0].startswith(_SLO_PREFIX) else "InsufficientGPUMemory"
 
 
 def _refusal(state: FleetState, demand: ModelDemand, refusals: list[str]) -> str:
@@ -381,7 +396,7 @@ def _refusal(state: FleetState, demand: ModelDemand, refusals: list[str]) -> str
         f"{weights:.0f} GiB of weights plus KV for {demand.target.concurrency} sequences"
         f" of {demand.target.prompt_tokens + demand.target.output_tokens} tokens"
     )
-    if refusals[0].startswith("within its SLO"):
+    if refusals[0].startswith(_SLO_PREFIX):
         return f"no GPU type in [{wanted}] can serve {need} {'; '.join(refusals[:4])}"
     return f"no GPU type in [{wanted}] can hold {need}: " + "; ".join(refusals[:4])
 
