@@ -282,3 +282,14 @@ def test_profiler_facts_feed_the_solver() -> None:
     assert llama.kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
     plan = PlacementSolver().solve(mixed_fleet(), [demand("x", llama)])
     assert plan.deployments["x"].replicas[0].tensor in (2, 4)
+
+
+def test_a_replica_whose_shape_misses_a_tighter_slo_moves() -> None:
+    nodes = mixed_fleet()
+    loose = demand("x", gpu_types=("H100",), target=replace(TARGET, tpot_s=0.010))
+    before = PlacementSolver().solve(nodes, [loose])
+    assert before.deployments["x"].replicas[0].tensor == 1
+    tight = replace(loose, target=replace(TARGET, tpot_s=0.006))  # one GPU is too slow now
+    after = PlacementSolver().solve(nodes, [tight], previous=previous_of(before)).deployments["x"]
+    assert after.moved == (0,) and after.replicas[0].tensor == 2
+    assert "moved replicas [0]" in after.reason
