@@ -83,11 +83,14 @@ class GatewayProcess:
 
 
 def drive_load(gateway: GatewayProcess, requests: int = 48, concurrency: int = 4) -> None:
-    """Completions of varied lengths, plus a few invalid requests (rejected: reason=invalid)."""
+    """Completions of varied lengths, streamed and not, plus a few invalid requests (rejected:
+    reason=invalid)."""
 
     def one(i: int) -> int:
         prompt = f"Tell me about the number {i}. " * (1 + i % 5)
         body: dict[str, Any] = {"model": gateway.model, "max_tokens": 8 + (i * 7) % 40}
+        # The gateway measures TTFT and TPOT on streamed answers only: stream most of them.
+        body["stream"] = i % 4 != 0
         if i % 2:  # both OpenAI endpoints the gateway serves
             body["messages"] = [{"role": "user", "content": prompt}]
             path = "/v1/chat/completions"
