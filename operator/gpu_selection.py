@@ -91,6 +91,9 @@ class Placement:
     pipeline: int
     nodes: tuple[str, ...]  # nodes of that product, for the status
     detail: str = ""
+    #: When set, the replicas' pods may run only on these nodes (one entry per replica; the
+    #: placement solver chose them). Empty: any node of ``gpu_product``.
+    pinned_nodes: tuple[str, ...] = ()
     max_concurrency: int | None = None  # full-length sequences one replica's KV cache holds
 
     @property
@@ -108,11 +111,25 @@ class Unplaceable:
     tried: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a fleet-aware selector needs beyond the spec: which deployment, the raw Node
+    objects (zones, racks, interconnect labels), and where its replicas run now."""
+
+    deployment: str  # namespace/name
+    node_objects: Sequence[Mapping[str, Any]] = ()
+    placement: Sequence[Mapping[str, Any]] = ()  # status.placement
+    gpu_type: str | None = None  # status.gpuType
+
+
 class GPUSelector(Protocol):
     """Chooses where an LLMDeployment's replicas go."""
 
     def select(
-        self, spec: LLMDeploymentSpec, nodes: Sequence[GPUNode]
+        self,
+        spec: LLMDeploymentSpec,
+        nodes: Sequence[GPUNode],
+        context: SelectionContext | None = None,
     ) -> Placement | Unplaceable: ...
 
 
@@ -154,7 +171,12 @@ class FirstFitSelector:
             return [(total, 1)]
         return [(tp, 1) for tp in _powers_of_two(per_node)]
 
-    def select(self, spec: LLMDeploymentSpec, nodes: Sequence[GPUNode]) -> Placement | Unplaceable:
+    def select(
+        self,
+        spec: LLMDeploymentSpec,
+        nodes: Sequence[GPUNode],
+        context: SelectionContext | None = None,
+    ) -> Placement | Unplaceable:
         present = sorted({n.product for n in nodes})
         candidates = self._candidates(spec, nodes)
         if not candidates:

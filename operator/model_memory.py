@@ -204,3 +204,8 @@ class EstimatedMemory:
         self, spec: LLMDeploymentSpec, gpu_memory_bytes: int, tensor: int, pipeline: int
     ) -> MemoryFit:
         return self._pick(spec).fit(spec, gpu_memory_bytes, tensor, pipeline)
+
+
+def profiler_quantization(name: str | None) -> Quantization:
+    """The profiler's weight format for ``spec.model.quantization``."""
+    return _QUANTIZATION[name]

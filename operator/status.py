@@ -25,7 +25,7 @@ from goodput.api.llmdeployment import Phase
 
 PLACED, AVAILABLE, DEGRADED = "Placed", "Available", "Degraded"
 # Placement failures that new nodes can cure: retried when nodes change; others wait for a new spec.
-RETRYABLE_PLACEMENT_REASONS = frozenset({"NoMatchingGPUType"})
+RETRYABLE_PLACEMENT_REASONS = frozenset({"NoMatchingGPUType", "InsufficientGPUs"})
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,23 @@ The largest ``B`` whose TPOT, TTFT and KV demand all hold gives the replica's ca
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from goodput.profiler.architectures import ModelArchitecture
+from goodput.profiler.datasets import load_azure_trace, load_sharegpt_lengths
 from goodput.profiler.hardware import GPUType
 from goodput.profiler.latency import LatencyModel, Step
 from goodput.profiler.memory import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     Quantization,
+    dtype_bytes,
     kv_cache_tokens,
     memory_plan,
+    weight_format,
 )
 
 # vLLM's default --max-num-seqs.
@@ -61,30 +60,17 @@ class LengthDistribution:
         return cls(np.array([float(prompt_tokens)]), np.array([float(output_tokens)]))
 
     @classmethod
-    def from_csv(cls, path: Path) -> LengthDistribution:
-        """An Azure LLM trace (``ContextTokens, GeneratedTokens``) or ShareGPT lengths
-        (``num_prefill_tokens, num_decode_tokens``)."""
-        prompts: list[float] = []
-        outputs: list[float] = []
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                prompt = row.get("ContextTokens") or row.get("num_prefill_tokens")
-                output = row.get("GeneratedTokens") or row.get("num_decode_tokens")
-                if prompt is None or output is None:
-                    raise ValueError(f"{path}: no prompt/output length columns")
-                prompts.append(float(prompt))
-                outputs.append(max(1.0, float(output)))
-        return cls(np.array(prompts), np.array(outputs))
-
-    @classmethod
     def from_trace(cls, name: str) -> LengthDistribution:
-        """A trace under the shared data folder: ``azure-conv``, ``azure-code`` or ``sharegpt``."""
-        files = {
-            "azure-conv": "azure_llm_2023_conv.csv",
-            "azure-code": "azure_llm_2023_code.csv",
-            "sharegpt": "sharegpt_lengths_llama2_tokenizer.csv",
-        }
-        return cls.from_csv(_shared_data_dir() / "traces" / files[name])
+        """Lengths from the shared data: ``azure-conv``, ``azure-code`` or ``sharegpt``."""
+        if name == "sharegpt":
+            lengths = load_sharegpt_lengths()
+            prompts, outputs = lengths.prompt_tokens, lengths.output_tokens
+        elif name in ("azure-conv", "azure-code"):
+            trace = load_azure_trace("conv" if name == "azure-conv" else "code")
+            prompts, outputs = trace.context_tokens, trace.generated_tokens
+        else:
+            raise ValueError(f"unknown trace {name!r}: azure-conv, azure-code or sharegpt")
+        return cls(prompts.astype(np.float64), np.maximum(outputs, 1).astype(np.float64))
 
     def truncated(self, max_model_len: int) -> LengthDistribution:
         """Drop requests the engine would reject (prompt + output beyond ``max_model_len``)."""
@@ -102,12 +88,6 @@ class LengthDistribution:
         return float(self.output_tokens.mean())
 
 
-def _shared_data_dir() -> Path:
-    env = os.environ.get("GOODPUT_SHARED_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared"
-    return root / "data"
-
-
 @dataclass(frozen=True)
 class Capacity:
     """What one replica sustains within the SLO (``max_rps`` 0: the SLO cannot be met)."""
@@ -120,7 +100,7 @@ class Capacity:
     ttft_p99_s: float  # at the SLO's percentile
     output_tokens_per_s: float
     kv_cache_tokens: int
-    limited_by: str  # "ttft" | "tpot" | "kv_cache" | "max_num_seqs" | "unattainable"
+    limited_by: str  # ttft | tpot | kv_cache | max_num_seqs | throughput | unattainable
 
 
 def capacity(
@@ -148,20 +128,27 @@ def capacity(
         max_model_len=model_len, max_num_batched_tokens=max_num_batched_tokens,
     )  # fmt: skip
     kv_tokens = kv_cache_tokens(plan, gpu, gpu_memory_utilization)
+    weight_bytes = weight_format(plan.quantization, dtype_bytes(plan.dtype)).bytes_per_weight(
+        arch.hidden_size
+    )
+    kv_bytes = float(dtype_bytes(plan.kv_cache_dtype))
     stage_layers = -(-arch.num_layers // pp)
     mean_prompt, mean_output = lengths.mean_prompt, lengths.mean_output
     context = int(mean_prompt + mean_output / 2)
 
     # Each of the pp stages holds its own group of B sequences; a token passes every stage.
     batches = np.arange(1, max_num_seqs + 1)
-    decode_steps = [Step(arch, tp, decode_seqs=int(b), decode_context=context, layers=stage_layers)
-                    for b in batches]  # fmt: skip
+    decode_steps = [
+        Step(arch, tp, decode_seqs=int(b), decode_context=context, layers=stage_layers,
+             weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+        for b in batches
+    ]  # fmt: skip
     t_decode = pp * model.predict(decode_steps, gpu)
 
     # A prompt's prefill on its own sets its TTFT; riding along with decodes that read the
     # weights anyway, it adds its time less a one-token step's to the GPU's work.
     prefill = _prefill_seconds(model, arch, gpu, tp, pp, stage_layers, lengths.prompt_tokens,
-                               max_num_batched_tokens)  # fmt: skip
+                               max_num_batched_tokens, weight_bytes, kv_bytes)  # fmt: skip
     prefill_extra = np.maximum(prefill - float(t_decode[0]), 0.0)
     mean_extra, second_moment = float(prefill_extra.mean()), float((prefill_extra**2).mean())
 
@@ -199,7 +186,8 @@ def capacity(
 
 def _prefill_seconds(
     model: LatencyModel, arch: ModelArchitecture, gpu: GPUType, tp: int, pp: int,
-    stage_layers: int, prompts: NDArray[np.float64], budget: int,
+    stage_layers: int, prompts: NDArray[np.float64], budget: int, weight_bytes: float,
+    kv_bytes: float,
 ) -> NDArray[np.float64]:  # fmt: skip
     """Each prompt's prefill time: whole chunks of ``budget`` tokens plus the remainder.
 
@@ -208,7 +196,8 @@ def _prefill_seconds(
     """
     grid = np.unique(np.append(2 ** np.arange(0, math.floor(math.log2(budget)) + 1), budget))
     steps = [Step(arch, tp, prefill_seqs=1, prefill_tokens=int(n), layers=stage_layers,
-                  cuda_graph=n <= 512) for n in grid]  # fmt: skip
+                  cuda_graph=n <= 512, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+             for n in grid]  # fmt: skip
     times = pp * model.predict(steps, gpu)
     chunks, rest = np.divmod(prompts.astype(np.int64), budget)
     rest_time = np.where(rest > 0, np.interp(rest, grid, times), 0.0)
@@ -239,7 +228,4 @@ def _limit(best: int, n: int, kv_ok: NDArray[np.bool_], tpot_ok: NDArray[np.bool
         return "tpot"
     if not ttft_ok[nxt]:
         return "ttft"
-    return "tpot"
-
-
-__all__: Sequence[str] = ("SLO", "Capacity", "LengthDistribution", "capacity")
+    return "throughput"  # a larger batch would still meet the SLO but serve fewer requests/s

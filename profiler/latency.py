@@ -79,6 +79,10 @@ class Step:
     layers: int | None = None  # default: all of the model's layers
     lm_head: bool = True
     cuda_graph: bool = True  # vLLM replays decode (and small mixed) steps from CUDA graphs
+    # Storage per linear weight and per KV element: 2 for bf16 (as measured); 1 for fp8, about
+    # 0.52 for int4 AWQ/GPTQ. Not measured: quantized kernels may not reach the same efficiency.
+    weight_bytes: float = BYTES
+    kv_bytes: float = BYTES
 
     @property
     def tokens(self) -> int:
@@ -111,11 +115,11 @@ class Step:
             float(layers),
             float(tp),
             float(self.tokens),
-            (attn_weights + mlp_read) * BYTES,
+            (attn_weights + mlp_read) * self.weight_bytes,
             2.0 * (attn_weights + mlp_flop_weights),
-            2.0 * kv_width * BYTES * (decode_kv + self.prefill_seqs * self.prefill_tokens),
+            2.0 * kv_width * self.kv_bytes * (decode_kv + self.prefill_seqs * self.prefill_tokens),
             4.0 * q_width * (decode_kv + prefill_pairs),
-            2.0 * a.head_dim * BYTES * self.decode_context if self.decode_seqs else 0.0,
+            2.0 * a.head_dim * self.kv_bytes * self.decode_context if self.decode_seqs else 0.0,
             BYTES * (8 * a.hidden_size + 6 * active_width + 4 * (q_width + 2 * kv_width)),
             float(self.tokens * a.hidden_size * BYTES),
             head_weights * BYTES,
@@ -201,9 +205,10 @@ class StepLatencyRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class Measurement:
-    gpu: str  # catalog name
-    shape: str  # catalog model whose layer shape was timed
-    phase: str  # decode | prefill | lm_head
+    gpu: str  # catalog name, or "cpu" for the vLLM CPU engine
+    hardware: GPUType
+    shape: str  # the model whose layers were timed
+    phase: str  # decode | prefill | mixed | lm_head
     step: Step
     seconds: float
 
@@ -213,19 +218,48 @@ def load_measurements(paths: Iterable[Path] | None = None) -> list[Measurement]:
     out: list[Measurement] = []
     for path in sorted(paths or DATA_DIR.glob("gpu_layer_latency_*.csv")):
         meta = json.loads(path.with_suffix(".json").read_text())
-        gpu_name = str(meta["catalog_gpu"])
+        gpu = catalog.gpu(str(meta["catalog_gpu"]))
         with path.open() as f:
             for row in csv.DictReader(f):
                 step = _step_from_row(row)
                 if step is not None:
-                    out.append(Measurement(gpu_name, row["shape"], row["phase"], step,
+                    out.append(Measurement(gpu.name, gpu, row["shape"], row["phase"], step,
                                            float(row["median_s"])))  # fmt: skip
+    return out
+
+
+def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
+    """Step times of the real vLLM CPU engine serving the tiny test model
+    (``bench/cpu_engine/measure_engine_steps.py``); the CPU's measured copy bandwidth and
+    matmul rate stand in for a GPU's datasheet figures."""
+    path = path or DATA_DIR / "cpu_engine_latency.csv"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    arch = ModelArchitecture.from_hf_config(meta["model_config"], name="tiny-llama")
+    cpu = GPUType(
+        name="cpu",
+        memory_bytes=int(meta["kv_cache_gib"]) * 1024**3,
+        memory_bandwidth_bytes_per_s=float(meta["copy_bytes_per_s"]),
+        bf16_dense_flops_per_s=float(meta["fp32_matmul_flops_per_s"]),
+        interconnect="none",
+        interconnect_bytes_per_s=1.0,  # one process: no tensor parallelism
+        relative_cost_per_hour=0.0,
+    )
+    out: list[Measurement] = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            batch, context = int(row["batch"]), int(row["context"])
+            if row["phase"] == "decode":
+                step = Step(arch, decode_seqs=batch, decode_context=context, cuda_graph=False)
+            else:
+                step = Step(arch, prefill_seqs=batch, prefill_tokens=context, cuda_graph=False)
+            out.append(Measurement("cpu", cpu, arch.name, row["phase"], step,
+                                   float(row["median_s"])))  # fmt: skip
     return out
 
 
 def _step_from_row(row: dict[str, str]) -> Step | None:
     phase = row["phase"]
-    if phase not in ("decode", "prefill", "lm_head"):
+    if phase not in ("decode", "prefill", "lm_head", "mixed"):
         return None  # all-reduce sweeps document the link; the model uses datasheet bandwidth
     arch = catalog.get(row["shape"])
     tp, layers, batch = int(row["tp"]), int(row["layers"]), int(row["batch"])
@@ -236,13 +270,17 @@ def _step_from_row(row: dict[str, str]) -> Step | None:
     if phase == "prefill":
         return Step(arch, tp, prefill_seqs=batch, prefill_tokens=int(row["context"]),
                     layers=layers, lm_head=False, cuda_graph=graph)  # fmt: skip
+    if phase == "mixed":  # chunked prefill: one prompt of (tokens - batch) rides with decodes
+        return Step(arch, tp, decode_seqs=batch, decode_context=int(row["context"]),
+                    prefill_seqs=1, prefill_tokens=int(row["tokens"]) - batch, layers=layers,
+                    lm_head=False, cuda_graph=graph)  # fmt: skip
     return Step(arch, tp, decode_seqs=batch, layers=0, lm_head=True, cuda_graph=graph)
 
 
 def design_matrix(
     measurements: Sequence[Measurement],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    X = np.array([m.step.raw(catalog.gpu(m.gpu)) for m in measurements], dtype=np.float64)
+    X = np.array([m.step.raw(m.hardware) for m in measurements], dtype=np.float64)
     y = np.array([m.seconds for m in measurements], dtype=np.float64)
     return X, y
 
@@ -326,6 +364,9 @@ def evaluate(measurements: Sequence[Measurement], seed: int = 0) -> list[Evaluat
         splits.append(
             (f"unseen TP: tp={top} from smaller", [m.step.tp == top for m in measurements])
         )
+    mixed = [m.phase == "mixed" for m in measurements]
+    if any(mixed):
+        splits.append(("mixed prefill+decode steps from pure ones", mixed))
     whole = [m.step.layers is not None and m.step.layers > 4 for m in measurements]
     if any(whole):
         splits.append(("whole model from 4-layer stacks", whole))
@@ -338,6 +379,16 @@ def evaluate(measurements: Sequence[Measurement], seed: int = 0) -> list[Evaluat
         ape = np.abs(model.regressor.predict(X) - y) / y
         results.append(Evaluation(name, len(train), len(test), float(ape.mean()), float(ape.max())))
     return results
+
+
+def leave_one_out_mape(measurements: Sequence[Measurement]) -> float:
+    """MAPE of each point predicted by a model fit on all the others (for small data sets)."""
+    errors = []
+    for i, held in enumerate(measurements):
+        model = LatencyModel.fit([m for j, m in enumerate(measurements) if j != i])
+        X, y = design_matrix([held])
+        errors.append(abs(float(model.regressor.predict(X)[0]) - float(y[0])) / float(y[0]))
+    return float(np.mean(errors))
 
 
 def fit_default(measurements: Sequence[Measurement] | None = None) -> LatencyModel:

@@ -140,6 +140,32 @@ def prefill_layer(ly: Layer, x: torch.Tensor, cs: Any, tp: int) -> torch.Tensor:
     return x + all_reduce((F.silu(gate) * up) @ ly.down.t(), tp)
 
 
+def mixed_layer(
+    ly: Layer, x: torch.Tensor, batch: int, kc: torch.Tensor, vc: torch.Tensor, cs_dec: Any,
+    cs_pre: Any, tp: int,
+) -> torch.Tensor:  # fmt: skip
+    """vLLM's chunked-prefill step: x is [batch decode tokens + T prompt tokens of one sequence];
+    the matrices see all tokens at once, attention runs per part."""
+    t = x.shape[0] - batch
+    h = rms_norm(x, ly.norm1)
+    q, k, v = (h @ ly.qkv.t()).split([ly.q, ly.kv, ly.kv], dim=-1)
+    qd = rope(q[:batch].view(batch, ly.heads, ly.hd), *cs_dec)
+    kd = rope(k[:batch].view(batch, ly.kv_heads, ly.hd), *cs_dec)
+    kc[:, :, -1].copy_(kd)
+    vc[:, :, -1].copy_(v[:batch].view(batch, ly.kv_heads, ly.hd))
+    group = ly.heads // ly.kv_heads
+    dec = F.scaled_dot_product_attention(qd.view(batch, ly.kv_heads, group, ly.hd), kc, vc)
+    qp = rope(q[batch:].view(1, t, ly.heads, ly.hd), *cs_pre).transpose(1, 2)
+    kp = rope(k[batch:].view(1, t, ly.kv_heads, ly.hd), *cs_pre).transpose(1, 2)
+    vp = v[batch:].view(1, t, ly.kv_heads, ly.hd).transpose(1, 2)
+    pre = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
+    attn = torch.cat((dec.reshape(batch, ly.q), pre.transpose(1, 2).reshape(t, ly.q)))
+    x = x + all_reduce(attn @ ly.o.t(), tp)
+    h = rms_norm(x, ly.norm2)
+    gate, up = (h @ ly.gate_up.t()).chunk(2, dim=-1)
+    return x + all_reduce((F.silu(gate) * up) @ ly.down.t(), tp)
+
+
 class Timer:
     def __init__(self, device: torch.device, warmup: int, repeats: int) -> None:
         self.cuda = device.type == "cuda"
@@ -288,6 +314,41 @@ def prefill_point(
     return row(s.name, "prefill", tp, len(layers), seqs, tokens, seqs * tokens, False, times)
 
 
+# (decode batch, decode context, prompt tokens in the same step)
+MIXED = [(b, 1024, t) for b in (16, 64, 128) for t in (256, 512, 2048)] + [(32, 4096, 1024)]
+
+
+def measure_mixed(
+    s: Shape, device: torch.device, timer: Timer, out: list[dict[str, Any]]
+) -> None:  # fmt: skip
+    layers = [Layer(s, 1, device) for _ in range(4)]
+    kvh, hd = layers[0].kv_heads, s.head_dim
+    for batch, context, prompt in MIXED:
+        x = torch.randn(batch + prompt, s.hidden, device=device, dtype=DTYPE)
+        caches = [
+            (torch.randn(batch, kvh, context, hd, device=device, dtype=DTYPE),
+             torch.randn(batch, kvh, context, hd, device=device, dtype=DTYPE))
+            for _ in layers
+        ]  # fmt: skip
+        pos = torch.full((batch,), context - 1, device=device)
+        cs_dec = tuple(t[:, None, :] for t in rope_tables(pos, hd))
+        positions = torch.arange(prompt, device=device)
+        cs_pre = tuple(t[None, :, None, :] for t in rope_tables(positions, hd))
+
+        def step(x: torch.Tensor = x, caches: Any = caches, b: int = batch,
+                 cd: Any = cs_dec, cp: Any = cs_pre) -> torch.Tensor:  # fmt: skip
+            y = x
+            for ly, (kc, vc) in zip(layers, caches, strict=True):
+                y = mixed_layer(ly, y, b, kc, vc, cd, cp, 1)
+            return y
+
+        times = timer(step)
+        out.append(row(s.name, "mixed", 1, 4, batch, context, batch + prompt, False, times))
+        del caches
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def ceilings(device: torch.device) -> dict[str, float]:
     """Measured copy bandwidth and bf16 matmul rate (METHOD.md: use these, not the datasheet)."""
     if device.type != "cuda":
@@ -350,6 +411,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--no-tp", action="store_true")
     parser.add_argument("--tp-only", action="store_true")
+    parser.add_argument("--mixed-only", action="store_true")
     parser.add_argument("--tp", type=int, default=2, help="tensor-parallel degree of the TP sweep")
     args = parser.parse_args()
     if args.quick:
@@ -376,20 +438,26 @@ def main() -> None:
     timer = Timer(device, args.warmup, args.repeats)
     rows: list[dict[str, Any]] = []
     shapes = SHAPES if not args.quick else [Shape("tiny", 256, 8, 2, 32, 512, 1000)]
-    if args.tp_only:
+    if args.tp_only or args.mixed_only:
         shapes = []
+    if args.mixed_only:
+        for shape in SHAPES[:3]:
+            measure_mixed(shape, device, timer, rows)
+            print(f"mixed {shape.name}: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
+        save(args.out, rows, meta)
     grids = (QUICK_DECODE, QUICK_PREFILL) if args.quick else (DECODE, PREFILL)
     for shape in shapes:
         measure_shape(shape, 1, 4, device, timer, rows, *grids, head=True)
         print(f"{shape.name}: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
         save(args.out, rows, meta)
     # A whole Llama-3-8B (32 layers) for checking that per-layer fits compose into a full step.
-    if not args.quick and not args.tp_only:
+    if not args.quick and not args.tp_only and not args.mixed_only:
         full_timer = Timer(device, 3, 10)
         measure_shape(SHAPES[0], 1, 32, device, full_timer, rows, FULL_DECODE, FULL_PREFILL, False)
         print(f"full llama-3-8b: {len(rows)} rows, {time.time() - started:.0f}s", flush=True)
         save(args.out, rows, meta)
-    if device.type == "cuda" and torch.cuda.device_count() >= args.tp > 1 and not args.no_tp:
+    multi = torch.cuda.device_count() >= args.tp > 1 and not (args.no_tp or args.mixed_only)
+    if device.type == "cuda" and multi:
         path = os.path.join(args.out, "tp_rows.json")
         torch.multiprocessing.spawn(tp_worker, args=(args.tp, args, path), nprocs=args.tp)
         with open(path) as f:

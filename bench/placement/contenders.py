@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from goodput.operator.gpu_catalog import Interconnect
+from goodput.operator.gpu_catalog import NODE_NETWORK_BANDWIDTH, Interconnect
 from goodput.operator.inventory import GpuNode
 from goodput.operator.placement import (
     DeploymentPlacement,
@@ -26,7 +26,7 @@ from goodput.operator.placement import (
     ReplicaPlacement,
     StagePlacement,
 )
-from goodput.operator.placement.capacity import RooflineCapacity
+from goodput.operator.placement.capacity import ReplicaCapacity
 from goodput.operator.placement.pools import GpuPool, group_pools, pool_key
 from goodput.operator.placement.ranking import DemandReplicaCount
 from goodput.operator.placement.shape import Shape, memory_plan
@@ -48,12 +48,17 @@ def user_shape(demand: ModelDemand, pool: GpuPool) -> Shape | None:
     return None
 
 
-def replica_capacity(demand: ModelDemand, pool: GpuPool, shape: Shape) -> float:
+def replica_capacity(
+    capacity: ReplicaCapacity, demand: ModelDemand, pool: GpuPool, shape: Shape
+) -> float:
     """SLO capacity by the same model Goodput uses; a TP group split over nodes all-reduces over
-    the network, costed as PCIe-class links."""
+    the network between them."""
     if shape.tensor > pool.max_gpus_per_node:
-        pool = replace(pool, interconnect=Interconnect.PCIE)
-    return RooflineCapacity().requests_per_second(demand, pool, shape)
+        gpu = replace(
+            pool.gpu, interconnect="network", interconnect_bytes_per_s=NODE_NETWORK_BANDWIDTH
+        )
+        pool = replace(pool, interconnect=Interconnect.PCIE, gpu=gpu)
+    return capacity.requests_per_second(demand, pool, shape)
 
 
 @dataclass
@@ -98,6 +103,7 @@ def _take(fleet: _Fleet, stages: list[StagePlacement]) -> None:
 
 @dataclass(frozen=True)
 class FirstFitDecreasing:
+    capacity: ReplicaCapacity
     name: str = "first-fit-decreasing"
 
     def solve(self, nodes: Sequence[GpuNode], demands: Sequence[ModelDemand]) -> PlacementPlan:
@@ -134,7 +140,7 @@ class FirstFitDecreasing:
                             continue
                         stages = found
                     pool = fleet.pools[key]
-                    rps = replica_capacity(d, pool, shape)
+                    rps = replica_capacity(self.capacity, d, pool, shape)
                     placed = ReplicaPlacement(
                         len(replicas), node.product, shape.tensor, 1, tuple(stages), rps
                     )
@@ -159,6 +165,7 @@ class FirstFitDecreasing:
 
 @dataclass(frozen=True)
 class LeastAllocatedSpread:
+    capacity: ReplicaCapacity
     name: str = "k8s-least-allocated"
 
     def solve(self, nodes: Sequence[GpuNode], demands: Sequence[ModelDemand]) -> PlacementPlan:
@@ -175,7 +182,7 @@ class LeastAllocatedSpread:
                 continue
             key, shape = choice
             pool = fleet.pools[key]
-            rps = replica_capacity(d, pool, shape)
+            rps = replica_capacity(self.capacity, d, pool, shape)
             desired = counter.desired(d, rps)
             replicas: list[ReplicaPlacement] = []
             for index in range(desired):

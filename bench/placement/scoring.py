@@ -13,7 +13,10 @@ from goodput.operator.placement.ranking import DemandReplicaCount
 
 
 def score(
-    plan: PlacementPlan, nodes: Sequence[GpuNode], demands: Sequence[ModelDemand]
+    plan: PlacementPlan,
+    nodes: Sequence[GpuNode],
+    demands: Sequence[ModelDemand],
+    solver: PlacementSolver,
 ) -> dict[str, Any]:
     """Metrics of one plan, computed the same way for every contender.
 
@@ -49,7 +52,6 @@ def score(
         )
     ]
     pools = group_pools(nodes)
-    solver = PlacementSolver()
     threshold: dict[tuple[str, str, int], int] = {}  # smallest one-node group a pending one needs
     seen: set[tuple[object, ...]] = set()
     for d in pending:

@@ -64,7 +64,7 @@ def _facts() -> dict[tuple[str, str], ModelFacts]:
 
 
 def workload(
-    count: int, nodes: Sequence[GpuNode], *, load: float = 1.0, seed: int = 1
+    count: int, nodes: Sequence[GpuNode], solver: PlacementSolver, *, load: float, seed: int
 ) -> list[ModelDemand]:
     """``count`` deployments whose demand adds up to about ``load`` x the fleet's free GPUs."""
     rng = random.Random(seed)
@@ -72,7 +72,6 @@ def workload(
     models = [(name, quant) for name, quant, _ in MODEL_MIX]
     model_weights = [share for _, _, share in MODEL_MIX]
     pools = list(group_pools(nodes).values())
-    solver = PlacementSolver()
     drafts: list[tuple[ModelDemand, float, float]] = []  # demand, GPU weight, rps per GPU
     for i in range(count):
         name, quant = rng.choices(models, model_weights)[0]

@@ -30,9 +30,10 @@ def test_registry_has_the_handlers_for_llmdeployments_and_owned_deployments() ->
     watched = {
         (h.selector.group, h.selector.any_name) for h in registry._watching.get_all_handlers()
     }
-    assert watched == {("apps", "deployments"), ("", "nodes")}
-    (index,) = registry._indexing.get_all_handlers()
-    assert index.selector.any_name == "llmdeployments"
+    assert watched == {("apps", "deployments"), ("", "nodes"), ("", "pods")}
+    indexes = registry._indexing.get_all_handlers()
+    assert {i.selector.any_name for i in indexes} == {"llmdeployments"}
+    assert len(indexes) == 2  # waiting for GPUs; nodes each deployment runs on
 
 
 def test_cli_prints_the_crd_and_rbac() -> None:
