@@ -10,6 +10,7 @@ annotations, not in ``status`` (the structural schema would prune it).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -19,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
 from goodput.operator import naming
+from goodput.operator.inventory import pod_gpu_request
 from goodput.operator.reconcile import Outcome, Reconciler
 from goodput.operator.status import PLACED, RETRYABLE_PLACEMENT_REASONS, find
 
@@ -87,6 +89,14 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         r.kube.patch_llmdeployment_status(namespace, name, outcome.status)
         _post(parent, outcome)
 
+    def logged(what: str, logger: kopf.Logger, fn: Callable[[], None]) -> None:
+        """Watch-event handlers are not retried by kopf: log API errors in one line; the next
+        event (or the LLMDeployment's own handlers) converges again."""
+        try:
+            fn()
+        except ApiException as err:
+            logger.warning(f"{what}: Kubernetes API error {err.status} {err.reason}")
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
@@ -123,15 +133,34 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         nodes = {n for entry in status.get("placement") or () for n in entry.get("nodes") or ()}
         return {node: f"{namespace}/{name}" for node in sorted(nodes)}
 
+    def retry_waiting(waiting: kopf.Index[str, str], logger: kopf.Logger) -> None:
+        for key in list(waiting):
+            namespace, _sep, deployment = key.partition("/")
+            with rec().metrics.reconciling("retry_placement"):
+                logged(
+                    f"retrying placement of {key}",
+                    logger,
+                    functools.partial(converge_and_patch, namespace, deployment),
+                )
+
     @kopf.on.event("", "v1", "pods", registry=registry)
-    def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
-        """Keep the GPU inventory's holds current (which GPUs other pods already use)."""
+    def pod_event(type: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
+        """Keep the GPU inventory's holds current (which GPUs other pods already use), and
+        retry the deployments waiting for GPUs when a pod releases some."""
         inventory = rec().inventory
-        if inventory is not None:
-            inventory.apply_pod(type, body)
+        if inventory is None:
+            return
+        inventory.apply_pod(type, body)
+        phase = (body.get("status") or {}).get("phase")
+        bound = bool((body.get("spec") or {}).get("nodeName"))
+        released = type == "DELETED" or phase in ("Succeeded", "Failed")
+        if released and bound and pod_gpu_request(body) > 0:
+            retry_waiting(kwargs["waiting_for_gpus"], logger)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    def node_event(
+        type: str, name: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any
+    ) -> None:
         """Keep the GPU inventory current; re-place the deployments with a replica on a node
         that left (deleted or cordoned) and retry the waiting ones. A watch rather than a
         timer: kopf timers need a finalizer on every LLMDeployment, which would make deletion
@@ -147,16 +176,16 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
             for key in sorted(set(placed.get(name, []))):
                 namespace, _sep, deployment = key.partition("/")
                 with rec().metrics.reconciling("replace_lost_node"):
-                    converge_and_patch(namespace, deployment)
+                    logged(
+                        f"re-placing {key}",
+                        logger,
+                        functools.partial(converge_and_patch, namespace, deployment),
+                    )
         if fingerprint is None:
             nodes_seen.pop(name, None)
         else:
             nodes_seen[name] = fingerprint
-        waiting: kopf.Index[str, str] = kwargs["waiting_for_gpus"]
-        for key in list(waiting):
-            namespace, _sep, deployment = key.partition("/")
-            with rec().metrics.reconciling("retry_placement"):
-                converge_and_patch(namespace, deployment)
+        retry_waiting(kwargs["waiting_for_gpus"], logger)
 
     @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
     def deleted(name: str, namespace: str | None, **_: Any) -> None:
@@ -169,20 +198,30 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
         registry=registry,
     )
-    def workload_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    def workload_event(
+        type: str, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+    ) -> None:
         """Mirror the owned Deployment's readiness into the parent's status; re-create it if
         someone deleted it while the parent lives."""
         owner = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
         if not owner or not type or not namespace:
             return
         r = rec()
-        with r.metrics.reconciling("workload_event"):
-            if type == "DELETED":
-                converge_and_patch(namespace, owner)
-                return
+
+        def mirror() -> None:
             parent = r.kube.get_llmdeployment(namespace, owner)
             if parent is None or parent["metadata"].get("deletionTimestamp"):
                 return
             new = r.workload_changed(parent, dict(body))
             if new is not None:
                 r.kube.patch_llmdeployment_status(namespace, owner, new)
+
+        with r.metrics.reconciling("workload_event"):
+            if type == "DELETED":
+                logged(
+                    f"re-creating {namespace}/{owner}",
+                    logger,
+                    lambda: converge_and_patch(namespace, owner),
+                )
+            else:
+                logged(f"status of {namespace}/{owner}", logger, mirror)

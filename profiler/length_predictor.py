@@ -120,7 +120,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         n_features: int = 2**14,
         alpha: float = 1.0,
         cue_weight: float = 0.1,
-        max_chars: int = 1200,
+        max_chars: int = 600,
         n_oof_folds: int = 5,
         prior_strength: float = 8.0,
         forgetting: float = 1.0,

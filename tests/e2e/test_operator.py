@@ -191,7 +191,12 @@ def test_example_becomes_available_on_matching_gpu_nodes(
         "get", "events", "-n", ns, "--field-selector", "involvedObject.kind=LLMDeployment"
     )
     assert "Placed" in events
-    assert "goodput_operator_gpus_allocated" in operator.metrics()
+    metrics = operator.metrics()
+    assert f'goodput_operator_gpus_allocated{{gpu_product="{H100}"}} 1.0' in metrics
+    assert f'goodput_operator_gpus_capacity{{gpu_product="{H100}"}}' in metrics
+    assert 'goodput_operator_deployments{phase="Available"} 1.0' in metrics
+    assert "goodput_operator_reconciliations_total{" in metrics
+    assert "goodput_operator_reconcile_duration_seconds_bucket{" in metrics
 
 
 def test_kubectl_scale_and_spec_changes_roll_the_workload(

@@ -21,12 +21,13 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
+from goodput.profiler.datasets import AlpacaEvalSet
 from goodput.profiler.length_baselines import (
     GlobalMeanLength,
     InputLengthHistogram,
     PerModelMeanLength,
 )
-from goodput.profiler.length_eval import length_metrics
+from goodput.profiler.length_eval import REFERENCE, evaluate, length_metrics
 from goodput.profiler.length_model_io import (
     UntrustedModelFile,
     default_model_path,
@@ -286,3 +287,78 @@ def test_prompt_cues_read_requested_sizes() -> None:
     assert cues["log_requested_words"] == pytest.approx(math.log1p(2000))
     assert cues["log_requested_paragraphs"] == pytest.approx(math.log1p(5))
     assert cues["cue_long_form"] == 1.0 and cues["cue_classify"] == 0.0
+
+
+def _synthetic_set() -> AlpacaEvalSet:
+    X, y = synthetic(
+        seed=4, models={"terse-7b": 0.5, "chatty-70b": 2.0, "plain-13b": 1.0, "other-8b": 1.3}
+    )
+    prompts = sorted({p for p, _ in X})
+    pid = {p: i for i, p in enumerate(prompts)}
+    return AlpacaEvalSet(
+        prompt_ids=np.array([pid[p] for p, _ in X], dtype=np.int64),
+        models=tuple(m for _, m in X),
+        prompts=tuple(p for p, _ in X),
+        datasets=tuple("synthetic" for _ in X),
+        prompt_tokens=np.array([len(p.split()) for p, _ in X], dtype=np.int64),
+        output_tokens=y.astype(np.int64),
+        tokenizer="synthetic",
+    )
+
+
+def test_evaluation_scores_every_contender_in_both_scenarios() -> None:
+    data = _synthetic_set()
+    contenders = {
+        "goodput": lambda: LengthPredictor(n_features=2**10),
+        "per-model-mean": PerModelMeanLength,
+    }
+    report = evaluate(data, contenders, test_fraction=0.3, calibration=8)
+    assert set(report.held_out_prompts) == {"goodput", "per-model-mean", REFERENCE}
+    assert set(report.held_out_models) == {
+        "goodput (cold)",
+        "goodput (+8 obs)",
+        "per-model-mean (cold)",
+        "per-model-mean (+8 obs)",
+    }
+    ours = report.held_out_prompts["goodput"]
+    assert set(ours.per_model) == set(data.model_names)
+    # Task words decide length here, so ranking is easy and the constant baseline cannot rank.
+    assert ours.mean.kendall_tau is not None and ours.mean.kendall_tau > 0.5
+    assert report.held_out_prompts["per-model-mean"].mean.kendall_tau is None
+    # Observing the unseen model's answers fixes its scale: the error drops.
+    cold = report.held_out_models["goodput (cold)"].mean.mae_tokens
+    warm = report.held_out_models["goodput (+8 obs)"].mean.mae_tokens
+    assert cold is not None and warm is not None and warm < cold
+    as_json = json.loads(json.dumps(report.to_json()))
+    assert as_json["held_out_prompts"]["goodput"]["per_model"]["chatty-70b"]["n"] > 0
+
+
+def test_cli_update_learns_a_new_models_verbosity_from_a_log(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from goodput.profiler.cli import profile
+
+    X, y = synthetic(seed=5, models={"pod-model": 4.0})
+    log = tmp_path / "requests.jsonl"
+    log.write_text(
+        "".join(
+            json.dumps({"model": m, "prompt": p, "output_tokens": int(t), "finish_reason": "stop"})
+            + "\n"
+            for (p, m), t in zip(X, y, strict=True)
+        )
+    )
+    out = tmp_path / "tuned.skops"
+    runner = CliRunner()
+    result = runner.invoke(profile, ["update", "--log", str(log), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(X)} requests learned from" in result.output
+    tuned, shipped = load_length_model(out), load_default_length_model()
+    prompt = LONG[0].format("volcano")
+    assert (
+        tuned.predict_request(prompt, "pod-model")[0]
+        > shipped.predict_request(prompt, "pod-model")[0]
+    )
+    query = runner.invoke(
+        profile, ["length", prompt, "--model", "pod-model", "--model-file", str(out)]
+    )
+    assert query.exit_code == 0 and query.output.startswith("p50 ")
