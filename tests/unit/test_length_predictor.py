@@ -362,3 +362,13 @@ def test_cli_update_learns_a_new_models_verbosity_from_a_log(tmp_path: Path) -> 
         profile, ["length", prompt, "--model", "pod-model", "--model-file", str(out)]
     )
     assert query.exit_code == 0 and query.output.startswith("p50 ")
+
+
+def test_prompt_cues_ignore_surrounding_whitespace_and_bound_long_prompts() -> None:
+    prompt = "Rewrite the email politely.\n\nHey, send the report now."
+    np.testing.assert_array_equal(prompt_cues(f"  \n{prompt}\n\t "), prompt_cues(prompt))
+    document = "Summarize this document.\n\n" + "lorem ipsum dolor sit amet " * 50_000
+    cues = dict(zip(FEATURE_NAMES, prompt_cues(document), strict=True))
+    # Sizes come from the whole document; the task words from its head.
+    assert cues["log_input_words"] == pytest.approx(math.log1p(250_001), rel=1e-6)
+    assert cues["head_edit"] == 0.0 and cues["cue_long_form"] == 0.0
