@@ -43,7 +43,7 @@ class Gateway:
         self.predictor = predictor or make_predictor(config.predictor)
         self.service = ServiceModel()
         self.budget = EngineBudget()
-        self.policy = make_policy(config.policy)
+        self.policy = make_policy(config.policy, max_concurrency=config.max_concurrency)
         self.admission = AdmissionController(
             self.service,
             overload=config.overload,
