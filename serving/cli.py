@@ -1,10 +1,148 @@
-"""The ``goodput serve`` subcommand."""
+"""The ``goodput serve`` command: run the in-pod gateway (and, for local use, its engine)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import click
+import yaml
+from pydantic import ValidationError
+
+from goodput.api.gateway_config import GatewayConfig
 
 
-@click.group(name="serve")
-def serve() -> None:
-    """Run the in-pod gateway."""
+def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
+    """The config file (JSON or YAML, as the operator's ConfigMap holds it) with command-line
+    overrides on top; either alone is enough if it names the deployment, model and SLO."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(f"{path} does not hold a mapping", param_hint="--config")
+        data = loaded
+    slo_overrides = {k: v for k, v in overrides.pop("slo").items() if v is not None}
+    if slo_overrides:
+        slo = dict(data.get("slo") or {})
+        slo.update(slo_overrides)
+        data["slo"] = slo
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid gateway config:\n{exc}") from None
+
+
+@click.command(name="serve")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="GatewayConfig as JSON or YAML (the operator's ConfigMap).",
+)
+@click.option("--engine-url", help="The vLLM OpenAI server, e.g. http://127.0.0.1:8000.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--policy", type=click.Choice(["fcfs", "slo", "oracle"]))
+@click.option("--overload", type=click.Choice(["reject", "best-effort"]))
+@click.option("--deployment", help="Deployment name (metrics label).")
+@click.option("--served-model-name", help="The model name clients ask for.")
+@click.option("--ttft-ms", type=float, help="TTFT objective.")
+@click.option("--tpot-ms", type=float, help="TPOT objective.")
+@click.option("--e2e-ms", type=float, help="End-to-end objective.")
+@click.option("--max-queue-length", type=int)
+@click.option("--engine-cmd", help="Start this engine command and stop it on exit (local use).")
+@click.option("--engine-ready-timeout", default=600.0, show_default=True, type=float)
+@click.option(
+    "--request-log",
+    type=click.Path(dir_okay=False),
+    help="Append a JSON line per finished request here.",
+)
+@click.option(
+    "--request-log-max-mb",
+    default=64.0,
+    show_default=True,
+    type=float,
+    help="Rotate the request log to <path>.1 past this size.",
+)
+@click.option(
+    "--drain-timeout",
+    default=25.0,
+    show_default=True,
+    type=float,
+    help="Seconds in-flight requests may take to finish after SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    config_path: str | None,
+    engine_url: str | None,
+    host: str,
+    port: int,
+    policy: str | None,
+    overload: str | None,
+    deployment: str | None,
+    served_model_name: str | None,
+    ttft_ms: float | None,
+    tpot_ms: float | None,
+    e2e_ms: float | None,
+    max_queue_length: int | None,
+    engine_cmd: str | None,
+    engine_ready_timeout: float,
+    request_log: str | None,
+    request_log_max_mb: float,
+    drain_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the SLO-aware OpenAI-compatible gateway in front of a vLLM engine."""
+    # Imported here so that `goodput --help` does not load the web stack.
+    import uvicorn
+
+    from goodput.serving.app import create_app
+    from goodput.serving.drain import DrainingServer
+    from goodput.serving.engine_process import EngineProcess
+    from goodput.serving.gateway import Gateway
+    from goodput.serving.request_log import RequestLog
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = load_config(
+        config_path,
+        {
+            "engineUrl": engine_url,
+            "policy": policy,
+            "overload": overload,
+            "deployment": deployment,
+            "servedModelName": served_model_name,
+            "maxQueueLength": max_queue_length,
+            "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
+        },
+    )
+    engine = EngineProcess(engine_cmd, config.engine_url) if engine_cmd else None
+    try:
+        if engine is not None:
+            engine.start()
+            engine.wait_ready(engine_ready_timeout)
+        log = None
+        if request_log is not None:
+            log = RequestLog(request_log, max_bytes=int(request_log_max_mb * 1024 * 1024))
+        gateway = Gateway(config, request_log=log)
+        server_config = uvicorn.Config(
+            create_app(gateway),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
+        DrainingServer(server_config, gateway, grace_s=drain_timeout).run()
+    finally:
+        if engine is not None:
+            engine.stop()

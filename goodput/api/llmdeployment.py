@@ -1,0 +1,730 @@
+"""The LLMDeployment resource (goodput.dev/v1alpha1) as typed Python.
+
+This module is the single source of the resource's shape: ``goodput.api.crd`` generates the CRD's
+OpenAPI schema (defaults, bounds, descriptions and the CEL rules in ``RULES``) from these models,
+and the operator parses every object it reads through them. The CEL rules are mirrored by
+pydantic validators so that what the API server rejects is also rejected here (the operator never
+has to defend against a spec the API server would not store).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+GROUP = "goodput.dev"
+VERSION = "v1alpha1"
+KIND = "LLMDeployment"
+PLURAL = "llmdeployments"
+SINGULAR = "llmdeployment"
+SHORT_NAMES = ("llmd",)
+CATEGORIES = ("goodput",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Phase = Literal["Pending", "Placing", "Progressing", "Available", "Degraded", "Failed"]
+ConditionType = Literal["Placed", "Available", "Degraded", "Profiled"]
+
+# An RFC 1123 label: what Kubernetes accepts as a container port name, a label value, ... and what
+# vLLM accepts as a served model name without quoting troubles.
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def _rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _cel(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules that the CRD generator copies verbatim."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class _Spec(BaseModel):
+    """Base for spec models: camelCase on the wire, unknown fields are an error (the API server
+    prunes them, so an unknown field reaching the operator means the CRD and this code drifted)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+# ----------------------------------------------------------------------------------------- spec
+
+
+class ModelSpec(_Spec):
+    """Which model to serve and how to load it."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "Name clients put in the OpenAI `model` field (vLLM's --served-model-name). Also the "
+            "Hugging Face id to load when `source` is empty."
+        ),
+    )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Where the weights come from: a Hugging Face id (org/name), `pvc://CLAIM/PATH` for a "
+            "PersistentVolumeClaim mounted read-only, or a path or URL vLLM understands. "
+            "Defaults to `name`."
+        ),
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Model revision (branch, tag or commit) to load; default: the hub's main.",
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Data type of the weights and activations; `auto` uses the model's own.",
+    )
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = Field(
+        default=None,
+        description="Weight quantization method, if the checkpoint is quantized (vLLM flag).",
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        alias="maxModelLen",
+        description="Longest context (prompt + output tokens); default: the model's own limit.",
+    )
+    architecture: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "Key of the profiler's architecture catalog (e.g. `llama-3-8b`), used to estimate "
+            "memory and latency offline without downloading the model. Optional: guessed from "
+            "`name` when empty."
+        ),
+    )
+
+
+class AdapterSpec(_Spec):
+    """A LoRA adapter served next to the base model under its own model name."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Model name clients use to address this adapter.",
+    )
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Where the adapter weights are: a Hugging Face id, `pvc://CLAIM/PATH`, or a path "
+            "inside the pod."
+        ),
+    )
+
+
+class SLOSpec(_Spec):
+    """The latency objectives a request is judged against."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule("self.ttftMs > 0.0", "slo.ttftMs must be a positive number of milliseconds"),
+            _rule("self.tpotMs > 0.0", "slo.tpotMs must be a positive number of milliseconds"),
+            _rule(
+                "!has(self.e2eMs) || self.e2eMs > 0.0",
+                "slo.e2eMs must be a positive number of milliseconds",
+            ),
+            _rule(
+                "self.percentile > 0.0 && self.percentile < 100.0",
+                "slo.percentile must lie strictly between 0 and 100 (e.g. 99 for p99)",
+            ),
+            _rule(
+                "self.attainment > 0.0 && self.attainment <= 1.0",
+                "slo.attainment is a fraction of requests: it must be in (0, 1]",
+            ),
+        ),
+    )
+
+    ttft_ms: float = Field(
+        alias="ttftMs", description="Time to first token, in milliseconds, at `percentile`."
+    )
+    tpot_ms: float = Field(
+        alias="tpotMs",
+        description="Time per output token after the first, in milliseconds, at `percentile`.",
+    )
+    e2e_ms: float | None = Field(
+        default=None,
+        alias="e2eMs",
+        description="Optional end-to-end request latency objective, in milliseconds.",
+    )
+    percentile: float = Field(
+        default=99.0, description="Latency percentile the objectives apply to, in (0, 100)."
+    )
+    attainment: float = Field(
+        default=0.99,
+        description="Target fraction of requests that meet every objective, in (0, 1].",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SLOSpec:
+        for label, value in (("ttftMs", self.ttft_ms), ("tpotMs", self.tpot_ms)):
+            if value <= 0:
+                raise ValueError(f"slo.{label} must be a positive number of milliseconds")
+        if self.e2e_ms is not None and self.e2e_ms <= 0:
+            raise ValueError("slo.e2eMs must be a positive number of milliseconds")
+        if not 0 < self.percentile < 100:
+            raise ValueError("slo.percentile must lie strictly between 0 and 100 (e.g. 99 for p99)")
+        if not 0 < self.attainment <= 1:
+            raise ValueError("slo.attainment is a fraction of requests: it must be in (0, 1]")
+        return self
+
+
+class AutoscalingSpec(_Spec):
+    """Bounds for replica autoscaling on SLO attainment."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "self.minReplicas <= self.maxReplicas",
+                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+            )
+        ),
+    )
+
+    enabled: bool = Field(
+        default=False,
+        description="Scale replicas between minReplicas and maxReplicas to keep the SLO met.",
+    )
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, alias="minReplicas", description="Fewest replicas."
+    )
+    max_replicas: int = Field(
+        default=4, ge=1, le=1000, alias="maxReplicas", description="Most replicas."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
+class ParallelismSpec(_Spec):
+    """How one replica splits the model over GPUs; an omitted degree is chosen by the operator."""
+
+    tensor: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Tensor-parallel degree (GPUs sharing every layer); omit to choose auto.",
+    )
+    pipeline: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Pipeline-parallel degree (stages of layers); omit to choose auto.",
+    )
+
+
+class ResourcesSpec(_Spec):
+    """Which GPUs to run on and how many per replica."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "!has(self.gpusPerReplica) || !has(self.parallelism) || "
+                "!has(self.parallelism.tensor) || !has(self.parallelism.pipeline) || "
+                "self.parallelism.tensor * self.parallelism.pipeline == self.gpusPerReplica",
+                "resources.gpusPerReplica must equal parallelism.tensor * parallelism.pipeline "
+                "when all three are set",
+            ),
+            _rule(
+                "!has(self.gpusPerReplica) || !has(self.parallelism) || "
+                "!has(self.parallelism.tensor) || "
+                "self.gpusPerReplica % self.parallelism.tensor == 0",
+                "resources.gpusPerReplica must be a multiple of parallelism.tensor",
+            ),
+            _rule(
+                "!has(self.gpusPerReplica) || !has(self.parallelism) || "
+                "!has(self.parallelism.pipeline) || "
+                "self.gpusPerReplica % self.parallelism.pipeline == 0",
+                "resources.gpusPerReplica must be a multiple of parallelism.pipeline",
+            ),
+            _rule(
+                "self.gpuMemoryUtilization > 0.0 && self.gpuMemoryUtilization <= 1.0",
+                "resources.gpuMemoryUtilization is a fraction of GPU memory: it must be in (0, 1]",
+            ),
+        ),
+    )
+
+    gpu_types: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=16,
+        alias="gpuTypes",
+        description=(
+            "GPU products in order of preference, matched against the nodes' "
+            "`nvidia.com/gpu.product` label: an exact value (NVIDIA-H100-80GB-HBM3) or its "
+            "dash-separated parts (H100, A100-80GB). Empty: any GPU type."
+        ),
+    )
+    gpus_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        alias="gpusPerReplica",
+        description="GPUs per replica; omit to derive it from the parallelism or the model size.",
+    )
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec,
+        description="Tensor and pipeline parallel degrees; omitted degrees are chosen by the "
+        "operator from the model size and the GPU memory.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        alias="gpuMemoryUtilization",
+        description="Fraction of each GPU's memory the engine may use (weights + KV cache).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResourcesSpec:
+        tp, pp, n = self.parallelism.tensor, self.parallelism.pipeline, self.gpus_per_replica
+        if n is not None and tp is not None and pp is not None and tp * pp != n:
+            raise ValueError(
+                "resources.gpusPerReplica must equal parallelism.tensor * parallelism.pipeline "
+                "when all three are set"
+            )
+        if n is not None and tp is not None and n % tp:
+            raise ValueError("resources.gpusPerReplica must be a multiple of parallelism.tensor")
+        if n is not None and pp is not None and n % pp:
+            raise ValueError("resources.gpusPerReplica must be a multiple of parallelism.pipeline")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                "resources.gpuMemoryUtilization is a fraction of GPU memory: it must be in (0, 1]"
+            )
+        return self
+
+
+class PriorityClassSpec(_Spec):
+    """A named class of traffic (chosen per request by the `x-goodput-priority` header)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=_DNS_LABEL,
+        description="Class name requests refer to.",
+    )
+    rank: int = Field(default=0, ge=0, le=1000, description="Lower ranks are served first.")
+    slo_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        alias="sloScale",
+        description="Multiplier on the SLO for this class (2 = twice as lenient).",
+    )
+
+
+_UNIQUE_NAMES = "self.all(x, self.exists_one(y, y.name == x.name))"
+
+
+class SchedulingSpec(_Spec):
+    """How the in-pod gateway orders and admits requests."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "self.priorityClasses.exists(p, p.name == self.defaultPriority)",
+                "scheduling.defaultPriority must name one of scheduling.priorityClasses",
+            ),
+        ),
+    )
+
+    policy: Literal["slo", "fcfs", "oracle"] = Field(
+        default="slo",
+        description=(
+            "Request scheduling policy: `slo` orders by SLO deadline using predicted output "
+            "lengths, `fcfs` is first come first served, `oracle` uses true lengths "
+            "(benchmarks only)."
+        ),
+    )
+    overload: Literal["reject", "best-effort"] = Field(
+        default="reject",
+        description=(
+            "What to do with a request that cannot meet its SLO: `reject` answers 429 at once, "
+            "`best-effort` serves it late."
+        ),
+    )
+    max_queue_length: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        alias="maxQueueLength",
+        description="Most requests waiting in the gateway's queue; more are rejected (429).",
+    )
+    max_queue_delay_ms: float | None = Field(
+        default=None,
+        gt=0,
+        alias="maxQueueDelayMs",
+        description="Longest a request may wait in the queue before it is rejected.",
+    )
+    priority_classes: list[PriorityClassSpec] = Field(
+        default=[PriorityClassSpec(name="default")],
+        min_length=1,
+        max_length=16,
+        alias="priorityClasses",
+        json_schema_extra=_cel(
+            _rule(_UNIQUE_NAMES, "scheduling.priorityClasses names must be unique")
+        ),
+        description="Traffic classes; requests without a class get `defaultPriority`.",
+    )
+    default_priority: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        alias="defaultPriority",
+        description="Class of requests that name none.",
+    )
+
+    @model_validator(mode="after")
+    def _classes(self) -> SchedulingSpec:
+        names = [p.name for p in self.priority_classes]
+        if len(set(names)) != len(names):
+            raise ValueError("scheduling.priorityClasses names must be unique")
+        if self.default_priority not in names:
+            raise ValueError(
+                "scheduling.defaultPriority must name one of scheduling.priorityClasses"
+            )
+        return self
+
+
+class KVCacheSpec(_Spec):
+    """KV cache options of the engine."""
+
+    prefix_caching: bool = Field(
+        default=True,
+        alias="prefixCaching",
+        description="Reuse the KV cache of shared prompt prefixes across requests.",
+    )
+    dtype: Literal["auto", "fp8"] = Field(
+        default="auto",
+        description="KV cache element type: `auto` follows the model, `fp8` halves KV memory.",
+    )
+    cpu_offload_gib: float = Field(
+        default=0.0,
+        ge=0,
+        le=4096,
+        alias="cpuOffloadGiB",
+        description="GiB of host memory to offload KV blocks to (0 = no offloading).",
+    )
+
+
+class RoutingSpec(_Spec):
+    """How requests are spread over replicas."""
+
+    session_affinity: bool = Field(
+        default=False,
+        alias="sessionAffinity",
+        description="Keep each client on one replica (Service ClientIP affinity).",
+    )
+    prefix_aware: bool = Field(
+        default=False,
+        alias="prefixAware",
+        description=(
+            "Route requests sharing a prompt prefix to the same replica. Needs a prefix-aware "
+            "router in front of the Service; not implemented yet (the operator warns)."
+        ),
+    )
+
+
+class SecretKeyRef(_Spec):
+    """A key of a Secret in the deployment's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+
+
+class EnvVarSource(_Spec):
+    """Where an environment variable's value comes from."""
+
+    secret_key_ref: SecretKeyRef = Field(
+        alias="secretKeyRef", description="Read the value from a Secret key."
+    )
+
+
+class EnvVar(_Spec):
+    """An environment variable for the engine container."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "!(has(self.value) && has(self.valueFrom))",
+                "an engine.env entry sets either value or valueFrom, not both",
+            )
+        ),
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=_ENV_NAME, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, alias="valueFrom", description="Value read from a Secret instead."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("an engine.env entry sets either value or valueFrom, not both")
+        return self
+
+
+class EngineSpec(_Spec):
+    """The vLLM engine container; `args` and `env` are an escape hatch to any vLLM flag."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Engine image; default: the operator's (an official vllm/vllm-openai tag).",
+    )
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra vLLM arguments, appended after the ones the operator derives.",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_cel(_rule(_UNIQUE_NAMES, "engine.env names must be unique")),
+        description="Extra environment variables (e.g. HF_TOKEN from a Secret).",
+    )
+
+
+class GatewaySpec(_Spec):
+    """The Goodput gateway container in front of the engine."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Gateway image; default: the operator's own version of Goodput.",
+    )
+
+
+class LLMDeploymentSpec(_Spec):
+    """Desired state: a model served within an SLO."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "!has(self.autoscaling) || !self.autoscaling.enabled || "
+                "(self.replicas >= self.autoscaling.minReplicas && "
+                "self.replicas <= self.autoscaling.maxReplicas)",
+                "replicas must lie within [autoscaling.minReplicas, autoscaling.maxReplicas] "
+                "while autoscaling is enabled",
+            ),
+        ),
+    )
+
+    model: ModelSpec = Field(description="The base model.")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra=_cel(_rule(_UNIQUE_NAMES, "adapters names must be unique")),
+        description="LoRA adapters served next to the base model, each under its own name.",
+    )
+    slo: SLOSpec = Field(description="Latency objectives every replica is sized and scheduled for.")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Number of serving replicas (the scale subresource sets this).",
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Replica bounds for autoscaling."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPU type preferences and parallelism."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Request scheduling in the gateway."
+    )
+    kv_cache: KVCacheSpec = Field(
+        default_factory=KVCacheSpec, alias="kvCache", description="Engine KV cache options."
+    )
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="Request routing across replicas."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine container.")
+    gateway: GatewaySpec = Field(
+        default_factory=GatewaySpec, description="Goodput gateway container."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_and_adapters(self) -> LLMDeploymentSpec:
+        a = self.autoscaling
+        if a.enabled and not a.min_replicas <= self.replicas <= a.max_replicas:
+            raise ValueError(
+                "replicas must lie within [autoscaling.minReplicas, autoscaling.maxReplicas] "
+                "while autoscaling is enabled"
+            )
+        names = [ad.name for ad in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError("adapters names must be unique")
+        return self
+
+    @property
+    def weights_source(self) -> str:
+        """What the engine loads: `source`, or the model name taken as a hub id."""
+        return self.model.source or self.model.name
+
+
+# --------------------------------------------------------------------------------------- status
+
+
+class Condition(BaseModel):
+    """A Kubernetes-style condition (metav1.Condition shape)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    type: str = Field(max_length=316, description="Placed, Available, Degraded or Profiled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(
+        alias="lastTransitionTime", description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        alias="observedGeneration",
+        description="metadata.generation the condition was computed from.",
+    )
+
+
+class ReplicaPlacement(BaseModel):
+    """Where one replica runs."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    replica: int = Field(ge=0, description="Replica index.")
+    nodes: list[str] = Field(default_factory=list, description="Nodes the replica's pods run on.")
+    gpus: int = Field(ge=0, description="GPUs the replica uses.")
+    tensor: int = Field(ge=1, description="Tensor-parallel degree.")
+    pipeline: int = Field(ge=1, description="Pipeline-parallel degree.")
+
+
+class ProfileStatus(BaseModel):
+    """What the operator estimated about the model."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    weights_gib: float | None = Field(
+        default=None, alias="weightsGiB", description="Memory the weights need, GiB."
+    )
+    kv_bytes_per_token: int | None = Field(
+        default=None, alias="kvBytesPerToken", description="KV cache bytes per token."
+    )
+    parameters: int | None = Field(
+        default=None, description="Estimated parameter count of the base model."
+    )
+    source: str | None = Field(
+        default=None, max_length=256, description="How the estimate was made."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        alias="maxConcurrency",
+        description="Most concurrent sequences the KV cache holds at maxModelLen.",
+    )
+    predicted_tokens_per_second: float | None = Field(
+        default=None,
+        alias="predictedTokensPerSecond",
+        description="Predicted generation throughput of one replica within the SLO.",
+    )
+
+
+class LLMDeploymentStatus(BaseModel):
+    """Observed state, written by the operator only."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="Last metadata.generation acted on."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Summary: Pending, Placing, Progressing, Available, Degraded or Failed.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Placed, Available, Degraded (and Profiled) conditions.",
+    )
+    replicas: int | None = Field(default=None, description="Pods of the workload that exist.")
+    ready_replicas: int | None = Field(
+        default=None, alias="readyReplicas", description="Replicas ready to serve."
+    )
+    ready: str | None = Field(
+        default=None, description="`ready/desired`, for kubectl's READY column."
+    )
+    selector: str | None = Field(
+        default=None, description="Label selector of the pods (for the scale subresource)."
+    )
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL.")
+    gpus: int | None = Field(default=None, description="GPUs requested by all desired replicas.")
+    gpu_type: str | None = Field(
+        default=None, alias="gpuType", description="GPU product the replicas run on."
+    )
+    placement: list[ReplicaPlacement] = Field(
+        default_factory=list, description="Where each replica runs."
+    )
+    profile: ProfileStatus | None = Field(default=None, description="Model estimates.")
+    slo_attainment: float | None = Field(
+        default=None,
+        alias="sloAttainment",
+        description="Observed fraction of requests that met the SLO (rolling window).",
+    )
+    message: str | None = Field(default=None, description="Human-readable summary.")
+
+
+class ObjectMeta(BaseModel):
+    """The metadata fields the operator reads."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMDeployment(BaseModel):
+    """A whole object as read from the API server."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: LLMDeploymentSpec
+    status: LLMDeploymentStatus = Field(default_factory=LLMDeploymentStatus)
+
+
+PVC_SOURCE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)(?P<path>/.*)?$")

@@ -1,0 +1,78 @@
+"""The gateway's ConfigMap: the LLMDeployment's serving policy in the gateway's own contract.
+
+The ConfigMap's content hash goes into the pod template (``goodput.dev/config-hash``), so a policy
+change rolls the pods: the gateway reads its config once, at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from goodput.api.gateway_config import GatewayConfig, PriorityClass, SLOTargets
+from goodput.api.llmdeployment import LLMDeployment
+from goodput.operator import naming
+
+CONFIG_KEY = "gateway.json"
+CONFIG_DIR = "/etc/goodput"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+ENGINE_PORT = 8000
+
+
+def gateway_config(obj: LLMDeployment) -> GatewayConfig:
+    """The gateway config an LLMDeployment's pods run with."""
+    spec = obj.spec
+    sched = spec.scheduling
+    return GatewayConfig(
+        deployment=obj.metadata.name,
+        namespace=obj.metadata.namespace,
+        served_model_name=spec.model.name,
+        adapters=[a.name for a in spec.adapters],
+        engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
+        max_model_len=spec.model.max_model_len,
+        slo=SLOTargets(
+            ttft_ms=spec.slo.ttft_ms,
+            tpot_ms=spec.slo.tpot_ms,
+            e2e_ms=spec.slo.e2e_ms,
+            percentile=spec.slo.percentile,
+            attainment=spec.slo.attainment,
+        ),
+        policy=sched.policy,
+        overload=sched.overload,
+        max_queue_length=sched.max_queue_length,
+        max_queue_delay_ms=sched.max_queue_delay_ms,
+        priority_classes=[
+            PriorityClass(name=p.name, rank=p.rank, slo_scale=p.slo_scale)
+            for p in sched.priority_classes
+        ],
+        default_priority=sched.default_priority,
+    )
+
+
+def render(config: GatewayConfig) -> str:
+    """Stable JSON (sorted keys) so the hash changes only when the content does."""
+    return json.dumps(
+        config.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True
+    )
+
+
+def config_hash(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def config_map(obj: LLMDeployment) -> dict[str, Any]:
+    """The ConfigMap holding the gateway's config file."""
+    meta = obj.metadata
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": naming.object_meta(
+            naming.config_map_name(meta.name), meta.namespace, meta.name, meta.uid
+        ),
+        "data": {CONFIG_KEY: render(gateway_config(obj))},
+    }

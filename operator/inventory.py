@@ -1,0 +1,222 @@
+"""The GPU inventory: which GPUs exist, how they are linked, and which are already taken.
+
+Built from Node and Pod objects exactly as the Kubernetes API returns them (plain dicts), one watch
+event at a time, so the operator keeps it current from its watches and tests need no cluster.
+
+Labels and fields read (all documented in docs/placement.md):
+
+- ``status.allocatable["nvidia.com/gpu"]``: how many GPUs pods may request on the node.
+- ``nvidia.com/gpu.product``, ``nvidia.com/gpu.memory`` (MiB), ``nvidia.com/gpu.count``: written
+  by GPU feature discovery. ``gpu.count`` is used only when allocatable is missing.
+- ``goodput.dev/interconnect`` (``nvswitch|nvlink|pcie``): how the node's GPUs are linked.
+  Default: ``nvswitch`` for GPUs the profiler's catalog lists with NVLink (H100, H200, A100 SXM
+  come on NVSwitch baseboards), ``pcie`` for the rest and for unknown products.
+- ``goodput.dev/interconnect-domain``: the NVLink domain the node's GPUs belong to. Default: the
+  node itself. Nodes that share a domain (a rack-scale NVLink system) are one domain.
+- ``goodput.dev/rack`` and ``topology.kubernetes.io/zone``: failure domains for spreading.
+  Default: empty (all nodes in one rack/zone).
+
+Cordoned (``spec.unschedulable``) and NotReady nodes are left out. Pods bound to a node
+(``spec.nodeName``) that have not finished hold their ``nvidia.com/gpu`` requests; pods labelled
+``goodput.dev/llmdeployment`` belong to Goodput and are counted apart, because the placement
+solver re-derives them from its own previous plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from goodput.operator.gpu_catalog import Interconnect, default_interconnect, gpu_for_label
+from goodput.profiler.hardware import GPUType
+
+GPU_RESOURCE = "nvidia.com/gpu"
+LABEL_PRODUCT = "nvidia.com/gpu.product"
+LABEL_MEMORY = "nvidia.com/gpu.memory"
+LABEL_COUNT = "nvidia.com/gpu.count"
+LABEL_INTERCONNECT = "goodput.dev/interconnect"
+LABEL_DOMAIN = "goodput.dev/interconnect-domain"
+LABEL_RACK = "goodput.dev/rack"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+#: Pods with this label were created by Goodput for the LLMDeployment named in its value.
+LABEL_MANAGED = "goodput.dev/llmdeployment"
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuNode:
+    """One schedulable GPU node, as placement sees it."""
+
+    name: str
+    product: str  # the nvidia.com/gpu.product label
+    gpu: GPUType
+    gpus: int  # allocatable nvidia.com/gpu
+    interconnect: Interconnect
+    domain: str  # interconnect domain: a TP group never leaves it
+    rack: str = ""
+    zone: str = ""
+    allocated: int = 0  # GPUs held by pods Goodput does not manage
+
+    @property
+    def free(self) -> int:
+        return max(0, self.gpus - self.allocated)
+
+
+@dataclass(frozen=True, slots=True)
+class _PodHold:
+    node: str
+    gpus: int
+    managed: bool
+
+
+def _quantity(value: Any) -> int:
+    """An integer extended-resource quantity (``"8"``, ``8``); GPUs are never fractional."""
+    if value is None:
+        return 0
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def pod_gpu_request(pod: Obj) -> int:
+    """GPUs a pod holds: the sum over containers, or the largest init container if larger."""
+    spec = pod.get("spec") or {}
+
+    def of(container: Obj) -> int:
+        res = container.get("resources") or {}
+        requests = res.get("requests") or {}
+        limits = res.get("limits") or {}
+        return _quantity(requests.get(GPU_RESOURCE, limits.get(GPU_RESOURCE)))
+
+    main = sum(of(c) for c in spec.get("containers") or ())
+    init = max((of(c) for c in spec.get("initContainers") or ()), default=0)
+    return max(main, init)
+
+
+def node_exclusion(node: Obj) -> str | None:
+    """Why a node cannot take new GPU pods, or None when it can."""
+    if (node.get("spec") or {}).get("unschedulable"):
+        return "cordoned"
+    for cond in (node.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            return "NotReady"
+    return None
+
+
+def parse_node(node: Obj) -> GpuNode | None:
+    """The GPU facts of a Node object, or None when it has no GPUs."""
+    meta = node.get("metadata") or {}
+    labels: Mapping[str, str] = meta.get("labels") or {}
+    name = str(meta.get("name", ""))
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    gpus = _quantity(allocatable.get(GPU_RESOURCE, labels.get(LABEL_COUNT)))
+    if gpus <= 0:
+        return None
+    product_label = labels.get(LABEL_PRODUCT, "unknown")
+    memory_mib = _quantity(labels.get(LABEL_MEMORY)) or None
+    gpu = gpu_for_label(product_label, memory_mib)
+    try:
+        interconnect = Interconnect(labels.get(LABEL_INTERCONNECT, default_interconnect(gpu)))
+    except ValueError:
+        interconnect = default_interconnect(gpu)
+    return GpuNode(
+        name=name,
+        product=product_label,
+        gpu=gpu,
+        gpus=gpus,
+        interconnect=interconnect,
+        domain=labels.get(LABEL_DOMAIN) or name,
+        rack=labels.get(LABEL_RACK, ""),
+        zone=labels.get(LABEL_ZONE, ""),
+    )
+
+
+class GpuInventory:
+    """GPU nodes and GPU holds, updated one watch event at a time.
+
+    ``apply_node``/``apply_pod`` take the event type (``ADDED``, ``MODIFIED``, ``DELETED``; kopf's
+    initial listing passes None, treated as an upsert) and the object. Reads are O(nodes).
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, GpuNode] = {}
+        self._excluded: dict[str, str] = {}
+        self._holds: dict[str, _PodHold] = {}
+
+    @classmethod
+    def from_objects(cls, nodes: Iterable[Obj], pods: Iterable[Obj] = ()) -> GpuInventory:
+        inventory = cls()
+        for node in nodes:
+            inventory.apply_node("ADDED", node)
+        for pod in pods:
+            inventory.apply_pod("ADDED", pod)
+        return inventory
+
+    def apply_node(self, event_type: str | None, node: Obj) -> None:
+        name = str((node.get("metadata") or {}).get("name", ""))
+        self._nodes.pop(name, None)
+        self._excluded.pop(name, None)
+        if event_type == "DELETED":
+            return
+        parsed = parse_node(node)
+        if parsed is None:
+            return
+        reason = node_exclusion(node)
+        if reason is not None:
+            self._excluded[name] = reason
+        else:
+            self._nodes[name] = parsed
+
+    def apply_pod(self, event_type: str | None, pod: Obj) -> None:
+        meta = pod.get("metadata") or {}
+        key = str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+        self._holds.pop(key, None)
+        if event_type == "DELETED":
+            return
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        gpus = pod_gpu_request(pod)
+        if not node or gpus <= 0 or phase in ("Succeeded", "Failed"):
+            return
+        managed = LABEL_MANAGED in (meta.get("labels") or {})
+        self._holds[key] = _PodHold(str(node), gpus, managed)
+
+    def _held(self, managed: bool) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for hold in self._holds.values():
+            if hold.managed == managed:
+                held[hold.node] = held.get(hold.node, 0) + hold.gpus
+        return held
+
+    def nodes(self) -> tuple[GpuNode, ...]:
+        """Schedulable GPU nodes by name, ``allocated`` = GPUs held by pods Goodput does not own."""
+        foreign = self._held(managed=False)
+        out = []
+        for name in sorted(self._nodes):
+            node = self._nodes[name]
+            held = foreign.get(name, 0)
+            out.append(node if held == node.allocated else replace(node, allocated=held))
+        return tuple(out)
+
+    def managed_allocation(self) -> dict[str, int]:
+        """GPUs held by Goodput's own pods, per node."""
+        return self._held(managed=True)
+
+    def excluded(self) -> dict[str, str]:
+        """GPU nodes left out, with why (``cordoned`` or ``NotReady``)."""
+        return dict(sorted(self._excluded.items()))
+
+    def capacity_by_product(self) -> dict[str, tuple[int, int]]:
+        """(allocated, capacity) GPUs per product label over schedulable nodes, for metrics."""
+        held = self._held(managed=False)
+        for name, gpus in self._held(managed=True).items():
+            held[name] = held.get(name, 0) + gpus
+        out: dict[str, tuple[int, int]] = {}
+        for gpu_node in self._nodes.values():
+            used, cap = out.get(gpu_node.product, (0, 0))
+            used += min(gpu_node.gpus, held.get(gpu_node.name, 0))
+            out[gpu_node.product] = (used, cap + gpu_node.gpus)
+        return dict(sorted(out.items()))

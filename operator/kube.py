@@ -1,0 +1,104 @@
+"""The few Kubernetes API calls the reconcile loop makes, on plain dicts.
+
+Owned objects are written with server-side apply (field manager ``goodput-operator``, forced):
+applying the full desired object every time is idempotent, so create, update and resume are the
+same code path and a restarted operator converges without duplicates. Responses are read as raw
+JSON (``_preload_content=False``) so the rest of the operator never sees the client's model types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
+from goodput.operator.naming import FIELD_MANAGER
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+Obj = dict[str, Any]
+
+
+def _json(response: Any) -> Obj:
+    data: Obj = json.loads(response.data)
+    return data
+
+
+class Kube:
+    """Typed-client calls, dict in and dict out."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def apply(self, obj: Mapping[str, Any]) -> Obj:
+        """Server-side apply an owned object (Deployment, Service or ConfigMap)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        patch = {
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Service": self.core.patch_namespaced_service,
+            "ConfigMap": self.core.patch_namespaced_config_map,
+        }[kind]
+        return _json(
+            patch(
+                meta["name"],
+                meta["namespace"],
+                dict(obj),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
+            )
+        )
+
+    def list_nodes(self) -> list[Obj]:
+        items: list[Obj] = _json(self.core.list_node(_preload_content=False))["items"]
+        return items
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[Obj] = _json(response)["items"]
+        return items
+
+    def get_deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(
+                self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def get_llmdeployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def patch_llmdeployment_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+            _preload_content=False,
+        )

@@ -1,0 +1,77 @@
+"""Names, labels and owner references of the objects an LLMDeployment owns.
+
+Every owned object carries the recommended ``app.kubernetes.io/*`` labels plus
+``goodput.dev/deployment`` (the LLMDeployment's name), which is also the pods' selector: one key,
+immutable once the Deployment exists, and unique per namespace because LLMDeployment names are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from goodput.api.llmdeployment import API_VERSION, KIND
+
+LABEL_DEPLOYMENT = "goodput.dev/deployment"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "goodput"
+APP_NAME = "goodput-llm"
+ANNOTATION_CONFIG_HASH = "goodput.dev/config-hash"
+FIELD_MANAGER = "goodput-operator"
+
+
+def labels(name: str, component: str = "server") -> dict[str, str]:
+    """Labels of every object owned by the LLMDeployment ``name``."""
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_COMPONENT: component,
+        LABEL_DEPLOYMENT: name,
+    }
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The pods' selector (Deployment and Service)."""
+    return {LABEL_DEPLOYMENT: name}
+
+
+def selector_string(name: str) -> str:
+    """The selector as ``status.selector`` publishes it for the scale subresource."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def workload_name(name: str) -> str:
+    return name
+
+
+def service_name(name: str) -> str:
+    return name
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-gateway"
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    """A controller owner reference: garbage collection deletes owned objects with the parent."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(name: str, namespace: str, owner: str, owner_uid: str) -> dict[str, Any]:
+    """Metadata of an owned object named ``name``."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(owner),
+        "ownerReferences": [owner_reference(owner, owner_uid)],
+    }

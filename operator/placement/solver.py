@@ -1,0 +1,412 @@
+"""The placement solver: GPU type, parallel shape, replica count and nodes for every deployment.
+
+One pass, deterministic, incremental:
+
+1. For each deployment and GPU pool, the smallest shape that holds weights plus the SLO's KV
+   headroom (``ShapeChooser``) and its SLO capacity (``ReplicaCapacity``); pools ranked by the
+   user's preference, then capacity per cost (``PoolRanking``).
+2. Replicas of the previous plan stay where they are while still valid (``ReplicaKeeping``);
+   their GPUs are taken first, so nothing new can push them out.
+3. Deployments, largest replica first (first-fit-decreasing order, which leaves small holes to
+   small models), get new replicas until demand is met (``ReplicaCount``), each on the best-ranked
+   pool with room, on nodes picked by ``NodeChooser`` (zone/rack spread, then best fit).
+
+Every decision carries a reason; every refusal names the constraint that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from goodput.operator.inventory import GpuNode
+from goodput.operator.placement.capacity import ReplicaCapacity, RooflineCapacity
+from goodput.operator.placement.demand import GIB, ModelDemand
+from goodput.operator.placement.fleet_state import (
+    FleetState,
+    NodeChooser,
+    PoolKey,
+    SpreadThenBestFit,
+    SpreadUsage,
+)
+from goodput.operator.placement.plan import (
+    DeploymentPlacement,
+    PlacementPlan,
+    ReplicaPlacement,
+    StagePlacement,
+)
+from goodput.operator.placement.pools import GpuPool, pool_key
+from goodput.operator.placement.ranking import (
+    CapacityPerCost,
+    DemandReplicaCount,
+    PoolOption,
+    PoolRanking,
+    ReplicaCount,
+)
+from goodput.operator.placement.shape import (
+    Shape,
+    ShapeChooser,
+    SmallestFittingShape,
+    memory_plan,
+    split_layers,
+)
+
+
+class ReplicaKeeping(Protocol):
+    """Judges whether a replica of the previous plan stays where it is."""
+
+    def why_move(
+        self,
+        demand: ModelDemand,
+        replica: ReplicaPlacement,
+        state: FleetState,
+        options: Mapping[PoolKey, PoolOption],
+    ) -> str | None:
+        """None to keep the replica; otherwise why it must move."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeepWhileValid:
+    """A replica stays unless its nodes are gone or full, or its shape no longer serves the SLO.
+
+    Moving a serving replica costs a cold start (minutes of weight loading) and drops its KV
+    cache, so a merely better spot elsewhere is never reason enough.
+    """
+
+    def why_move(
+        self,
+        demand: ModelDemand,
+        replica: ReplicaPlacement,
+        state: FleetState,
+        options: Mapping[PoolKey, PoolOption],
+    ) -> str | None:
+        if not replica.stages:
+            return "it has no nodes"
+        keys = set()
+        for stage in replica.stages:
+            node = state.nodes.get(stage.node)
+            if node is None:
+                return f"node {stage.node} is gone or unschedulable"
+            if node.product != replica.product or stage.gpus != replica.tensor:
+                return f"node {stage.node} no longer matches its GPU type"
+            keys.add(pool_key(node))
+        if len(keys) != 1 or len(replica.stages) != replica.pipeline:
+            return "its stages do not form one shape"
+        key = keys.pop()
+        if key not in options:
+            return f"{replica.product} no longer serves its SLO or preference"
+        if demand.tensor is not None and demand.tensor != replica.tensor:
+            return f"tensor parallelism changed to {demand.tensor}"
+        if demand.pipeline is not None and demand.pipeline != replica.pipeline:
+            return f"pipeline parallelism changed to {demand.pipeline}"
+        if memory_plan(demand, state.pools[key], replica.tensor, replica.pipeline) is None:
+            return "its shape no longer holds the model with KV headroom"
+        for stage in replica.stages:
+            if state.free[stage.node] < stage.gpus:
+                return f"node {stage.node} no longer has {stage.gpus} free GPUs"
+        return None
+
+
+@dataclass(slots=True)
+class _Work:
+    demand: ModelDemand
+    options: list[PoolOption]
+    refusals: list[str]
+    replicas: list[ReplicaPlacement] = field(default_factory=list)
+    moved: list[int] = field(default_factory=list)
+    usage: SpreadUsage = field(default_factory=SpreadUsage)
+    shortfall: str = ""
+
+    @property
+    def capacity(self) -> float:
+        return sum(r.requests_per_second for r in self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSolver:
+    """Places deployments on a fleet; each judgement is a pluggable strategy."""
+
+    shapes: ShapeChooser = field(default_factory=SmallestFittingShape)
+    capacity: ReplicaCapacity = field(default_factory=RooflineCapacity)
+    ranking: PoolRanking = field(default_factory=CapacityPerCost)
+    replica_count: ReplicaCount = field(default_factory=DemandReplicaCount)
+    chooser: NodeChooser = field(default_factory=SpreadThenBestFit)
+    keeping: ReplicaKeeping = field(default_factory=KeepWhileValid)
+
+    def options(
+        self, demand: ModelDemand, pools: Iterable[GpuPool]
+    ) -> tuple[list[PoolOption], list[str]]:
+        """Pools on which the deployment can run, ranked, and why the others cannot."""
+        options: list[PoolOption] = []
+        refusals: list[str] = []
+        slo_failures: list[str] = []
+        for pool in pools:
+            preference = pool.allowed_by(demand.gpu_types)
+            if preference is None:
+                continue
+            shapes = self.shapes.candidates(demand, pool)
+            if isinstance(shapes, str):
+                refusals.append(f"{pool.describe()}: {shapes}")
+                continue
+            served = [(s, self.capacity.requests_per_second(demand, pool, s)) for s in shapes]
+            feasible = [(s, rps) for s, rps in served if rps > 0]
+            if not feasible:
+                tried = ", ".join(_shape_text(s) for s in shapes[:3])
+                slo_failures.append(f"{pool.describe()}: {tried} cannot meet the SLO")
+                continue
+            shape, rps = feasible[0]
+            options.append(PoolOption(pool, shape, rps, preference))
+        if slo_failures:
+            t = demand.target
+            refusals.insert(
+                0,
+                f"within its SLO (TTFT {t.ttft_s * 1000:.0f} ms, TPOT {t.tpot_s * 1000:.0f} ms): "
+                + "; ".join(slo_failures),
+            )
+        return self.ranking.rank(demand, options), refusals
+
+    def solve(
+        self,
+        nodes: Sequence[GpuNode],
+        demands: Sequence[ModelDemand],
+        previous: Mapping[str, Sequence[ReplicaPlacement]] | None = None,
+    ) -> PlacementPlan:
+        state = FleetState(nodes)
+        previous = previous or {}
+        works = self._plan_options(state, demands)
+        for work in works:
+            self._keep_previous(state, work, previous.get(work.demand.name, ()))
+        for work in works:
+            self._trim(state, work)
+        order = sorted(
+            works,
+            key=lambda w: (
+                -(w.options[0].shape.gpus if w.options else 0),
+                -w.demand.model.weights_bytes,
+                w.demand.name,
+            ),
+        )
+        for work in order:
+            self._grow(state, work)
+        decisions = {w.demand.name: self._decide(state, w) for w in works}
+        return PlacementPlan(deployments=decisions, free_gpus=dict(state.free))
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _plan_options(self, state: FleetState, demands: Sequence[ModelDemand]) -> list[_Work]:
+        cache: dict[tuple[object, ...], tuple[list[PoolOption], list[str]]] = {}
+        works: dict[str, _Work] = {}
+        for demand in sorted(demands, key=lambda d: d.name):
+            t = demand.target
+            key = (
+                demand.model,
+                t.ttft_s,
+                t.tpot_s,
+                t.prompt_tokens,
+                t.output_tokens,
+                t.concurrency,
+                demand.gpu_types,
+                demand.tensor,
+                demand.pipeline,
+            )
+            if key not in cache:
+                cache[key] = self.options(demand, state.pools.values())
+            options, refusals = cache[key]
+            works[demand.name] = _Work(demand, options, refusals)
+        return list(works.values())
+
+    def _keep_previous(
+        self, state: FleetState, work: _Work, previous: Sequence[ReplicaPlacement]
+    ) -> None:
+        by_key = {o.pool.key: o for o in work.options}
+        for replica in sorted(previous, key=lambda r: r.replica):
+            why = self.keeping.why_move(work.demand, replica, state, by_key)
+            if why is not None:
+                work.moved.append(replica.replica)
+                work.shortfall = f"replica {replica.replica} moved: {why}"
+                continue
+            option = by_key[pool_key(state.nodes[replica.stages[0].node])]
+            for stage in replica.stages:
+                state.take(stage.node, stage.gpus)
+            kept = ReplicaPlacement(
+                replica.replica,
+                replica.product,
+                replica.tensor,
+                replica.pipeline,
+                replica.stages,
+                option.requests_per_second,
+            )
+            work.replicas.append(kept)
+            work.usage.add(state.nodes[kept.stages[0].node])
+
+    def _trim(self, state: FleetState, work: _Work) -> None:
+        """Scale down: keep the lowest-numbered replicas that still meet demand."""
+        keep: list[ReplicaPlacement] = []
+        capacity = 0.0
+        for replica in work.replicas:
+            if self.replica_count.needs_more(work.demand, len(keep), capacity):
+                keep.append(replica)
+                capacity += replica.requests_per_second
+            else:
+                for stage in replica.stages:
+                    state.give(stage.node, stage.gpus)
+        if len(keep) != len(work.replicas):
+            work.replicas = keep
+            work.usage = SpreadUsage()
+            for replica in keep:
+                work.usage.add(state.nodes[replica.stages[0].node])
+
+    def _grow(self, state: FleetState, work: _Work) -> None:
+        if not work.options:
+            return
+        taken = {r.replica for r in work.replicas}
+        index = 0
+        while self.replica_count.needs_more(work.demand, len(work.replicas), work.capacity):
+            while index in taken:
+                index += 1
+            replica = None
+            for option in work.options:
+                replica = self._place_replica(state, work, option, index)
+                if replica is not None:
+                    break
+            if replica is None:
+                work.shortfall = self._no_room(state, work)
+                return
+            work.replicas.append(replica)
+            work.usage.add(state.nodes[replica.stages[0].node])
+            taken.add(index)
+
+    def _place_replica(
+        self, state: FleetState, work: _Work, option: PoolOption, index: int
+    ) -> ReplicaPlacement | None:
+        shape, key = option.shape, option.pool.key
+        if state.largest_free(key) < shape.tensor:
+            return None
+        first = self.chooser.first_stage(state, key, shape.tensor, work.usage)
+        if first is None:
+            return None
+        nodes = [first]
+        state.take(first, shape.tensor)
+        while len(nodes) < shape.pipeline:
+            nxt = self.chooser.next_stage(state, key, shape.tensor, first, nodes)
+            if nxt is None:
+                for name in nodes:
+                    state.give(name, shape.tensor)
+                return None
+            state.take(nxt, shape.tensor)
+            nodes.append(nxt)
+        memory = [float(state.nodes[n].gpu.memory_bytes * shape.tensor) for n in nodes]
+        layers = split_layers(work.demand.model.layers, memory)
+        stages = tuple(
+            StagePlacement(n, shape.tensor, k) for n, k in zip(nodes, layers, strict=True)
+        )
+        return ReplicaPlacement(
+            index,
+            option.pool.product,
+            shape.tensor,
+            shape.pipeline,
+            stages,
+            option.requests_per_second,
+        )
+
+    # -- explanations ------------------------------------------------------------------------
+
+    def _no_room(self, state: FleetState, work: _Work) -> str:
+        parts = []
+        for option in work.options[:3]:
+            shape, key = option.shape, option.pool.key
+            where = (
+                f"{shape.tensor} free GPUs on one {option.pool.product} node"
+                if shape.pipeline == 1
+                else f"{shape.tensor} free GPUs on each of {shape.pipeline} {option.pool.product}"
+                " nodes in one zone"
+            )
+            parts.append(
+                f"{where} (largest free block {state.largest_free(key)},"
+                f" {state.free_in_pool(key)} of {option.pool.gpus} free)"
+            )
+        return "no room for another replica: needs " + "; or ".join(parts)
+
+    def _decide(self, state: FleetState, work: _Work) -> DeploymentPlacement:
+        demand = work.demand
+        replicas = tuple(sorted(work.replicas, key=lambda r: r.replica))
+        capacity = work.capacity
+        if not work.options:
+            return DeploymentPlacement(
+                demand.name, False, (), _refusal(state, demand, work.refusals)
+            )
+        best = work.options[0]
+        desired = self.replica_count.desired(demand, best.requests_per_second)
+        minimum = max(1, demand.min_replicas)
+        placed = len(replicas) >= minimum
+        if placed:
+            reason = _explanation(work, replicas, desired)
+        else:
+            reason = f"placed {len(replicas)} of at least {minimum} replicas: {work.shortfall}"
+        return DeploymentPlacement(
+            demand.name,
+            placed,
+            replicas,
+            reason,
+            desired_replicas=desired,
+            requests_per_second=capacity,
+            moved=tuple(work.moved),
+        )
+
+
+def _shape_text(shape: Shape) -> str:
+    return f"tensor {shape.tensor} x pipeline {shape.pipeline}"
+
+
+def _refusal(state: FleetState, demand: ModelDemand, refusals: list[str]) -> str:
+    wanted = ", ".join(demand.gpu_types) if demand.gpu_types else "the fleet"
+    if not state.pools:
+        return "no schedulable GPU nodes"
+    if not refusals:
+        have = ", ".join(sorted({p.product for p in state.pools.values()}))
+        return f"no GPU type in [{wanted}] exists in the fleet (it has {have})"
+    weights = demand.model.weights_bytes / GIB
+    need = (
+        f"{weights:.0f} GiB of weights plus KV for {demand.target.concurrency} sequences"
+        f" of {demand.target.prompt_tokens + demand.target.output_tokens} tokens"
+    )
+    if refusals[0].startswith("within its SLO"):
+        return f"no GPU type in [{wanted}] can serve {need} {'; '.join(refusals[:4])}"
+    return f"no GPU type in [{wanted}] can hold {need}: " + "; ".join(refusals[:4])
+
+
+def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], desired: int) -> str:
+    demand = work.demand
+    by_product: dict[tuple[str, int, int], int] = {}
+    for r in replicas:
+        k = (r.product, r.tensor, r.pipeline)
+        by_product[k] = by_product.get(k, 0) + 1
+    shapes = ", ".join(
+        f"{n}x {p} tensor {t} x pipeline {pp}" for (p, t, pp), n in by_product.items()
+    )
+    best = work.options[0]
+    choice = (
+        f"{best.pool.product} first in gpuTypes"
+        if demand.gpu_types
+        else f"{best.pool.product} best capacity per cost of {len(work.options)} GPU types"
+        f" ({best.requests_per_second:.1f} req/s per replica)"
+    )
+    target = demand.target.target_rps
+    demand_text = (
+        f"{work.capacity:.1f} req/s for a target of {target:.1f}"
+        if target is not None
+        else f"min {max(1, demand.min_replicas)} replicas"
+    )
+    zones = len({z for z, n in work.usage.zones.items() if n})
+    text = (
+        f"{len(replicas)} replicas ({shapes}); {choice}; {demand_text}"
+        f" in [{max(1, demand.min_replicas)}, {max(demand.min_replicas, demand.max_replicas)}];"
+        f" spread over {zones} zone(s)"
+    )
+    if len(replicas) < desired and work.shortfall:
+        text += f"; {work.shortfall}"
+    if work.moved:
+        text += f"; moved replicas {list(work.moved)}"
+    return text

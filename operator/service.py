@@ -1,0 +1,44 @@
+"""The Service in front of an LLMDeployment's gateways: the OpenAI endpoint clients call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from goodput.api.llmdeployment import LLMDeployment
+from goodput.operator import naming
+
+SERVICE_PORT = 80
+GATEWAY_PORT_NAME = "http"
+
+
+def service(obj: LLMDeployment) -> dict[str, Any]:
+    """A ClusterIP Service on port 80 to the gateways' port; ClientIP affinity on request."""
+    meta = obj.metadata
+    spec: dict[str, Any] = {
+        "type": "ClusterIP",
+        "selector": naming.selector_labels(meta.name),
+        "ports": [
+            {
+                "name": "http",
+                "port": SERVICE_PORT,
+                "targetPort": GATEWAY_PORT_NAME,
+                "protocol": "TCP",
+                "appProtocol": "http",
+            }
+        ],
+        "sessionAffinity": "ClientIP" if obj.spec.routing.session_affinity else "None",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": naming.object_meta(
+            naming.service_name(meta.name), meta.namespace, meta.name, meta.uid
+        ),
+        "spec": spec,
+    }
+
+
+def endpoint(obj: LLMDeployment) -> str:
+    """The OpenAI base URL inside the cluster."""
+    name, ns = naming.service_name(obj.metadata.name), obj.metadata.namespace
+    return f"http://{name}.{ns}.svc:{SERVICE_PORT}/v1"

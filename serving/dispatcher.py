@@ -1,0 +1,230 @@
+"""The dispatcher: the mechanism that holds requests in the gateway and releases them to the
+engine when the policy's budget allows — a bounded priority queue, the in-flight set, and the
+bookkeeping that lets the service model learn from every finished request.
+
+It never touches the network: the app awaits ``job.waiter`` (resolved when the job may go to the
+engine, or failed with a ``Rejection``) and calls ``release`` when the request ends for any
+reason, which frees the slot and wakes the next job. A clock is injected so tests are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+from goodput.serving.admission import AdmissionController, QueueView, Rejection, Verdict
+from goodput.serving.engine_state import EngineBudget
+from goodput.serving.job import Job, JobState
+from goodput.serving.policies import SchedulingPolicy
+from goodput.serving.service_model import ServiceModel
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policy: SchedulingPolicy,
+        admission: AdmissionController,
+        service: ServiceModel,
+        budget: EngineBudget,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.admission = admission
+        self.service = service
+        self.budget = budget
+        self.clock = clock
+        self._heap: list[tuple[tuple[float, ...], int, Job]] = []
+        self._seq = itertools.count()
+        self._waiting = 0
+        self._running: set[Job] = set()
+        self._tightest_tpot: float | None = None
+        # Integral of the in-flight count over time: the mean batch a request decoded in.
+        self._area = 0.0
+        self._area_t = clock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @property
+    def inflight(self) -> int:
+        return len(self._running)
+
+    def concurrency_limit(self, job: Job | None = None) -> int | None:
+        tightest = self._tightest_tpot
+        if job is not None and (tightest is None or job.slo.tpot_s < tightest):
+            tightest = job.slo.tpot_s
+        if tightest is None:
+            return None
+        return self.policy.concurrency_limit(tightest, self.service)
+
+    # -- arrival -------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` (or start it at once); raise ``Rejection`` if it is turned away."""
+        now = self.clock()
+        job.expected_output_tokens = self.policy.expected_output_tokens(job)
+        job.kv_tokens = self.policy.kv_tokens(job)
+        job.waiter = asyncio.get_running_loop().create_future()
+        if not self.policy.holds_requests:
+            self._start(job, now)
+            return
+        if self.admission.on_arrival(job, self._view(job), now) is Verdict.DEMOTE:
+            job.best_effort = True
+        self._push(job)
+        self._pump(now)
+
+    def _view(self, job: Job) -> QueueView:
+        key = self.policy.order_key(job)
+        ahead = sum(1 for k, seq, j in self._heap if k < key and self._valid(seq, j))
+        limit = self.concurrency_limit(job)
+        free = None if limit is None else max(0, limit - len(self._running))
+        return QueueView(queue_length=self._waiting, ahead=ahead, free_slots=free, limit=limit)
+
+    @staticmethod
+    def _valid(seq: int, job: Job) -> bool:
+        return job.state is JobState.WAITING and job.heap_seq == seq
+
+    def _push(self, job: Job) -> None:
+        if job.state is not JobState.WAITING:
+            job.state = JobState.WAITING
+            self._waiting += 1
+        job.heap_seq = next(self._seq)
+        heapq.heappush(self._heap, (self.policy.order_key(job), job.heap_seq, job))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        """Start waiting jobs in key order while the budget allows."""
+        while self._heap:
+            _, seq, job = self._heap[0]
+            if not self._valid(seq, job):
+                heapq.heappop(self._heap)
+                continue
+            if not self._still_wanted(job, now):
+                continue
+            limit = self.concurrency_limit(job)
+            if limit is not None and len(self._running) >= limit:
+                return
+            if not self.budget.kv_fits(job.kv_tokens):
+                return
+            heapq.heappop(self._heap)
+            self._waiting -= 1
+            self._start(job, now)
+
+    def _still_wanted(self, job: Job, now: float) -> bool:
+        """Apply the waiting-time verdict; False if the job left the head of the queue."""
+        try:
+            verdict = self.admission.check_waiting(job, now)
+        except Rejection as rejection:
+            self._drop(job, rejection)
+            return False
+        if verdict is Verdict.DEMOTE and not job.best_effort:
+            job.best_effort = True
+            self._push(job)  # re-keyed behind every SLO request; the old entry goes stale
+            return False
+        return True
+
+    def _drop(self, job: Job, rejection: Rejection) -> None:
+        job.state = JobState.DONE
+        self._waiting -= 1
+        if job.waiter is not None and not job.waiter.done():
+            job.waiter.set_exception(rejection)
+
+    def _start(self, job: Job, now: float) -> None:
+        self._advance_area(now)
+        job.state = JobState.RUNNING
+        job.dispatched_at = now
+        self._running.add(job)
+        self.budget.commit(job.kv_tokens)
+        if self._tightest_tpot is None or job.slo.tpot_s < self._tightest_tpot:
+            self._tightest_tpot = job.slo.tpot_s
+        if job.waiter is not None and not job.waiter.done():
+            job.waiter.set_result(None)
+
+    def sweep(self) -> None:
+        """Re-judge every waiting job (deadlines pass while they wait), then dispatch."""
+        now = self.clock()
+        for _, seq, job in list(self._heap):
+            if self._valid(seq, job):
+                self._still_wanted(job, now)
+        self._pump(now)
+
+    # -- completion ----------------------------------------------------------------------------
+
+    def mark_first_token(self, job: Job) -> None:
+        now = self.clock()
+        job.first_token_at = now
+        self._advance_area(now)
+        job.concurrency_area_at_first_token = self._area
+
+    def release(
+        self, job: Job, *, completed: bool = False, output_tokens: int = 0, streamed: bool = False
+    ) -> None:
+        """The request ended (finished, failed or abandoned): free its place, learn, dispatch."""
+        now = self.clock()
+        if job.state is JobState.WAITING:
+            job.state = JobState.DONE
+            self._waiting -= 1
+            return
+        if job.state is not JobState.RUNNING:
+            job.state = JobState.DONE
+            return
+        self._advance_area(now)
+        job.state = JobState.DONE
+        self._running.discard(job)
+        self.budget.release(job.kv_tokens)
+        if job.slo.tpot_s <= (self._tightest_tpot or 0.0):
+            self._tightest_tpot = min((j.slo.tpot_s for j in self._running), default=None)
+        if completed and job.dispatched_at is not None:
+            self._learn(job, now, output_tokens, streamed)
+        self._pump(now)
+
+    def _learn(self, job: Job, now: float, output_tokens: int, streamed: bool) -> None:
+        assert job.dispatched_at is not None
+        first = job.first_token_at
+        tpot: float | None = None
+        concurrency = float(len(self._running) + 1)
+        if streamed and first is not None and output_tokens > 1 and now > first:
+            tpot = (now - first) / (output_tokens - 1)
+            concurrency = (self._area - job.concurrency_area_at_first_token) / (now - first)
+        elif not streamed and output_tokens > 1:
+            # Only the whole answer was seen: charge the usual time to first token, the rest
+            # to the tokens after it.
+            ttft = self.service.first_token_s.value or 0.0
+            decode = now - job.dispatched_at - ttft
+            if decode > 0:
+                tpot = decode / (output_tokens - 1)
+        self.service.observe(
+            concurrency=concurrency,
+            first_token_after_dispatch_s=None if first is None else first - job.dispatched_at,
+            tpot_s=tpot,
+            service_s=now - job.dispatched_at,
+        )
+
+    def _advance_area(self, now: float) -> None:
+        self._area += len(self._running) * (now - self._area_t)
+        self._area_t = now
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def _sweep_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._waiting:
+                self.sweep()
+
+    def start(self, interval_s: float = 0.05) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(interval_s), name="sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper

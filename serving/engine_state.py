@@ -1,0 +1,182 @@
+"""The engine's state as the scheduler's budget: what vLLM's own ``/metrics`` says (KV-cache use,
+running and waiting requests, KV capacity) plus what the gateway itself has committed.
+
+The engine's numbers lag by up to one poll interval, so the gateway also counts the tokens it has
+sent in itself (prompt + predicted output of every in-flight request) and checks new dispatches
+against the KV capacity with that count: the engine's cache is never over-committed in the first
+place, instead of being noticed full after the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_CACHE_INFO = "vllm:cache_config_info"
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    up: bool
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None
+    kv_capacity_tokens: int | None = None
+    polled_at: float = 0.0
+
+
+def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
+    """Read the few series the scheduler needs from vLLM's Prometheus text exposition.
+
+    A line scan on known prefixes instead of a full exposition parser: the engine exposes
+    hundreds of histogram lines and this runs on the gateway's event loop every poll.
+    Series of one metric (one per engine core) are summed; KV usage is averaged.
+    """
+    running: float | None = None
+    waiting: float | None = None
+    kv: dict[str, list[float]] = {}
+    capacity: int | None = None
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        name_end = brace if 0 < brace < space or space < 0 else space
+        name = line[:name_end]
+        if name not in (_RUNNING, _WAITING, _CACHE_INFO) and name not in _KV_USAGE:
+            continue
+        rest = line[line.rindex("}") + 1 :] if brace > 0 else line[name_end:]
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        if name == _RUNNING:
+            running = (running or 0.0) + value
+        elif name == _WAITING:
+            waiting = (waiting or 0.0) + value
+        elif name in _KV_USAGE:
+            kv.setdefault(name, []).append(value)
+        else:
+            labels = dict(_LABEL.findall(line))
+            try:
+                blocks = int(float(labels["num_gpu_blocks"]))
+                block_size = int(float(labels["block_size"]))
+            except (KeyError, ValueError):
+                continue
+            capacity = (capacity or 0) + blocks * block_size
+    # The current name wins over its deprecated alias when an engine exposes both.
+    kv_values = next((kv[name] for name in _KV_USAGE if name in kv), None)
+    return EngineSnapshot(
+        up=True,
+        running=running,
+        waiting=waiting,
+        kv_usage=None if not kv_values else sum(kv_values) / len(kv_values),
+        kv_capacity_tokens=capacity,
+        polled_at=now,
+    )
+
+
+class EngineBudget:
+    """What may still be sent to the engine: KV capacity minus the gateway's in-flight tokens."""
+
+    def __init__(self, *, kv_headroom: float = 0.95) -> None:
+        self._headroom = kv_headroom
+        self.snapshot = EngineSnapshot(up=False)
+        self.inflight_requests = 0
+        self.inflight_tokens = 0.0
+
+    def commit(self, tokens: float) -> None:
+        self.inflight_requests += 1
+        self.inflight_tokens += tokens
+
+    def release(self, tokens: float) -> None:
+        self.inflight_requests -= 1
+        self.inflight_tokens = max(0.0, self.inflight_tokens - tokens)
+
+    def kv_fits(self, tokens: float) -> bool:
+        """Whether ``tokens`` more fit in the engine's KV cache. An idle engine always takes a
+        request: one too large for the cache is the engine's to reject, not the queue's to hold."""
+        capacity = self.snapshot.kv_capacity_tokens
+        if capacity is None or self.inflight_requests == 0:
+            return True
+        return self.inflight_tokens + tokens <= capacity * self._headroom
+
+
+class EngineMonitor:
+    """Polls the engine's ``/metrics`` and ``/v1/models`` into an ``EngineBudget``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        budget: EngineBudget,
+        *,
+        interval_s: float = 1.0,
+        on_poll: Callable[[EngineSnapshot], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._budget = budget
+        self._interval = interval_s
+        self._on_poll = on_poll
+        self.max_model_len: int | None = None
+        self.models: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._budget.snapshot.up
+
+    async def poll_once(self) -> EngineSnapshot:
+        try:
+            response = await self._client.get("/metrics")
+            response.raise_for_status()
+            snapshot = parse_engine_metrics(response.text, now=time.monotonic())
+            if not self.models:
+                await self._read_models()
+        except (httpx.HTTPError, ValueError) as exc:
+            if self._budget.snapshot.up:
+                log.warning("engine is down: %s", exc)
+            snapshot = EngineSnapshot(up=False, polled_at=time.monotonic())
+        self._budget.snapshot = snapshot
+        if self._on_poll is not None:
+            self._on_poll(snapshot)
+        return snapshot
+
+    async def _read_models(self) -> None:
+        response = await self._client.get("/v1/models")
+        response.raise_for_status()
+        cards = response.json().get("data", [])
+        self.models = [str(card.get("id")) for card in cards if isinstance(card, dict)]
+        lengths = [
+            int(card["max_model_len"])
+            for card in cards
+            if isinstance(card, dict) and isinstance(card.get("max_model_len"), int)
+        ]
+        if lengths:
+            self.max_model_len = min(lengths)
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="engine-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

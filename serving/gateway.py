@@ -1,0 +1,193 @@
+"""The gateway's parts wired together from a ``GatewayConfig``, and what happens when a request
+ends: metrics, the rolling SLO attainment, the request log, and the length predictor's update."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from goodput.api.gateway_config import GatewayConfig
+from goodput.serving.admission import AdmissionController, RejectReason
+from goodput.serving.dispatcher import Dispatcher
+from goodput.serving.engine_state import EngineBudget, EngineMonitor
+from goodput.serving.job import Job
+from goodput.serving.length_estimate import LengthPredictor, make_predictor
+from goodput.serving.metrics import GatewayMetrics, RollingAttainment
+from goodput.serving.policies import make_policy
+from goodput.serving.request_log import RequestLog, RequestRecord
+from goodput.serving.service_model import ServiceModel
+from goodput.serving.slo import SLOResolver, met_slo
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        request_log: RequestLog | None = None,
+        predictor: LengthPredictor | None = None,
+        engine_poll_interval_s: float = 1.0,
+        upstream_connect_timeout_s: float = 5.0,
+        upstream_read_timeout_s: float = 600.0,
+    ) -> None:
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.resolver = SLOResolver(config)
+        self.predictor = predictor or make_predictor(config.predictor)
+        self.service = ServiceModel()
+        self.budget = EngineBudget()
+        self.policy = make_policy(config.policy)
+        self.admission = AdmissionController(
+            self.service,
+            overload=config.overload,
+            max_queue_length=config.max_queue_length,
+            max_queue_delay_s=(
+                None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1000
+            ),
+        )
+        self.dispatcher = Dispatcher(self.policy, self.admission, self.service, self.budget)
+        self.attainment = RollingAttainment()
+        self.metrics = GatewayMetrics(
+            self.registry,
+            deployment=config.deployment,
+            model=config.served_model_name,
+            queue_depth=lambda: self.dispatcher.queue_depth,
+            inflight=lambda: self.dispatcher.inflight,
+            attainment=self.attainment,
+        )
+        self.request_log = request_log
+        # One pooled client for the engine on localhost. No pool limit: concurrency towards the
+        # engine is the dispatcher's decision, not the connection pool's.
+        self.client = httpx.AsyncClient(
+            base_url=config.engine_url,
+            timeout=httpx.Timeout(
+                connect=upstream_connect_timeout_s,
+                read=upstream_read_timeout_s,
+                write=30.0,
+                pool=upstream_connect_timeout_s,
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self.monitor = EngineMonitor(
+            self.client,
+            self.budget,
+            interval_s=engine_poll_interval_s,
+            on_poll=self.metrics.engine_polled,
+        )
+        self.draining = False
+        self.active_exchanges = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def known_models(self) -> set[str]:
+        return {self.config.served_model_name, *self.config.adapters, *self.monitor.models}
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.config.max_model_len or self.monitor.max_model_len
+
+    @property
+    def ready(self) -> bool:
+        return self.monitor.up and not self.draining
+
+    def exchange_started(self) -> None:
+        self.active_exchanges += 1
+        self._idle.clear()
+
+    def exchange_ended(self) -> None:
+        self.active_exchanges -= 1
+        if self.active_exchanges == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in the gateway; False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def start(self) -> None:
+        await self.monitor.poll_once()
+        self.monitor.start()
+        self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.monitor.stop()
+        await self.client.aclose()
+        if self.request_log is not None:
+            self.request_log.close()
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def rejected(self, reason: RejectReason, priority: str) -> None:
+        self.metrics.reject(reason.value, priority)
+        self.attainment.record(False)
+
+    def failed(self, job: Job) -> None:
+        self.metrics.requests.labels(**self.metrics.labels(job.slo.priority), outcome="error").inc()
+        self.attainment.record(False)
+
+    def finished(
+        self,
+        job: Job,
+        *,
+        prompt: str,
+        streamed: bool,
+        end: float,
+        output_tokens: int,
+        prompt_tokens: int | None,
+        finish_reason: str,
+    ) -> None:
+        """Judge and record a request that ran to completion (``end`` on the dispatcher clock)."""
+        m = self.metrics
+        labels = m.labels(job.slo.priority)
+        e2e = end - job.arrival
+        ttft = None if job.first_token_at is None else job.first_token_at - job.arrival
+        tpot = None
+        if streamed and job.first_token_at is not None and output_tokens > 1:
+            tpot = (end - job.first_token_at) / (output_tokens - 1)
+        met = met_slo(
+            job.slo,
+            streamed=streamed,
+            ttft_s=ttft,
+            tpot_s=tpot,
+            e2e_s=e2e,
+            output_tokens=output_tokens,
+        )
+        m.requests.labels(**labels, outcome="met_slo" if met else "missed_slo").inc()
+        self.attainment.record(met)
+        if streamed and ttft is not None:
+            m.ttft.labels(**labels).observe(ttft)
+        if tpot is not None:
+            m.tpot.labels(**labels).observe(tpot)
+        m.e2e.labels(**labels).observe(e2e)
+        m.output_tokens.observe(output_tokens)
+        m.predicted_tokens.observe(job.prediction.p50)
+        m.prediction_error.observe((job.prediction.p50 - output_tokens) / max(output_tokens, 1))
+        m.generated_tokens.inc(output_tokens)
+        self.predictor.observe(prompt, job.prompt_tokens, output_tokens)
+        if self.request_log is not None:
+            self.request_log.write(
+                RequestRecord(
+                    ts=time.time(),
+                    deployment=self.config.deployment,
+                    model=self.config.served_model_name,
+                    request_id=job.request_id,
+                    prompt=prompt,
+                    prompt_tokens=prompt_tokens if prompt_tokens is not None else job.prompt_tokens,
+                    max_tokens=job.max_tokens,
+                    predicted_p50=job.prediction.p50,
+                    predicted_p90=job.prediction.p90,
+                    output_tokens=output_tokens,
+                    finish_reason=finish_reason,
+                )
+            )

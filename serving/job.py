@@ -1,0 +1,43 @@
+"""A request as the scheduler sees it: its objective, its predicted size, and where it is."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+from goodput.serving.length_estimate import LengthPrediction
+from goodput.serving.slo import RequestSLO
+
+
+class JobState(enum.Enum):
+    NEW = "new"
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    request_id: str
+    arrival: float
+    slo: RequestSLO
+    prompt_tokens: int
+    prediction: LengthPrediction
+    max_tokens: int | None = None
+    oracle_output_tokens: int | None = None
+    best_effort: bool = False
+    state: JobState = JobState.NEW
+    # Filled in by the policy when the job is queued.
+    expected_output_tokens: float = 0.0
+    kv_tokens: float = 0.0
+    # Filled in by the dispatcher.
+    dispatched_at: float | None = None
+    first_token_at: float | None = None
+    heap_seq: int = -1
+    waiter: asyncio.Future[None] | None = field(default=None, repr=False)
+    concurrency_area_at_first_token: float = 0.0
+
+    @property
+    def ttft_deadline(self) -> float:
+        return self.arrival + self.slo.ttft_s

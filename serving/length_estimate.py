@@ -1,0 +1,112 @@
+"""Output-length prediction: how many tokens a request will generate, as two quantiles.
+
+The scheduler needs a cost per request before it runs. ``OnlineLengthEstimator`` needs no
+training: it keeps recent true output lengths per prompt-size band and answers their quantiles.
+A learned per-prompt model (the profiler's) plugs in through the same ``LengthPredictor`` shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from goodput.api.gateway_config import PredictorConfig
+
+
+@dataclass(frozen=True, slots=True)
+class LengthPrediction:
+    """Predicted output tokens: median and 90th percentile."""
+
+    p50: float
+    p90: float
+
+    def clipped(self, max_tokens: int | None) -> LengthPrediction:
+        """A request cannot generate more than its ``max_tokens``."""
+        if max_tokens is None:
+            return self
+        return LengthPrediction(min(self.p50, max_tokens), min(self.p90, max_tokens))
+
+
+class LengthPredictor(Protocol):
+    def predict(self, prompt: str, prompt_tokens: int, max_tokens: int | None) -> LengthPrediction:
+        """Predict the output length of a request before it runs."""
+        ...
+
+    def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+        """Learn from a finished request's true output length."""
+        ...
+
+
+class OnlineLengthEstimator:
+    """Quantiles of recent output lengths, per band of prompt size (powers of two).
+
+    Output length depends on the prompt weakly but measurably (long documents ask for summaries,
+    short questions for answers); banding by size captures that without a model. A band with too
+    few samples borrows the global window; with no data at all the prior answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 512,
+        min_band_samples: int = 16,
+        refresh_every: int = 16,
+        prior: LengthPrediction = LengthPrediction(128.0, 512.0),
+    ) -> None:
+        self._window = window
+        self._min_band = min_band_samples
+        self._refresh_every = refresh_every
+        self._prior = prior
+        self._all: deque[int] = deque(maxlen=window)
+        self._bands: dict[int, deque[int]] = {}
+        # Quantiles are recomputed every ``refresh_every`` observations, not per request: the
+        # prediction is on the hot path and a sort per request would cost tens of microseconds.
+        self._cached: dict[int, LengthPrediction] = {}
+        self._since_refresh: dict[int, int] = {}
+        self._global = prior
+        self._global_since = 0
+
+    @staticmethod
+    def _band(prompt_tokens: int) -> int:
+        return max(0, int(math.log2(max(prompt_tokens, 1))))
+
+    def predict(self, prompt: str, prompt_tokens: int, max_tokens: int | None) -> LengthPrediction:
+        band = self._band(prompt_tokens)
+        cached = self._cached.get(band)
+        return (cached or self._global).clipped(max_tokens)
+
+    def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+        band = self._band(prompt_tokens)
+        samples = self._bands.setdefault(band, deque(maxlen=self._window))
+        samples.append(output_tokens)
+        self._all.append(output_tokens)
+        count = self._since_refresh.get(band, 0) + 1
+        if len(samples) >= self._min_band and (
+            count >= self._refresh_every or band not in self._cached
+        ):
+            self._cached[band] = _quantiles(samples)
+            count = 0
+        self._since_refresh[band] = count
+        self._global_since += 1
+        if self._global_since >= self._refresh_every or len(self._all) < self._refresh_every:
+            self._global = _quantiles(self._all)
+            self._global_since = 0
+
+
+def _quantiles(samples: deque[int]) -> LengthPrediction:
+    ordered = sorted(samples)
+    n = len(ordered)
+    return LengthPrediction(
+        float(ordered[min(n - 1, n // 2)]), float(ordered[min(n - 1, (9 * n) // 10)])
+    )
+
+
+def make_predictor(config: PredictorConfig) -> LengthPredictor:
+    if config.kind == "online":
+        return OnlineLengthEstimator()
+    raise ValueError(
+        "predictor.kind 'learned' needs goodput.profiler.length_predictor, which this build "
+        "does not have; use kind 'online'."
+    )

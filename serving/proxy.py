@@ -1,0 +1,315 @@
+"""One request's exchange, as an ASGI response: wait for the dispatcher, forward to the engine,
+relay the answer (streamed or not), and account for how it ended.
+
+It is a raw ASGI callable rather than a ``StreamingResponse`` because it must notice a client
+that leaves at any point — while queued, before the engine's first byte, mid-stream — and then
+cancel the upstream request, which closes the engine connection so vLLM aborts the generation
+and the dispatcher frees the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from goodput.serving.admission import Rejection, RejectReason
+from goodput.serving.gateway import Gateway
+from goodput.serving.job import Job
+from goodput.serving.openai_errors import (
+    OpenAIError,
+    engine_failed,
+    engine_unavailable,
+    normalize_engine_error,
+    rate_limited,
+)
+from goodput.serving.openai_request import ParsedRequest, upstream_body
+
+log = logging.getLogger(__name__)
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class ProxyExchange(Response):
+    def __init__(
+        self, gateway: Gateway, request: ParsedRequest, job: Job, headers: dict[str, str]
+    ) -> None:
+        # Response.__init__ is not called: this object writes its own ASGI messages.
+        self.gateway = gateway
+        self.request = request
+        self.job = job
+        self.forward_headers = headers
+        self.background = None
+        self._started = False
+        self._completed = False
+        self._output_tokens = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        gw.exchange_started()
+        work = asyncio.ensure_future(self._serve(send))
+        watcher = asyncio.ensure_future(_client_gone(receive))
+        try:
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:  # the client left: abort everything it started
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                log.debug("client disconnected: %s", self.job.request_id)
+            else:
+                work.result()
+        finally:
+            for task in (work, watcher):
+                task.cancel()
+            gw.exchange_ended()
+
+    async def _serve(self, send: Send) -> None:
+        gw, job = self.gateway, self.job
+        try:
+            try:
+                gw.dispatcher.submit(job)
+                assert job.waiter is not None
+                await job.waiter
+            except Rejection as rejection:
+                gw.rejected(rejection.reason, job.slo.priority)
+                await self._send_error(
+                    send,
+                    rate_limited(
+                        rejection.message,
+                        reason=rejection.reason.value,
+                        retry_after_s=rejection.retry_after_s,
+                    ),
+                )
+                return
+            assert job.dispatched_at is not None
+            gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority)).observe(
+                job.dispatched_at - job.arrival
+            )
+            if self.request.stream:
+                await self._relay_stream(send)
+            else:
+                await self._relay_unary(send)
+        finally:
+            # Whatever happened (done, rejected, failed, cancelled by a departed client), the
+            # job's place in the queue or the engine is given back here.
+            gw.dispatcher.release(
+                job,
+                completed=self._completed,
+                output_tokens=self._output_tokens,
+                streamed=self.request.stream,
+            )
+
+    # -- upstream ----------------------------------------------------------------------------------
+
+    def _upstream_request(self) -> httpx.Request:
+        headers = {"content-type": "application/json", **self.forward_headers}
+        return self.gateway.client.build_request(
+            "POST",
+            _PATHS[self.request.endpoint],
+            content=upstream_body(self.request),
+            headers=headers,
+        )
+
+    async def _open_upstream(self, send: Send) -> httpx.Response | None:
+        try:
+            return await self.gateway.client.send(self._upstream_request(), stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.gateway.failed(self.job)
+            await self._send_error(send, engine_unavailable(str(exc) or type(exc).__name__))
+        except httpx.HTTPError as exc:
+            self.gateway.failed(self.job)
+            await self._send_error(send, engine_failed(str(exc) or type(exc).__name__))
+        return None
+
+    async def _engine_refused(self, send: Send, response: httpx.Response) -> None:
+        """Pass an engine's error answer on, in the OpenAI shape, with its status."""
+        payload = await response.aread()
+        body = normalize_engine_error(response.status_code, payload)
+        if response.status_code < 500:
+            self.gateway.rejected(RejectReason.INVALID, self.job.slo.priority)
+        else:
+            self.gateway.failed(self.job)
+        await self._send_json(send, response.status_code, json.dumps(body).encode())
+
+    async def _relay_unary(self, send: Send) -> None:
+        gw, job = self.gateway, self.job
+        response = await self._open_upstream(send)
+        if response is None:
+            return
+        try:
+            if response.status_code != 200:
+                await self._engine_refused(send, response)
+                return
+            try:
+                payload = await response.aread()
+            except httpx.HTTPError as exc:
+                gw.failed(job)
+                await self._send_error(send, engine_failed(str(exc) or type(exc).__name__))
+                return
+        finally:
+            await response.aclose()
+        end = gw.dispatcher.clock()
+        usage, finish_reason = _usage_and_finish(payload)
+        self._output_tokens = int(usage.get("completion_tokens") or 0)
+        self._completed = True
+        await self._send_json(send, 200, payload)
+        gw.finished(
+            job,
+            prompt=self.request.prompt_text,
+            streamed=False,
+            end=end,
+            output_tokens=self._output_tokens,
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            finish_reason=finish_reason,
+        )
+
+    async def _relay_stream(self, send: Send) -> None:
+        gw, job = self.gateway, self.job
+        response = await self._open_upstream(send)
+        if response is None:
+            return
+        usage: dict[str, Any] = {}
+        finish_reason = "unknown"
+        events = 0
+        try:
+            if response.status_code != 200:
+                await self._engine_refused(send, response)
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            self._started = True
+            pending = b""
+            async for chunk in response.aiter_raw():
+                pending += chunk
+                out: list[bytes] = []
+                while (cut := pending.find(b"\n\n")) >= 0:
+                    event, pending = pending[: cut + 2], pending[cut + 2 :]
+                    if job.first_token_at is None and not event.startswith(b"data: [DONE]"):
+                        gw.dispatcher.mark_first_token(job)
+                    # Only the rare events that may carry usage or a finish reason are parsed.
+                    if (b'"usage"' in event and b'"usage":null' not in event) or (
+                        b'"finish_reason"' in event and b'"finish_reason":null' not in event
+                    ):
+                        parsed = _event_json(event)
+                        if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
+                            usage = parsed["usage"]
+                            if not self.request.client_wants_usage:
+                                continue
+                        finish_reason = _finish_reason(parsed) or finish_reason
+                    events += 1
+                    out.append(event)
+                if out:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+            end = gw.dispatcher.clock()
+            if pending:
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+            if not usage and finish_reason == "unknown":
+                raise httpx.RemoteProtocolError("the engine closed the stream before finishing")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.HTTPError as exc:
+            gw.failed(job)
+            error = engine_failed(str(exc) or type(exc).__name__)
+            await send(
+                {"type": "http.response.body", "body": error.sse_event(), "more_body": False}
+            )
+            return
+        finally:
+            await response.aclose()
+        # Without usage (an engine that ignores include_usage), count content events.
+        self._output_tokens = int(usage.get("completion_tokens") or max(events - 2, 0))
+        self._completed = True
+        gw.finished(
+            job,
+            prompt=self.request.prompt_text,
+            streamed=True,
+            end=end,
+            output_tokens=self._output_tokens,
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            finish_reason=finish_reason,
+        )
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    async def _send_error(self, send: Send, error: OpenAIError) -> None:
+        if self._started:
+            await send(
+                {"type": "http.response.body", "body": error.sse_event(), "more_body": False}
+            )
+            return
+        headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await self._send_json(send, error.status, json.dumps(error.body()).encode(), headers)
+
+    async def _send_json(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", self.job.request_id.encode()),
+            *(extra_headers or []),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        self._started = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return when the client disconnects (the request body was already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _event_json(event: bytes) -> dict[str, Any]:
+    data = event.strip()
+    if data.startswith(b"data:"):
+        data = data[5:].strip()
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _finish_reason(event: dict[str, Any]) -> str | None:
+    for choice in event.get("choices") or []:
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return str(choice["finish_reason"])
+    return None
+
+
+def _usage_and_finish(payload: bytes) -> tuple[dict[str, Any], str]:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return {}, "unknown"
+    if not isinstance(body, dict):
+        return {}, "unknown"
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    finish = "unknown"
+    for choice in body.get("choices") or []:
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            finish = str(choice["finish_reason"])
+            break
+    return usage or {}, finish
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,122 @@
+"""What the engine does with the requests it is given, learned online from finished requests.
+
+A continuous-batching engine runs one decode step for every running request at once, so a
+request's time per output token is the step time, and the step time grows with the batch:
+``tpot(c) ≈ a + b·c`` for concurrency ``c`` (nearly flat on a GPU until memory bandwidth
+saturates, nearly linear on a CPU). Fitting ``a`` and ``b`` from observed TPOTs tells the
+scheduler the largest batch that still meets a TPOT objective — the engine, left alone, grows the
+batch until every request misses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StepFit:
+    intercept_s: float
+    slope_s: float
+
+
+class StepLatencyModel:
+    """Exponentially weighted least squares of TPOT on concurrency.
+
+    Old samples fade (``decay`` per sample) so the fit follows changes in prompt mix. With too
+    little spread in the observed concurrency the slope is not identifiable; the model then falls
+    back to a line through the origin, the conservative (compute-bound) assumption.
+    """
+
+    def __init__(self, *, decay: float = 0.99, min_samples: int = 8) -> None:
+        self._decay = decay
+        self._min_samples = min_samples
+        self._n = 0
+        self._w = 0.0
+        self._sx = 0.0
+        self._sy = 0.0
+        self._sxx = 0.0
+        self._sxy = 0.0
+        self._fit: StepFit | None = None
+
+    @property
+    def samples(self) -> int:
+        return self._n
+
+    def observe(self, concurrency: float, tpot_s: float) -> None:
+        if not (concurrency > 0 and 0 < tpot_s < math.inf):
+            return
+        d = self._decay
+        self._w = self._w * d + 1.0
+        self._sx = self._sx * d + concurrency
+        self._sy = self._sy * d + tpot_s
+        self._sxx = self._sxx * d + concurrency * concurrency
+        self._sxy = self._sxy * d + concurrency * tpot_s
+        self._n += 1
+        self._fit = self._solve() if self._n >= self._min_samples else None
+
+    def _solve(self) -> StepFit:
+        mean_x = self._sx / self._w
+        mean_y = self._sy / self._w
+        var_x = self._sxx / self._w - mean_x * mean_x
+        if var_x > 0.25 * max(1.0, mean_x):  # concurrency varied enough to see the slope
+            slope = (self._sxy / self._w - mean_x * mean_y) / var_x
+            intercept = mean_y - slope * mean_x
+            if slope > 0 and intercept >= 0:
+                return StepFit(intercept, slope)
+            if slope > 0:  # a negative intercept is noise: keep the slope, pin a at zero
+                return StepFit(0.0, self._sxy / self._sxx)
+            return StepFit(mean_y, 0.0)  # TPOT does not grow with the batch (yet)
+        return StepFit(0.0, self._sxy / self._sxx)
+
+    @property
+    def fit(self) -> StepFit | None:
+        return self._fit
+
+    def predict_tpot(self, concurrency: float) -> float | None:
+        if self._fit is None:
+            return None
+        return self._fit.intercept_s + self._fit.slope_s * concurrency
+
+    def max_concurrency(self, tpot_slo_s: float, headroom: float) -> int | None:
+        """The largest batch whose predicted TPOT is within ``headroom`` of the objective;
+        ``None`` while the model does not know (or TPOT does not grow with the batch)."""
+        if self._fit is None or self._fit.slope_s <= 0:
+            return None
+        budget = tpot_slo_s * headroom - self._fit.intercept_s
+        return max(1, int(budget / self._fit.slope_s + 1e-9))
+
+
+class Ewma:
+    """An exponentially weighted mean; ``None`` before the first sample."""
+
+    def __init__(self, alpha: float) -> None:
+        self._alpha = alpha
+        self.value: float | None = None
+
+    def observe(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self._alpha * (x - self.value)
+
+
+class ServiceModel:
+    """The engine's learned behaviour: step time vs batch, time from dispatch to first token,
+    and how long a dispatched request holds its slot."""
+
+    def __init__(self) -> None:
+        self.step = StepLatencyModel()
+        self.first_token_s = Ewma(0.1)
+        self.service_s = Ewma(0.05)
+
+    def observe(
+        self,
+        *,
+        concurrency: float,
+        first_token_after_dispatch_s: float | None,
+        tpot_s: float | None,
+        service_s: float,
+    ) -> None:
+        if first_token_after_dispatch_s is not None:
+            self.first_token_s.observe(first_token_after_dispatch_s)
+        if tpot_s is not None:
+            self.step.observe(concurrency, tpot_s)
+        self.service_s.observe(service_s)

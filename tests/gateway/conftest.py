@@ -1,0 +1,81 @@
+"""Fixtures for the gateway's HTTP tests: real uvicorn servers on 127.0.0.1, each in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+
+from goodput.api.gateway_config import GatewayConfig
+from goodput.serving.app import create_app
+from goodput.serving.gateway import Gateway
+
+from .fake_engine import FakeEngine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def fake_engine() -> Iterator[tuple[FakeEngine, str]]:
+    engine = FakeEngine()
+    with running_server(engine.app) as (url, _):
+        yield engine, url
+
+
+GatewayFactory = Callable[..., tuple[Gateway, str]]
+
+
+@pytest.fixture
+def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]:
+    """Start a gateway in front of the fake engine; keyword arguments override the config."""
+    _, engine_url = fake_engine
+    stack: list[Any] = []
+
+    def start(**overrides: Any) -> tuple[Gateway, str]:
+        data: dict[str, Any] = {
+            "deployment": "test",
+            "servedModelName": "tiny",
+            "engineUrl": engine_url,
+            "slo": {"ttftMs": 2000, "tpotMs": 200},
+            "policy": "slo",
+        }
+        data.update(overrides)
+        gateway = Gateway(GatewayConfig.model_validate(data), engine_poll_interval_s=0.2)
+        cm = running_server(create_app(gateway))
+        url, _ = cm.__enter__()
+        stack.append(cm)
+        return gateway, url
+
+    yield start
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)

@@ -1,0 +1,68 @@
+"""``goodput serve`` as a real process: it serves, writes the request log, and drains on SIGTERM
+(readiness false, new requests 503, the in-flight stream finishes, then a clean exit)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from .conftest import free_port
+from .fake_engine import FakeEngine
+
+
+def test_serve_drains_on_sigterm(fake_engine: tuple[FakeEngine, str], tmp_path: Path) -> None:
+    _, engine_url = fake_engine
+    port = free_port()
+    log_path = tmp_path / "requests.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "goodput", "serve",
+            "--engine-url", engine_url, "--port", str(port),
+            "--deployment", "d", "--served-model-name", "tiny",
+            "--ttft-ms", "2000", "--tpot-ms", "200",
+            "--request-log", str(log_path), "--drain-timeout", "20",
+        ],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.completions.create(model="tiny", prompt="x", max_tokens=400, stream=True)
+        chunks = iter(stream)
+        next(chunks)  # the request is in flight
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        refused = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "draining"
+        rest = list(chunks)  # the in-flight stream still completes
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(records) == 1
+    assert records[0]["output_tokens"] == 400 and records[0]["max_tokens"] == 400
+    assert records[0]["prompt"] == "x" and records[0]["deployment"] == "d"
+    assert set(records[0]) == {
+        "ts", "deployment", "model", "request_id", "prompt", "prompt_tokens", "max_tokens",
+        "predicted_p50", "predicted_p90", "output_tokens", "finish_reason",
+    }  # fmt: skip

@@ -1,0 +1,204 @@
+"""The scheduler's pure parts: length estimation, the step-latency fit, policy order, admission
+and the dispatcher's queue, with an injected clock (no network, no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from goodput.serving.admission import AdmissionController, QueueView, Rejection, Verdict
+from goodput.serving.dispatcher import Dispatcher
+from goodput.serving.engine_state import EngineBudget, EngineSnapshot, parse_engine_metrics
+from goodput.serving.job import Job, JobState
+from goodput.serving.length_estimate import LengthPrediction, OnlineLengthEstimator
+from goodput.serving.policies import FcfsPolicy, OraclePolicy, SloPolicy
+from goodput.serving.service_model import ServiceModel, StepLatencyModel
+from goodput.serving.slo import RequestSLO
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SLO = RequestSLO(ttft_s=1.0, tpot_s=0.1, e2e_s=None, priority="default", rank=0)
+
+
+def job(rid: str, arrival: float, p50: float, *, oracle: int | None = None) -> Job:
+    return Job(
+        request_id=rid,
+        arrival=arrival,
+        slo=SLO,
+        prompt_tokens=10,
+        prediction=LengthPrediction(p50, p50 * 2),
+        oracle_output_tokens=oracle,
+    )
+
+
+def test_online_estimator_learns_per_prompt_band_and_clips_to_max_tokens() -> None:
+    est = OnlineLengthEstimator(min_band_samples=4, refresh_every=1)
+    assert est.predict("", 10, None) == LengthPrediction(128.0, 512.0)  # the prior
+    for n in (10, 12, 14, 16, 18, 20, 22, 24, 26, 28):
+        est.observe("", 10, n)  # short prompts, short answers
+    for n in (300, 320, 340, 360, 380):
+        est.observe("", 1000, n)  # long prompts, long answers
+    short, long = est.predict("", 12, None), est.predict("", 900, None)
+    assert 14 <= short.p50 <= 22 and short.p90 >= short.p50
+    assert long.p50 == 340
+    assert est.predict("", 900, 50) == LengthPrediction(50, 50)
+
+
+def test_step_model_recovers_a_linear_step_time_and_its_batch_limit() -> None:
+    model = StepLatencyModel(min_samples=4)
+    assert model.max_concurrency(0.1, 1.0) is None  # knows nothing yet
+    for c in (1, 4, 8, 16, 24, 32) * 3:
+        model.observe(c, 0.01 + 0.002 * c)
+    assert model.fit is not None
+    assert model.fit.intercept_s == pytest.approx(0.01, rel=1e-6)
+    assert model.fit.slope_s == pytest.approx(0.002, rel=1e-6)
+    assert model.max_concurrency(0.05, 1.0) == 20  # (0.05 - 0.01) / 0.002
+
+
+def test_step_model_with_one_batch_size_assumes_time_proportional_to_batch() -> None:
+    model = StepLatencyModel(min_samples=4)
+    for _ in range(10):
+        model.observe(10.0, 0.2)  # one level seen: 2x over a 0.1 s objective
+    assert model.max_concurrency(0.1, 1.0) == 5
+
+
+def test_slo_policy_puts_short_jobs_first_and_oracle_uses_the_true_length() -> None:
+    long, short = job("long", 0.0, 500), job("short", 0.1, 20)
+    slo = SloPolicy()
+    assert slo.order_key(short) < slo.order_key(long)
+    fcfs = FcfsPolicy()
+    assert fcfs.order_key(long) < fcfs.order_key(short)
+    # The predictor thinks "liar" is short; the oracle knows it is long.
+    liar = job("liar", 0.0, 10, oracle=900)
+    oracle = OraclePolicy()
+    assert slo.order_key(liar) < slo.order_key(short)
+    assert oracle.order_key(liar) > oracle.order_key(short)
+
+
+def test_a_much_closer_deadline_overtakes_a_slightly_shorter_job() -> None:
+    early = job("early", 0.0, 30)  # deadline 1.0
+    later = Job(
+        request_id="later",
+        arrival=0.0,
+        slo=RequestSLO(ttft_s=10.0, tpot_s=0.1, e2e_s=None, priority="default", rank=0),
+        prompt_tokens=10,
+        prediction=LengthPrediction(20, 40),
+    )
+    assert SloPolicy().order_key(early) < SloPolicy().order_key(later)
+
+
+def test_admission_rejects_when_the_predicted_wait_misses_the_ttft() -> None:
+    service = ServiceModel()
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=100, max_queue_delay_s=None
+    )
+    j = job("j", 100.0, 50)
+    view = QueueView(queue_length=30, ahead=30, free_slots=0, limit=10)
+    assert admission.on_arrival(j, view, 100.0) is Verdict.ADMIT  # nothing learned yet
+    service.service_s.observe(2.0)  # a slot frees every 0.2 s
+    with pytest.raises(Rejection) as rejected:
+        admission.on_arrival(j, view, 100.0)  # 31 * 0.2 s = 6.2 s > 1 s
+    assert rejected.value.reason.value == "slo_unattainable"
+    assert rejected.value.retry_after_s == pytest.approx(6.2)
+    near = QueueView(queue_length=3, ahead=3, free_slots=0, limit=10)
+    assert admission.on_arrival(j, near, 100.0) is Verdict.ADMIT  # 0.8 s
+    demoting = AdmissionController(
+        service, overload="best-effort", max_queue_length=100, max_queue_delay_s=None
+    )
+    assert demoting.on_arrival(j, view, 100.0) is Verdict.DEMOTE
+    with pytest.raises(Rejection) as full:
+        AdmissionController(
+            service, overload="best-effort", max_queue_length=30, max_queue_delay_s=None
+        ).on_arrival(j, view, 100.0)
+    assert full.value.reason.value == "queue_full"
+
+
+def test_engine_metrics_are_read_from_the_exposition_text() -> None:
+    text = """# HELP vllm:num_requests_running Number of requests
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 4.0
+vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.9
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5
+vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="100"} 1.0
+vllm:num_requests_running_created 12345.0
+"""
+    snap = parse_engine_metrics(text, now=5.0)
+    assert snap == EngineSnapshot(
+        up=True, running=5.0, waiting=4.0, kv_usage=0.5, kv_capacity_tokens=1600, polled_at=5.0
+    )
+    budget = EngineBudget(kv_headroom=1.0)
+    budget.snapshot = snap
+    assert budget.kv_fits(10_000)  # an idle engine takes anything
+    budget.commit(1500)
+    assert budget.kv_fits(100) and not budget.kv_fits(101)
+
+
+def make_dispatcher(policy: SloPolicy | FcfsPolicy, clock: Clock) -> Dispatcher:
+    service = ServiceModel()
+    for c in (1, 2, 3, 4) * 3:
+        service.step.observe(c, 0.045 * c)  # TPOT objective 0.1 s, headroom 0.9: limit 2
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=10, max_queue_delay_s=None
+    )
+    return Dispatcher(policy, admission, service, EngineBudget(), clock=clock)
+
+
+async def test_dispatcher_holds_jobs_beyond_the_learned_limit_and_serves_shortest_first() -> None:
+    clock = Clock()
+    d = make_dispatcher(SloPolicy(), clock)
+    jobs = [job(f"j{i}", clock.now, p) for i, p in enumerate((300, 300, 200, 10, 100))]
+    for j in jobs:
+        d.submit(j)
+    assert d.concurrency_limit() == 2
+    assert [j.state for j in jobs] == [JobState.RUNNING] * 2 + [JobState.WAITING] * 3
+    clock.now += 0.1
+    d.release(jobs[0], completed=True, output_tokens=300, streamed=False)
+    assert jobs[3].state is JobState.RUNNING  # the shortest waiting job went next
+    d.release(jobs[1])
+    assert jobs[4].state is JobState.RUNNING
+    assert jobs[2].state is JobState.WAITING
+    assert d.queue_depth == 1 and d.inflight == 2
+
+
+async def test_dispatcher_drops_a_waiting_job_once_its_ttft_is_lost() -> None:
+    clock = Clock()
+    d = make_dispatcher(SloPolicy(), clock)
+    running = [job(f"r{i}", clock.now, 100) for i in range(2)]
+    for j in running:
+        d.submit(j)
+    late = job("late", clock.now, 50)
+    d.submit(late)
+    assert late.state is JobState.WAITING
+    clock.now += 1.5
+    d.sweep()
+    assert late.state is JobState.DONE and d.queue_depth == 0
+    assert late.waiter is not None
+    with pytest.raises(Rejection):
+        await late.waiter
+
+
+async def test_cancelled_waiting_job_leaves_the_queue_and_fcfs_never_holds() -> None:
+    clock = Clock()
+    d = make_dispatcher(SloPolicy(), clock)
+    for i in range(2):
+        d.submit(job(f"r{i}", clock.now, 100))
+    waiting = job("w", clock.now, 10)
+    d.submit(waiting)
+    d.release(waiting)  # the client went away while it waited
+    assert d.queue_depth == 0 and d.inflight == 2
+    f = make_dispatcher(FcfsPolicy(), clock)
+    many = [job(f"f{i}", clock.now, 100) for i in range(5)]
+    for j in many:
+        f.submit(j)
+    assert f.inflight == 5 and f.queue_depth == 0
+    assert all(j.waiter is not None and j.waiter.done() for j in many)
+    await asyncio.sleep(0)
