@@ -16,7 +16,7 @@ from goodput.dev.cluster import ClusterError, LocalCluster
 from goodput.dev.fleet import Fleet
 
 DEFAULT_NAME = "goodput-dev"
-_console = Console(stderr=True)
+_console = Console(stderr=True, log_path=False)
 
 name_option = click.option(
     "--name", default=DEFAULT_NAME, show_default=True, help="Cluster name (fixes its ports)."

@@ -63,12 +63,13 @@ class ClusterPorts:
     controller_manager: int
     scheduler: int
     kwok: int
+    operator_metrics: int
 
     @classmethod
     def for_name(cls, name: str) -> ClusterPorts:
         """Deterministic per name: the same cluster always comes back on the same ports."""
         base = _PORT_BASE + (zlib.crc32(name.encode()) % _PORT_BLOCKS) * 10
-        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5)
+        return cls(*range(base, base + 7))
 
     def all(self) -> list[int]:
         return list(asdict(self).values())
@@ -425,7 +426,12 @@ class LocalCluster:
         say(f"starting cluster {self.name} (state in {self.state_dir})")
         self.supervisor.stop_all()
         (self.state_dir / "cluster.json").unlink(missing_ok=True)
+        # Sockets of just-killed processes can hold a port for a moment while they close.
+        deadline = time.monotonic() + 15
         busy = [port for port in self.ports.all() if not port_free(port)]
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.5)
+            busy = [port for port in busy if not port_free(port)]
         if busy:
             owners = ", ".join(f"{port}: {port_owner(port)}" for port in busy)
             raise ClusterError(

@@ -235,4 +235,4 @@ def port_owner(port: int) -> str:
                 target = os.readlink(fd)
                 if target.startswith("socket:[") and target[8:-1] in inodes:
                     return f"pid {pid} ({' '.join(argv)[:120]})"
-    return "an unknown process"
+    return "no listener (a closing connection?)" if not inodes else "another user's process"

@@ -67,6 +67,7 @@ class DevStack:
         argv = [
             sys.executable, "-m", "goodput", "operator", "run",
             "--kubeconfig", str(self.cluster.kubeconfig), "--all-namespaces", "--standalone",
+            "--metrics-port", str(self.cluster.ports.operator_metrics),
         ]  # fmt: skip
         record = supervisor.start(ProcessSpec(OPERATOR, argv))
         time.sleep(2)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from kubernetes.utils import parse_quantity
 
 from goodput.dev.cluster import LocalCluster
 from goodput.dev.fleet import Fleet
@@ -96,7 +97,8 @@ def test_fleet_nodes_exist_with_labels_capacity_and_are_ready(cluster: LocalClus
         for key, value in want["metadata"]["labels"].items():
             assert node["metadata"]["labels"][key] == value, (name, key)
         for resource, quantity in want["status"]["allocatable"].items():
-            assert node["status"]["allocatable"][resource] == quantity, (name, resource)
+            got = node["status"]["allocatable"][resource]
+            assert parse_quantity(got) == parse_quantity(quantity), (name, resource)
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
         assert ready["Ready"] == "True", name
         assert not any(
@@ -121,7 +123,6 @@ def test_gpu_pod_is_bound_by_the_real_scheduler_and_runs(
     assert pod["status"]["podIP"]
     events = get_json(cluster, "events", "-n", namespace)["items"]
     scheduled = [e for e in events if e["reason"] == "Scheduled"]
-    assert scheduled and scheduled[0]["source"].get("component", "") in ("", "default-scheduler")
     assert any(
         (e.get("reportingComponent") or e["source"].get("component")) == "default-scheduler"
         for e in scheduled

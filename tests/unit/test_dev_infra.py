@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+from click.testing import CliRunner
 from cryptography import x509
 
 from goodput.dev import pki
 from goodput.dev.binaries import BinaryCache, recipe_fingerprint, staging_modules
+from goodput.dev.cli import dev
 from goodput.dev.cluster import ClusterPorts
 from goodput.dev.processes import ProcessSpec, Supervisor, process_alive, start_ticks
 from goodput.dev.versions import KUBERNETES, GoComponent
@@ -90,3 +93,12 @@ def test_supervisor_outlives_its_parent(tmp_path: Path) -> None:
     assert supervisor.alive("sleeper")
     supervisor.stop_all(timeout=5)
     assert not supervisor.alive("sleeper")
+
+
+def test_env_command_prints_kubeconfig_and_bin_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("GOODPUT_CACHE_DIR", str(tmp_path))
+    result = CliRunner().invoke(dev, ["env", "--name", "demo"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"export KUBECONFIG={tmp_path}/clusters/demo/kubeconfig"
+    assert lines[1].startswith(f"export PATH={tmp_path}/bin/path-") and lines[1].endswith(":$PATH")
