@@ -70,13 +70,6 @@ def operator() -> None:
     metavar="KEY[=VALUE]:EFFECT",
     help="Extra toleration for serving pods (repeatable).",
 )
-@click.option(
-    "--retry-placement-seconds",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="How often unplaced deployments are retried.",
-)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def run(
     kubeconfig: str | None,
@@ -91,7 +84,6 @@ def run(
     engine_image: str | None,
     gateway_image: str | None,
     tolerations: tuple[str, ...],
-    retry_placement_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the operator until interrupted."""
@@ -128,7 +120,6 @@ def run(
             metrics_port=metrics_port or None,
             liveness_endpoint=liveness_endpoint,
             kubeconfig=kubeconfig,
-            retry_placement_seconds=retry_placement_seconds,
             workload=workload,
         )
     )

@@ -91,6 +91,10 @@ class Placement:
     pipeline: int
     nodes: tuple[str, ...]  # nodes of that product, for the status
     detail: str = ""
+    #: When set, the replicas' pods may run only on these nodes (one entry per replica; the
+    #: placement solver chose them). Empty: any node of ``gpu_product``.
+    pinned_nodes: tuple[str, ...] = ()
+    max_concurrency: int | None = None  # full-length sequences one replica's KV cache holds
 
     @property
     def gpus_per_replica(self) -> int:
@@ -107,11 +111,25 @@ class Unplaceable:
     tried: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a fleet-aware selector needs beyond the spec: which deployment, the raw Node
+    objects (zones, racks, interconnect labels), and where its replicas run now."""
+
+    deployment: str  # namespace/name
+    node_objects: Sequence[Mapping[str, Any]] = ()
+    placement: Sequence[Mapping[str, Any]] = ()  # status.placement
+    gpu_type: str | None = None  # status.gpuType
+
+
 class GPUSelector(Protocol):
     """Chooses where an LLMDeployment's replicas go."""
 
     def select(
-        self, spec: LLMDeploymentSpec, nodes: Sequence[GPUNode]
+        self,
+        spec: LLMDeploymentSpec,
+        nodes: Sequence[GPUNode],
+        context: SelectionContext | None = None,
     ) -> Placement | Unplaceable: ...
 
 
@@ -153,7 +171,12 @@ class FirstFitSelector:
             return [(total, 1)]
         return [(tp, 1) for tp in _powers_of_two(per_node)]
 
-    def select(self, spec: LLMDeploymentSpec, nodes: Sequence[GPUNode]) -> Placement | Unplaceable:
+    def select(
+        self,
+        spec: LLMDeploymentSpec,
+        nodes: Sequence[GPUNode],
+        context: SelectionContext | None = None,
+    ) -> Placement | Unplaceable:
         present = sorted({n.product for n in nodes})
         candidates = self._candidates(spec, nodes)
         if not candidates:
@@ -178,6 +201,7 @@ class FirstFitSelector:
                         f"has {per_node}"
                     )
                     continue
+                concurrency = None
                 if memory is None:
                     fit_detail = "GPU memory unknown"
                 else:
@@ -187,13 +211,14 @@ class FirstFitSelector:
                             f"{product} with tensor={tensor} pipeline={pipeline}: {fit.detail}"
                         )
                         continue
-                    fit_detail = fit.detail
+                    fit_detail, concurrency = fit.detail, fit.max_concurrency
                 return Placement(
                     gpu_product=product,
                     tensor=tensor,
                     pipeline=pipeline,
                     nodes=tuple(sorted(n.name for n in of_product)),
                     detail=fit_detail,
+                    max_concurrency=concurrency,
                 )
         return Unplaceable(
             reason="InsufficientGPUMemory",

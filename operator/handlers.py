@@ -10,6 +10,7 @@ annotations, not in ``status`` (the structural schema would prune it).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -19,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
 from goodput.operator import naming
+from goodput.operator.inventory import pod_gpu_request
 from goodput.operator.reconcile import Outcome, Reconciler
 from goodput.operator.status import PLACED, RETRYABLE_PLACEMENT_REASONS, find
 
@@ -54,19 +56,46 @@ def _waiting_for_gpus(status: Mapping[str, Any], **_: Any) -> bool:
     )
 
 
-def register(
-    registry: kopf.OperatorRegistry,
-    reconciler_factory: Callable[[], Reconciler],
-    retry_placement_seconds: float,
-) -> None:
+def _node_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What placement reads from a Node; heartbeats and other status churn leave it unchanged."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    allocatable = (body.get("status") or {}).get("allocatable") or {}
+    return (
+        labels.get("nvidia.com/gpu.product"),
+        labels.get("nvidia.com/gpu.memory"),
+        allocatable.get("nvidia.com/gpu"),
+        bool((body.get("spec") or {}).get("unschedulable")),
+    )
+
+
+def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], Reconciler]) -> None:
     """Register every handler on ``registry``; the reconciler is built at operator start-up
     (after login), so building the registry needs no cluster."""
     holder: dict[str, Reconciler] = {}
+    nodes_seen: dict[str, tuple[Any, ...]] = {}
 
     def rec() -> Reconciler:
         if "r" not in holder:
             holder["r"] = reconciler_factory()
         return holder["r"]
+
+    def converge_and_patch(namespace: str, name: str) -> None:
+        """Converge outside an LLMDeployment handler (kopf's ``patch`` is not available)."""
+        r = rec()
+        parent = r.kube.get_llmdeployment(namespace, name)
+        if parent is None or parent["metadata"].get("deletionTimestamp"):
+            return
+        outcome = r.converge(parent)
+        r.kube.patch_llmdeployment_status(namespace, name, outcome.status)
+        _post(parent, outcome)
+
+    def logged(what: str, logger: kopf.Logger, fn: Callable[[], None]) -> None:
+        """Watch-event handlers are not retried by kopf: log API errors in one line; the next
+        event (or the LLMDeployment's own handlers) converges again."""
+        try:
+            fn()
+        except ApiException as err:
+            logger.warning(f"{what}: Kubernetes API error {err.status} {err.reason}")
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -83,25 +112,80 @@ def register(
         settings.posting.level = logging.INFO
         rec()
 
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, registry=registry)
-    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
+    @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
+    @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
     def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
         """Create, spec change (including ``kubectl scale``), and operator restart alike."""
-        with rec().metrics.reconciling(f"llmdeployment_{reason}"):
+        with rec().metrics.reconciling(f"llmdeployment_{reason or 'resume'}"):
             _converge(rec(), body, patch)
 
-    @kopf.timer(
-        *RESOURCE,
-        interval=retry_placement_seconds,
-        initial_delay=retry_placement_seconds,
-        when=_waiting_for_gpus,
-        registry=registry,
-    )
-    def retry_placement(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        """Nodes with the wanted GPUs may have joined since the last try."""
-        with rec().metrics.reconciling("retry_placement"):
-            _converge(rec(), body, patch)
+    @kopf.index(*RESOURCE, when=_waiting_for_gpus, registry=registry)
+    def waiting_for_gpus(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+        """LLMDeployments that new GPU nodes could place (kept current by kopf)."""
+        return {f"{namespace}/{name}": name}
+
+    @kopf.index(*RESOURCE, registry=registry)
+    def placed_on(
+        status: Mapping[str, Any], namespace: str | None, name: str, **_: Any
+    ) -> dict[str, str]:
+        """The nodes each LLMDeployment's replicas run on (from ``status.placement``)."""
+        nodes = {n for entry in status.get("placement") or () for n in entry.get("nodes") or ()}
+        return {node: f"{namespace}/{name}" for node in sorted(nodes)}
+
+    def retry_waiting(waiting: kopf.Index[str, str], logger: kopf.Logger) -> None:
+        for key in list(waiting):
+            namespace, _sep, deployment = key.partition("/")
+            with rec().metrics.reconciling("retry_placement"):
+                logged(
+                    f"retrying placement of {key}",
+                    logger,
+                    functools.partial(converge_and_patch, namespace, deployment),
+                )
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    def pod_event(type: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
+        """Keep the GPU inventory's holds current (which GPUs other pods already use), and
+        retry the deployments waiting for GPUs when a pod releases some."""
+        inventory = rec().inventory
+        if inventory is None:
+            return
+        inventory.apply_pod(type, body)
+        phase = (body.get("status") or {}).get("phase")
+        bound = bool((body.get("spec") or {}).get("nodeName"))
+        released = type == "DELETED" or phase in ("Succeeded", "Failed")
+        if released and bound and pod_gpu_request(body) > 0:
+            retry_waiting(kwargs["waiting_for_gpus"], logger)
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_event(
+        type: str, name: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any
+    ) -> None:
+        """Keep the GPU inventory current; re-place the deployments with a replica on a node
+        that left (deleted or cordoned) and retry the waiting ones. A watch rather than a
+        timer: kopf timers need a finalizer on every LLMDeployment, which would make deletion
+        depend on a running operator."""
+        inventory = rec().inventory
+        if inventory is not None:
+            inventory.apply_node(type, body)
+        fingerprint = None if type == "DELETED" else _node_fingerprint(body)
+        if nodes_seen.get(name) == fingerprint:
+            return
+        if fingerprint is None or fingerprint[-1]:  # gone or cordoned
+            placed: kopf.Index[str, str] = kwargs["placed_on"]
+            for key in sorted(set(placed.get(name, []))):
+                namespace, _sep, deployment = key.partition("/")
+                with rec().metrics.reconciling("replace_lost_node"):
+                    logged(
+                        f"re-placing {key}",
+                        logger,
+                        functools.partial(converge_and_patch, namespace, deployment),
+                    )
+        if fingerprint is None:
+            nodes_seen.pop(name, None)
+        else:
+            nodes_seen[name] = fingerprint
+        retry_waiting(kwargs["waiting_for_gpus"], logger)
 
     @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
     def deleted(name: str, namespace: str | None, **_: Any) -> None:
@@ -114,22 +198,30 @@ def register(
         labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
         registry=registry,
     )
-    def workload_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    def workload_event(
+        type: str, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+    ) -> None:
         """Mirror the owned Deployment's readiness into the parent's status; re-create it if
         someone deleted it while the parent lives."""
         owner = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
         if not owner or not type or not namespace:
             return
         r = rec()
-        with r.metrics.reconciling("workload_event"):
+
+        def mirror() -> None:
             parent = r.kube.get_llmdeployment(namespace, owner)
             if parent is None or parent["metadata"].get("deletionTimestamp"):
-                return
-            if type == "DELETED":
-                outcome = r.converge(parent)
-                r.kube.patch_llmdeployment_status(namespace, owner, outcome.status)
-                _post(parent, outcome)
                 return
             new = r.workload_changed(parent, dict(body))
             if new is not None:
                 r.kube.patch_llmdeployment_status(namespace, owner, new)
+
+        with r.metrics.reconciling("workload_event"):
+            if type == "DELETED":
+                logged(
+                    f"re-creating {namespace}/{owner}",
+                    logger,
+                    lambda: converge_and_patch(namespace, owner),
+                )
+            else:
+                logged(f"status of {namespace}/{owner}", logger, mirror)

@@ -18,8 +18,8 @@ Labels and fields read (all documented in docs/placement.md):
 
 Cordoned (``spec.unschedulable``) and NotReady nodes are left out. Pods bound to a node
 (``spec.nodeName``) that have not finished hold their ``nvidia.com/gpu`` requests; pods labelled
-``goodput.dev/llmdeployment`` belong to Goodput and are counted apart, because the placement
-solver re-derives them from its own previous plan.
+``goodput.dev/deployment`` (the operator's serving pods) are counted per LLMDeployment, because a
+solve re-derives the replicas it is placing from its own previous plan.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ LABEL_INTERCONNECT = "goodput.dev/interconnect"
 LABEL_DOMAIN = "goodput.dev/interconnect-domain"
 LABEL_RACK = "goodput.dev/rack"
 LABEL_ZONE = "topology.kubernetes.io/zone"
-#: Pods with this label were created by Goodput for the LLMDeployment named in its value.
-LABEL_MANAGED = "goodput.dev/llmdeployment"
+#: Pods with this label serve the LLMDeployment named in its value (in the pod's namespace).
+LABEL_MANAGED = "goodput.dev/deployment"
 
 Obj = Mapping[str, Any]
 
@@ -68,7 +68,7 @@ class GpuNode:
 class _PodHold:
     node: str
     gpus: int
-    managed: bool
+    owner: str | None  # "namespace/name" of the LLMDeployment; None for other pods
 
 
 def _quantity(value: Any) -> int:
@@ -181,25 +181,39 @@ class GpuInventory:
         gpus = pod_gpu_request(pod)
         if not node or gpus <= 0 or phase in ("Succeeded", "Failed"):
             return
-        managed = LABEL_MANAGED in (meta.get("labels") or {})
-        self._holds[key] = _PodHold(str(node), gpus, managed)
+        deployment = (meta.get("labels") or {}).get(LABEL_MANAGED)
+        owner = f"{meta.get('namespace', '')}/{deployment}" if deployment else None
+        self._holds[key] = _PodHold(str(node), gpus, owner)
 
-    def _held(self, managed: bool) -> dict[str, int]:
+    def _held(self, managed: bool, excluding: str | None = None) -> dict[str, int]:
         held: dict[str, int] = {}
         for hold in self._holds.values():
-            if hold.managed == managed:
+            if (hold.owner is not None) == managed and (
+                excluding is None or hold.owner != excluding
+            ):
                 held[hold.node] = held.get(hold.node, 0) + hold.gpus
         return held
 
-    def nodes(self) -> tuple[GpuNode, ...]:
-        """Schedulable GPU nodes by name, ``allocated`` = GPUs held by pods Goodput does not own."""
+    def nodes(self, owner: str | None = None) -> tuple[GpuNode, ...]:
+        """Schedulable GPU nodes by name, with ``allocated`` the GPUs the solve must leave alone.
+
+        Without ``owner`` (a solve of every deployment): GPUs held by pods Goodput does not
+        manage. With ``owner`` (``namespace/name``, a solve of that deployment alone): GPUs held
+        by every pod except that deployment's own.
+        """
         foreign = self._held(managed=False)
+        if owner is not None:
+            for name, gpus in self._held(managed=True, excluding=owner).items():
+                foreign[name] = foreign.get(name, 0) + gpus
         out = []
         for name in sorted(self._nodes):
             node = self._nodes[name]
             held = foreign.get(name, 0)
             out.append(node if held == node.allocated else replace(node, allocated=held))
         return tuple(out)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
 
     def managed_allocation(self) -> dict[str, int]:
         """GPUs held by Goodput's own pods, per node."""

@@ -53,6 +53,7 @@ class MemoryFit:
 
     fits: bool
     detail: str
+    max_concurrency: int | None = None  # sequences of maxModelLen the KV cache holds at once
 
 
 class ModelMemory(Protocol):
@@ -125,7 +126,7 @@ class CatalogMemory:
             f"runtime, {_gib(max(kv_budget, 0))} left for KV cache of {_gib(usable)} usable; "
             f"one {plan.max_model_len}-token sequence needs {_gib(need)}"
         )
-        return MemoryFit(kv_budget >= need, detail)
+        return MemoryFit(kv_budget >= need, detail, max(kv_budget, 0) // max(need, 1))
 
 
 _MOE = re.compile(r"(?<![\d.])(\d+)x(\d+(?:\.\d+)?)b(?![a-z])", re.IGNORECASE)
@@ -203,3 +204,8 @@ class EstimatedMemory:
         self, spec: LLMDeploymentSpec, gpu_memory_bytes: int, tensor: int, pipeline: int
     ) -> MemoryFit:
         return self._pick(spec).fit(spec, gpu_memory_bytes, tensor, pipeline)
+
+
+def profiler_quantization(name: str | None) -> Quantization:
+    """The profiler's weight format for ``spec.model.quantization``."""
+    return _QUANTIZATION[name]

@@ -43,7 +43,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("apps",), ("deployments",), OWN, "the serving workload (server-side apply)"),
     Rule(("",), ("services", "configmaps"), OWN, "the endpoint and the gateway config"),
     Rule(("",), ("nodes",), READ, "GPU inventory: products, memory, allocatable GPUs"),
-    Rule(("",), ("pods",), READ, "which nodes each replica landed on"),
+    Rule(("",), ("pods",), READ, "which nodes each replica landed on; GPUs other pods hold"),
     Rule(("", "events.k8s.io"), ("events",), ("create", "patch"), "Kubernetes Events"),
     Rule(
         ("apiextensions.k8s.io",),

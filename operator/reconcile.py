@@ -12,7 +12,14 @@ from typing import Any, Protocol
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import gateway_config, naming, service, status, workload
-from goodput.operator.gpu_selection import GPUSelector, Placement, Unplaceable, gpu_nodes
+from goodput.operator.gpu_selection import (
+    GPUSelector,
+    Placement,
+    SelectionContext,
+    Unplaceable,
+    gpu_nodes,
+)
+from goodput.operator.inventory import GpuInventory
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import ModelMemory, ModelProfile
 from goodput.operator.settings import WorkloadSettings
@@ -102,9 +109,12 @@ class Reconciler:
         metrics: OperatorMetrics,
         settings: WorkloadSettings,
         logger: logging.Logger | None = None,
+        inventory: GpuInventory | None = None,
     ) -> None:
         self.kube, self.selector, self.memory = kube, selector, memory
         self.metrics, self.settings = metrics, settings
+        #: GPU nodes and pods, kept current by the handlers' watches (None: not watched).
+        self.inventory = inventory
         self.log = logger or logging.getLogger("goodput.operator")
 
     def converge(self, body: Mapping[str, Any]) -> Outcome:
@@ -113,9 +123,16 @@ class Reconciler:
         meta, spec = obj.metadata, obj.spec
         previous: Mapping[str, Any] = body.get("status") or {}
         old_placed = status.find(previous.get("conditions") or [], status.PLACED)
-        nodes = gpu_nodes(self.kube.list_nodes())
+        node_objects = self.kube.list_nodes()
+        nodes = gpu_nodes(node_objects)
         self.metrics.observe_capacity(nodes)
-        outcome = self.selector.select(spec, nodes)
+        context = SelectionContext(
+            deployment=f"{meta.namespace}/{meta.name}",
+            node_objects=node_objects,
+            placement=previous.get("placement") or (),
+            gpu_type=previous.get("gpuType"),
+        )
+        outcome = self.selector.select(spec, nodes, context)
         profile = self.memory.profile(spec)
         notices: list[Notice] = []
         if spec.routing.prefix_aware:
@@ -187,6 +204,8 @@ class Reconciler:
             placed,
         )
         pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
+        if placement.max_concurrency is not None:
+            common["profile"]["maxConcurrency"] = placement.max_concurrency
         new.update(common)
         new.update(
             {

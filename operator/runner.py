@@ -9,9 +9,11 @@ from kubernetes import client, config
 
 from goodput.operator.gpu_selection import FirstFitSelector
 from goodput.operator.handlers import register
+from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import Kube
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
+from goodput.operator.placement.selector import SolverSelector
 from goodput.operator.reconcile import Reconciler
 from goodput.operator.settings import OperatorSettings
 
@@ -34,15 +36,19 @@ def build_registry(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf
 
     def reconciler() -> Reconciler:
         memory = EstimatedMemory()
+        inventory = GpuInventory()
         return Reconciler(
             kube=Kube(api_client(settings.kubeconfig)),
-            selector=FirstFitSelector(memory),
+            selector=SolverSelector(
+                fallback=FirstFitSelector(memory), inventory=inventory, memory=memory
+            ),
             memory=memory,
             metrics=metrics,
             settings=settings.workload,
+            inventory=inventory,
         )
 
-    register(registry, reconciler, settings.retry_placement_seconds)
+    register(registry, reconciler)
     return registry
 
 

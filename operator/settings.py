@@ -62,8 +62,6 @@ class OperatorSettings:
     metrics_port: int | None = 9090
     liveness_endpoint: str | None = None
     kubeconfig: str | None = None
-    # How often an LLMDeployment that could not be placed is tried again (nodes may appear).
-    retry_placement_seconds: float = 30.0
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
 
     @property

@@ -24,8 +24,8 @@ from typing import Any
 from goodput.api.llmdeployment import Phase
 
 PLACED, AVAILABLE, DEGRADED = "Placed", "Available", "Degraded"
-# Placement failures that new nodes can cure: the timer retries these; others wait for a new spec.
-RETRYABLE_PLACEMENT_REASONS = frozenset({"NoMatchingGPUType"})
+# Placement failures that new nodes can cure: retried when nodes change; others wait for a new spec.
+RETRYABLE_PLACEMENT_REASONS = frozenset({"NoMatchingGPUType", "InsufficientGPUs"})
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,24 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def node_selector_term(placement: Placement) -> dict[str, Any]:
+    """The GPU product, and the exact nodes when the placement solver chose them."""
+    term: dict[str, Any] = {
+        "matchExpressions": [
+            {"key": LABEL_PRODUCT, "operator": "In", "values": [placement.gpu_product]}
+        ]
+    }
+    if placement.pinned_nodes:
+        term["matchFields"] = [
+            {
+                "key": "metadata.name",
+                "operator": "In",
+                "values": sorted(set(placement.pinned_nodes)),
+            }
+        ]
+    return term
+
+
 def pod_template(
     obj: LLMDeployment, placement: Placement, settings: WorkloadSettings, config_hash: str
 ) -> dict[str, Any]:
@@ -151,17 +169,7 @@ def pod_template(
             "affinity": {
                 "nodeAffinity": {
                     "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": LABEL_PRODUCT,
-                                        "operator": "In",
-                                        "values": [placement.gpu_product],
-                                    }
-                                ]
-                            }
-                        ]
+                        "nodeSelectorTerms": [node_selector_term(placement)]
                     }
                 }
             },

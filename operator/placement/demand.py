@@ -27,6 +27,7 @@ class ModelFacts:
     #: Per-GPU memory besides weights and KV: activations of a prefill chunk, CUDA context,
     #: graphs and NCCL buffers. The profiler's memory plan gives it; 1 GiB when unknown.
     overhead_bytes: int = GIB
+    quantization: str = "none"  # weight format, as the profiler names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +40,12 @@ class ServingTarget:
     output_tokens: int  # typical output length
     concurrency: int  # sequences one replica must hold in its KV cache at once
     target_rps: float | None = None  # demand; None: serve at min replicas
+    min_kv_tokens: int = 0  # e.g. one sequence of maxModelLen, which vLLM checks at start-up
 
     @property
     def kv_tokens(self) -> int:
         """KV headroom one replica needs: every concurrent sequence at full length."""
-        return self.concurrency * (self.prompt_tokens + self.output_tokens)
+        return max(self.min_kv_tokens, self.concurrency * (self.prompt_tokens + self.output_tokens))
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,9 @@ class DeploymentPlacement:
     desired_replicas: int = 0
     requests_per_second: float = 0.0  # summed SLO capacity of the placed replicas
     moved: tuple[int, ...] = ()  # replicas that left their previous nodes
+    #: Why it is not placed, as a condition reason: ``NoMatchingGPUType``,
+    #: ``InsufficientGPUMemory``, ``SLOUnattainable`` or ``InsufficientGPUs``; empty when placed.
+    refusal: str = ""
 
 
 @dataclass(frozen=True, slots=True)

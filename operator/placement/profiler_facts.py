@@ -35,4 +35,5 @@ def model_facts(
             single.activation_bytes_per_gpu + single.runtime_overhead_bytes_per_gpu,
             shared.activation_bytes_per_gpu + shared.runtime_overhead_bytes_per_gpu,
         ),
+        quantization=str(Quantization(quantization)),
     )

@@ -37,7 +37,7 @@ def node(
 def pod(
     name: str, node_name: str | None, gpus: int, *, phase: str = "Running", managed: bool = False
 ) -> dict[str, Any]:
-    labels = {"goodput.dev/llmdeployment": "llama"} if managed else {}
+    labels = {"goodput.dev/deployment": "llama"} if managed else {}
     spec: dict[str, Any] = {
         "containers": [{"name": "c", "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}]
     }
@@ -120,6 +120,8 @@ def test_pods_hold_gpus_until_finished_or_deleted() -> None:
     a = inv.nodes()[0]
     assert (a.allocated, a.free) == (2, 6)  # Goodput's own pod is not "allocated by others"
     assert inv.managed_allocation() == {"a": 1}
+    assert inv.nodes(owner="default/other")[0].allocated == 3  # a solve of another deployment
+    assert inv.nodes(owner="default/llama")[0].allocated == 2  # its own pod is re-derived
     assert inv.capacity_by_product() == {"NVIDIA-H100-80GB-HBM3": (3, 8), "NVIDIA-L4": (0, 4)}
     inv.apply_pod("MODIFIED", pod("p1", "a", 2, phase="Failed"))
     assert inv.nodes()[0].free == 8

@@ -176,3 +176,14 @@ def test_generator_check_mode(tmp_path: Path) -> None:
     assert crdgen.main(["-o", str(out), "--check"]) == 0
     out.write_text(out.read_text() + "# edited\n")
     assert crdgen.main(["-o", str(out), "--check"]) == 1
+
+
+def test_committed_reference_is_the_generator_output() -> None:
+    from goodput.api import crd_reference
+
+    committed = (ROOT / "docs" / "crd-reference.md").read_text()
+    assert committed == crd_reference.render(), "run: python -m goodput.api.crd_reference"
+    # every field of the schema appears in the reference
+    for path, _node in _walk(_schema()["properties"]["spec"], "spec"):
+        if path != "spec" and not path.endswith("[]"):
+            assert f"`{path}`" in committed, path

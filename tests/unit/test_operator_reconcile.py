@@ -85,6 +85,7 @@ def test_converge_applies_owned_objects_and_reports_placement() -> None:
     assert s["endpoint"] == "http://llama.ml.svc:80/v1"
     assert s["phase"] == "Progressing" and s["ready"] == "0/2"
     assert s["profile"]["source"] == "catalog:llama-3-8b" and s["profile"]["weightsGiB"] > 10
+    assert s["profile"]["maxConcurrency"] >= 1
     assert s["placement"] == [
         {"replica": 0, "nodes": ["gpu-0"], "gpus": 1, "tensor": 1, "pipeline": 1}
     ]

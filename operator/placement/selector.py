@@ -1,0 +1,123 @@
+"""The placement solver behind the operator's ``GPUSelector`` seam.
+
+Each LLMDeployment is solved on its own against the live inventory, with every other pod's GPUs
+(other deployments' included) taken, and its current replicas as the previous plan, so a
+reconcile never moves a replica that is still valid. With ``pin_nodes`` the chosen nodes pin the
+pods (``Placement.pinned_nodes``); it is off by default because the operator runs all replicas
+from one Deployment, whose pod template would then change (and roll every pod) whenever one
+replica is added or moved. Per-replica workloads will make pinning the default.
+
+One Deployment runs one GPU type and one pod per replica, so a plan that mixes GPU types is
+solved again on its first type, and a plan whose replica spans nodes (pipeline stages) is
+reported, not applied, until multi-node serving exists. Models the profiler's catalog does not
+know go to the fallback selector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from goodput.api.llmdeployment import LLMDeploymentSpec
+from goodput.operator.gpu_selection import (
+    GPUNode,
+    GPUSelector,
+    Placement,
+    SelectionContext,
+    Unplaceable,
+)
+from goodput.operator.inventory import GpuInventory, GpuNode
+from goodput.operator.model_memory import ModelMemory
+from goodput.operator.placement.demand import ModelDemand
+from goodput.operator.placement.plan import DeploymentPlacement, ReplicaPlacement, StagePlacement
+from goodput.operator.placement.solver import PlacementSolver
+from goodput.operator.placement.spec_demand import demand_from_spec
+
+#: Refusals that new or freed nodes could cure (the operator retries them on node changes).
+RETRYABLE = frozenset({"NoMatchingGPUType", "InsufficientGPUs"})
+
+
+def previous_replicas(
+    placement: Sequence[Mapping[str, Any]], gpu_type: str | None
+) -> tuple[ReplicaPlacement, ...]:
+    """``status.placement`` (one entry per running replica) as the solver's previous plan."""
+    if not gpu_type:
+        return ()
+    out = []
+    for entry in placement:
+        nodes = [str(n) for n in entry.get("nodes") or ()]
+        tensor, pipeline = int(entry.get("tensor", 1)), int(entry.get("pipeline", 1))
+        if not nodes:
+            continue
+        stages = tuple(StagePlacement(n, tensor, 0) for n in nodes)
+        index = int(entry.get("replica", 0))
+        out.append(ReplicaPlacement(index, gpu_type, tensor, pipeline, stages))
+    return tuple(out)
+
+
+@dataclass
+class SolverSelector:
+    """A ``GPUSelector`` that places with ``PlacementSolver`` on the watched inventory."""
+
+    fallback: GPUSelector
+    inventory: GpuInventory | None = None
+    solver: PlacementSolver = field(default_factory=PlacementSolver)
+    pin_nodes: bool = False
+    memory: ModelMemory | None = None  # for status.profile.maxConcurrency
+
+    def select(
+        self,
+        spec: LLMDeploymentSpec,
+        nodes: Sequence[GPUNode],
+        context: SelectionContext | None = None,
+    ) -> Placement | Unplaceable:
+        demand = demand_from_spec(context.deployment, spec) if context else None
+        if context is None or demand is None:
+            return self.fallback.select(spec, nodes, context)
+        fleet = self._fleet(context)
+        previous = previous_replicas(context.placement, context.gpu_type)
+        decision = self._solve(fleet, demand, previous)
+        products = list(dict.fromkeys(r.product for r in decision.replicas))
+        if len(products) > 1:
+            decision = self._solve(fleet, replace(demand, gpu_types=(products[0],)), previous)
+        if not decision.placed:
+            code = decision.refusal or "InsufficientGPUs"
+            return Unplaceable(code, decision.reason, retryable=code in RETRYABLE)
+        first = decision.replicas[0]
+        if first.pipeline > 1:
+            spans = ", ".join("+".join(r.nodes) for r in decision.replicas)
+            return Unplaceable(
+                "MultiNodeReplica",
+                f"{decision.reason}; each replica needs pipeline {first.pipeline} across nodes"
+                f" ({spans}), and multi-node serving is not available yet",
+                retryable=False,
+            )
+        concurrency = None
+        if self.memory is not None:
+            gpu_memory = next(n.gpu.memory_bytes for n in fleet if n.product == first.product)
+            fit = self.memory.fit(spec, gpu_memory, first.tensor, first.pipeline)
+            concurrency = fit.max_concurrency
+        return Placement(
+            gpu_product=first.product,
+            tensor=first.tensor,
+            pipeline=first.pipeline,
+            nodes=tuple(sorted({n for r in decision.replicas for n in r.nodes})),
+            detail=decision.reason,
+            pinned_nodes=tuple(r.nodes[0] for r in decision.replicas) if self.pin_nodes else (),
+            max_concurrency=concurrency,
+        )
+
+    def _fleet(self, context: SelectionContext) -> tuple[GpuNode, ...]:
+        if self.inventory is not None and len(self.inventory):
+            return self.inventory.nodes(owner=context.deployment)
+        return GpuInventory.from_objects(context.node_objects).nodes(owner=context.deployment)
+
+    def _solve(
+        self,
+        fleet: Sequence[GpuNode],
+        demand: ModelDemand,
+        previous: tuple[ReplicaPlacement, ...],
+    ) -> DeploymentPlacement:
+        plan = self.solver.solve(fleet, [demand], {demand.name: previous})
+        return plan.deployments[demand.name]

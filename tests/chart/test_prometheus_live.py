@@ -1,0 +1,209 @@
+"""Every dashboard panel and every rule, evaluated by a real Prometheus on real metrics.
+
+A real gateway (`goodput serve`, a process) fronts the real vLLM CPU engine; the operator runs
+against the local control plane with the example LLMDeployment; Debian's Prometheus scrapes both
+every second and evaluates the chart's rules every second. After a little load, each panel query
+(with Grafana's variables bound as "All") must evaluate without error and return at least one
+finite sample, each dashboard variable must list values, and each rule must be healthy.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import CHART, REPO
+from .dashboards import queries, variable_metrics
+from .operator_process import LocalOperator, free_port
+from .prometheus_server import PrometheusServer
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.engine,
+    pytest.mark.e2e,
+    pytest.mark.timeout(1200),
+]
+# The control plane (`cluster`) and the vLLM engine (`vllm_engine`) fixtures land separately.
+pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
+pytest.importorskip("goodput.dev.engine", reason="goodput.dev.engine is not available yet")
+
+DEPLOYMENT = "chat-live"
+NAMESPACE = "llm-prometheus-live"
+EXAMPLE = REPO / "examples" / "llmdeployment.yaml"
+
+
+class GatewayProcess:
+    """`python -m goodput serve` in front of the engine, on a loopback port."""
+
+    def __init__(self, engine_url: str, model: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = model
+        self.log = log
+        # A lenient SLO: the CPU engine must meet it for most requests so that met_slo exists.
+        self.argv = [
+            sys.executable, "-m", "goodput", "serve", "--engine-url", engine_url,
+            "--host", "127.0.0.1", "--port", str(self.port), "--deployment", DEPLOYMENT,
+            "--served-model-name", model, "--ttft-ms", "5000", "--tpot-ms", "1000",
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> GatewayProcess:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"gateway not ready:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def drive_load(gateway: GatewayProcess, requests: int = 48, concurrency: int = 4) -> None:
+    """Completions of varied lengths, streamed and not, plus a few invalid requests (rejected:
+    reason=invalid)."""
+
+    def one(i: int) -> int:
+        prompt = f"Tell me about the number {i}. " * (1 + i % 5)
+        body: dict[str, Any] = {"model": gateway.model, "max_tokens": 8 + (i * 7) % 40}
+        # The gateway measures TTFT and TPOT on streamed answers only: stream most of them.
+        body["stream"] = i % 4 != 0
+        if i % 2:  # both OpenAI endpoints the gateway serves
+            body["messages"] = [{"role": "user", "content": prompt}]
+            path = "/v1/chat/completions"
+        else:
+            body["prompt"] = prompt
+            path = "/v1/completions"
+        return httpx.post(f"{gateway.url}{path}", json=body, timeout=120).status_code
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        statuses = list(pool.map(one, range(requests)))
+    assert statuses.count(200) >= requests // 2, statuses
+    for _ in range(3):
+        bad = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+        status = httpx.post(f"{gateway.url}/v1/chat/completions", json=bad, timeout=30).status_code
+        assert 400 <= status < 500, status
+
+
+@pytest.fixture(scope="module")
+def live_operator(
+    cluster: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalOperator]:
+    """The operator (standalone, admin credentials) reconciling the example LLMDeployment."""
+    tmp = tmp_path_factory.mktemp("live-operator")
+    args = [
+        "operator", "run", "--all-namespaces", "--standalone",
+        "--metrics-port=0", "--liveness-endpoint=http://127.0.0.1:0/healthz",
+    ]  # fmt: skip
+    operator = LocalOperator(args, cluster.kubeconfig, tmp / "operator.log")
+    crd = REPO / "crds" / "llmdeployment.yaml"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/llmdeployments.goodput.dev"
+    )
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    operator.start()
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
+    try:
+        yield operator
+    finally:
+        cluster.kubectl("delete", "-n", NAMESPACE, "-f", str(EXAMPLE), "--wait=false", check=False)
+        operator.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def has_finite_sample(result: list[dict[str, Any]]) -> bool:
+    return any(
+        not math.isnan(float(value)) and not math.isinf(float(value))
+        for series in result
+        for _, value in series.get("values", [series["value"]] if "value" in series else [])
+    )
+
+
+def test_every_panel_and_rule_evaluates_on_live_metrics(
+    vllm_engine: Any, live_operator: LocalOperator, tmp_path: Path
+) -> None:
+    rules = yaml.safe_load((CHART / "rules" / "goodput.rules.yaml").read_text())
+    with GatewayProcess(vllm_engine.url, vllm_engine.model_name, tmp_path / "gateway.log") as gw:
+        prometheus = PrometheusServer(
+            tmp_path,
+            {
+                "goodput-gateway": [f"127.0.0.1:{gw.port}"],
+                "goodput-operator": [f"127.0.0.1:{live_operator.metrics_port}"],
+            },
+            rules,
+        )
+        prometheus.start()
+        try:
+            start = time.time()
+            deadline = time.monotonic() + 30
+            while not all(prometheus.targets_up().values()) or len(prometheus.targets_up()) < 2:
+                assert time.monotonic() < deadline, prometheus.targets_up()
+                time.sleep(0.5)
+            drive_load(gw)
+            time.sleep(5)  # a few more scrapes and rule evaluations after the last request
+            end = time.time()
+
+            problems: list[str] = []
+            for q in queries():
+                expr = q.bound({"$__rate_interval": "30s"})
+                try:
+                    data = prometheus.api(
+                        "query_range", query=expr, start=start, end=end, step="1s"
+                    )
+                except AssertionError as error:
+                    problems.append(f"{q.dashboard} / {q.panel} [{q.ref_id}]: {error}")
+                    continue
+                if not has_finite_sample(data["result"]):
+                    problems.append(f"{q.dashboard} / {q.panel} [{q.ref_id}]: no data: {expr}")
+            for variable, metric in variable_metrics().items():
+                label = variable.split(":", 1)[1]
+                values = prometheus.api(f"label/{label}/values", **{"match[]": metric})
+                if not values:
+                    problems.append(f"variable {variable}: no values of {label} on {metric}")
+
+            groups = prometheus.api("rules")["groups"]
+            loaded = {r["name"] for g in groups for r in g["rules"]}
+            expected = {
+                r.get("record") or r.get("alert") for g in rules["groups"] for r in g["rules"]
+            }
+            assert loaded == expected
+            for group in groups:
+                for rule in group["rules"]:
+                    if rule["health"] != "ok" or rule.get("lastError"):
+                        problems.append(
+                            f"rule {rule['name']}: {rule['health']} {rule['lastError']}"
+                        )
+                    prometheus.api("query", query=rule["query"])  # raises on an evaluation error
+            for record in (
+                "deployment_model:goodput_slo_errors:ratio_rate5m",
+                "goodput:slo_objective:ratio",
+            ):
+                if not has_finite_sample(prometheus.api("query", query=record)["result"]):
+                    problems.append(f"recording rule {record} produced nothing")
+            assert not problems, "\n".join(problems)
+        finally:
+            prometheus.stop()

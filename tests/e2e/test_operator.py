@@ -1,0 +1,346 @@
+"""The operator against the real local control plane: CRD validation by the API server, pods
+bound by the real kube-scheduler to simulated GPU nodes, garbage collection by the real
+controller manager. The operator runs as a subprocess, as in production.
+
+The tests share one namespace and one operator process and run in file order (a scenario).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from goodput.dev.cluster import LocalCluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
+pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+CRD = ROOT / "crds" / "llmdeployment.yaml"
+H100 = "NVIDIA-H100-80GB-HBM3"
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 90, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """``python -m goodput operator run`` against the cluster, logging to a file."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.metrics_port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "goodput",
+            "operator",
+            "run",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--namespace",
+            self.namespace,
+            "--standalone",
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
+
+
+@pytest.fixture(scope="module")
+def ns(cluster: LocalCluster) -> Iterator[str]:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/llmdeployments.goodput.dev", "--timeout=60s"
+    )
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: "default" in cluster.kubectl("get", "serviceaccounts", "-n", name, check=False),
+        what="the namespace's default service account",
+    )
+    cluster.kubectl("create", "secret", "generic", "hf-token", "-n", name, "--from-literal=token=x")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster, ns: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(cluster.kubeconfig, ns, log)
+    proc.start()
+    yield proc
+    proc.stop()
+    sys.stderr.write(f"operator log: {log}\n")
+
+
+def get(cluster: LocalCluster, ns: str, *what: str) -> Any:
+    out = cluster.kubectl("get", *what, "-n", ns, "-o", "json", check=False)
+    return json.loads(out) if out.strip() else None
+
+
+def llmd(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = get(cluster, ns, "llmdeployment", name)
+    return obj
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None
+    )
+
+
+def phase_is(cluster: LocalCluster, ns: str, name: str, phase: str) -> Callable[[], bool]:
+    return lambda: (llmd(cluster, ns, name).get("status") or {}).get("phase") == phase
+
+
+def pods(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    out = get(cluster, ns, "pods", "-l", f"goodput.dev/deployment={name}")
+    return [p for p in out["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_example_becomes_available_on_matching_gpu_nodes(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "llmdeployment.yaml"))
+    wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="llama3-8b Available")
+    obj = llmd(cluster, ns, "llama3-8b")
+    st = obj["status"]
+    assert st["gpuType"] == H100 and st["gpus"] == 1 and st["ready"] == "1/1"
+    assert st["observedGeneration"] == obj["metadata"]["generation"]
+    assert st["endpoint"] == f"http://llama3-8b.{ns}.svc:80/v1"
+    assert condition(obj, "Placed")["status"] == "True"
+    assert condition(obj, "Available")["status"] == "True"
+    # The real scheduler bound the pod to an H100 node.
+    (pod,) = pods(cluster, ns, "llama3-8b")
+    node = get(cluster, ns, "node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100
+    assert st["placement"][0]["nodes"] == [pod["spec"]["nodeName"]]
+    # Owned objects, owner references, labels.
+    for kind, name in (
+        ("deployment", "llama3-8b"),
+        ("service", "llama3-8b"),
+        ("configmap", "llama3-8b-gateway"),
+    ):
+        owned = get(cluster, ns, kind, name)
+        (ref,) = owned["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"]) == (
+            "LLMDeployment",
+            "llama3-8b",
+            obj["metadata"]["uid"],
+        )
+        assert owned["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "goodput"
+    table = cluster.kubectl("get", "llmd", "-n", ns)
+    assert "llama3-8b" in table and "1/1" in table and "Available" in table
+    events = cluster.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.kind=LLMDeployment"
+    )
+    assert "Placed" in events
+    metrics = operator.metrics()
+    assert f'goodput_operator_gpus_allocated{{gpu_product="{H100}"}} 1.0' in metrics
+    assert f'goodput_operator_gpus_capacity{{gpu_product="{H100}"}}' in metrics
+    assert 'goodput_operator_deployments{phase="Available"} 1.0' in metrics
+    assert "goodput_operator_reconciliations_total{" in metrics
+    assert "goodput_operator_reconcile_duration_seconds_bucket{" in metrics
+
+
+def test_kubectl_scale_and_spec_changes_roll_the_workload(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("scale", "llmd", "llama3-8b", "-n", ns, "--replicas=2")
+    wait_for(
+        lambda: get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 2,
+        what="the Deployment to follow kubectl scale",
+    )
+    wait_for(
+        lambda: llmd(cluster, ns, "llama3-8b")["status"].get("ready") == "2/2",
+        what="2/2 ready",
+    )
+    scale = json.loads(
+        cluster.kubectl(
+            "get",
+            "--raw",
+            f"/apis/goodput.dev/v1alpha1/namespaces/{ns}/llmdeployments/llama3-8b/scale",
+        )
+    )
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    assert scale["status"]["selector"] == "goodput.dev/deployment=llama3-8b"
+
+    patch = {"spec": {"engine": {"args": ["--max-num-seqs", "32"]}, "model": {"maxModelLen": 4096}}}
+    cluster.kubectl("patch", "llmd", "llama3-8b", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+
+    def rolled() -> bool:
+        dep = get(cluster, ns, "deployment", "llama3-8b")
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        return "32" in args and args[args.index("--max-model-len") + 1] == "4096"
+
+    wait_for(rolled, what="the engine args to follow the spec")
+    wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="Available after the rollout")
+    obj = llmd(cluster, ns, "llama3-8b")
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    for pod in pods(cluster, ns, "llama3-8b"):
+        assert "--max-num-seqs" in pod["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    ("spec_patch", "message"),
+    [
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        ),
+        (
+            {"adapters": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]},
+            "adapters names must be unique",
+        ),
+        (
+            {"resources": {"gpusPerReplica": 4, "parallelism": {"tensor": 2, "pipeline": 1}}},
+            "resources.gpusPerReplica must equal parallelism.tensor * parallelism.pipeline",
+        ),
+        ({"slo": {"ttftMs": 500, "tpotMs": 50, "percentile": 100}}, "slo.percentile must lie"),
+        ({"scheduling": {"defaultPriority": "gold"}}, "scheduling.defaultPriority must name one"),
+    ],
+)
+def test_invalid_specs_are_rejected_by_the_api_server(
+    cluster: LocalCluster, ns: str, spec_patch: dict[str, Any], message: str
+) -> None:
+    from goodput.dev.cluster import ClusterError
+
+    doc = yaml.safe_load((EXAMPLES / "llmdeployment.yaml").read_text())
+    doc["metadata"]["name"] = "invalid"
+    doc["spec"].update(spec_patch)
+    with pytest.raises(ClusterError) as err:
+        cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
+    assert message in str(err.value)
+
+
+def test_unknown_gpu_type_is_reported_not_retried_noisily(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess
+) -> None:
+    doc = yaml.safe_load((EXAMPLES / "llmdeployment.yaml").read_text())
+    doc["metadata"]["name"] = "wants-b200"
+    doc["spec"]["resources"]["gpuTypes"] = ["B200"]
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
+
+    def refused() -> dict[str, Any] | None:
+        placed = condition(llmd(cluster, ns, "wants-b200"), "Placed")
+        return placed if placed and placed["status"] == "False" else None
+
+    placed = wait_for(refused, what="Placed=False")
+    assert placed["reason"] == "NoMatchingGPUType"
+    assert "B200" in placed["message"] and H100 in placed["message"]
+    assert llmd(cluster, ns, "wants-b200")["status"]["phase"] == "Pending"
+    assert get(cluster, ns, "deployment", "wants-b200") is None
+    time.sleep(5)  # node heartbeats go on; the refusal is not re-announced
+    events = get(cluster, ns, "events", "--field-selector", "involvedObject.name=wants-b200")
+    warnings = [e for e in events["items"] if e["reason"] == "NoMatchingGPUType"]
+    assert len(warnings) == 1 and warnings[0].get("count", 1) == 1
+    cluster.kubectl("delete", "llmd", "wants-b200", "-n", ns)
+
+
+def test_restart_converges_without_duplicates(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess
+) -> None:
+    operator.stop()
+    cluster.kubectl("scale", "llmd", "llama3-8b", "-n", ns, "--replicas=1")
+    time.sleep(2)
+    assert get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 2, "nobody acted"
+    operator.start()
+    wait_for(
+        lambda: get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 1,
+        what="the restarted operator to converge",
+    )
+    wait_for(lambda: len(pods(cluster, ns, "llama3-8b")) == 1, what="one pod")
+    wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="Available after restart")
+    managed = "goodput.dev/deployment=llama3-8b"
+    assert len(get(cluster, ns, "deployments", "-l", managed)["items"]) == 1
+    assert len(get(cluster, ns, "services", "-l", managed)["items"]) == 1
+    assert len(get(cluster, ns, "configmaps", "-l", managed)["items"]) == 1
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_accepted_and_placed(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess, path: Path
+) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", str(path))
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") != "LLMDeployment":
+            continue
+        name = doc["metadata"]["name"]
+
+        def placed(name: str = name) -> dict[str, Any] | None:
+            obj = llmd(cluster, ns, name)
+            c = condition(obj, "Placed")
+            return obj if c and c["status"] == "True" else None
+
+        obj = wait_for(placed, what=f"{name} placed")
+        dep = wait_for(lambda name=name: get(cluster, ns, "deployment", name), what="workload")
+        gpus = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(gpus["nvidia.com/gpu"]) * doc["spec"].get("replicas", 1) == obj["status"]["gpus"]
+
+
+def test_delete_garbage_collects_owned_objects(
+    cluster: LocalCluster, ns: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("delete", "llmd", "llama3-8b", "-n", ns, "--wait=true", "--timeout=60s")
+    managed = "goodput.dev/deployment=llama3-8b"
+    for kind in ("deployments", "services", "configmaps"):
+        wait_for(
+            lambda kind=kind: get(cluster, ns, kind, "-l", managed)["items"] == [],
+            what=f"{kind} garbage-collected",
+        )
