@@ -312,6 +312,10 @@ class EngineProcess:
                 # everything here stays on loopback.
                 "VLLM_HOST_IP": "127.0.0.1",
                 "VLLM_LOOPBACK_IP": "127.0.0.1",
+                # vLLM 0.32's AOT-compiled artefact fails to load back on the CPU platform
+                # ("'function' object has no attribute 'finalize_loading'"), so every start
+                # recompiled (minutes on 2 busy cores); the regular inductor cache does hit.
+                "VLLM_USE_AOT_COMPILE": "0",
                 "VLLM_NO_USAGE_STATS": "1",
                 "DO_NOT_TRACK": "1",
                 "HF_HUB_OFFLINE": "1",
