@@ -89,7 +89,7 @@ def test_solver_places_replicas_on_exact_nodes_across_zones() -> None:
     assert isinstance(out, Placement)
     assert (out.gpu_product, out.tensor, out.pipeline) == (H100, 1, 1)
     assert sorted(out.pinned_nodes) == ["h100-a1", "h100-b"]  # one per zone
-    assert "2 replicas" in out.detail and "spread over 2 zone(s)" in out.detail
+    assert "2 replicas" in out.detail and "spread over 2 zones" in out.detail
 
 
 def test_other_pods_gpus_are_left_alone() -> None:
@@ -190,7 +190,7 @@ def test_reconciler_applies_the_solver_plan_as_pod_affinity() -> None:
     r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
     out = r.converge(make_body(replicas=2, resources={"gpuTypes": ["H100"]}))
     placed = next(c for c in out.status["conditions"] if c["type"] == "Placed")
-    assert placed["status"] == "True" and "spread over 2 zone(s)" in placed["message"]
+    assert placed["status"] == "True" and "spread over 2 zones" in placed["message"]
     assert out.status["profile"]["maxConcurrency"] >= 1
     template = kube.objects[("Deployment", "llama")]["spec"]["template"]
     (term,) = template["spec"]["affinity"]["nodeAffinity"][
