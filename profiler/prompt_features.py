@@ -90,6 +90,7 @@ _CUES: Final[tuple[_Cue, ...]] = (
         "brief|briefly|short|concise|concisely|one word|single word|in a word|one sentence|"
         "one line|tl dr|tldr|quick|quickly|just the|just answer|just give|just say|just tell|"
         "only answer|only respond|only reply|only output|only return|only give",
+        ("summar",),
     ),
     _Cue("title", "title|headline|slogan|tagline|name for|hashtag|hashtags|emoji|emojis|tweet"),
     # Long answers: open generation, plans, code, explanations.
@@ -185,7 +186,34 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "log_requested_items",
     *(f"cue_{name}" for name in _CUE_NAMES),
     *(f"head_{name}" for name in _CUE_NAMES),
+    # Interactions a linear model cannot form itself.
+    "log_material_words",
+    "edit_x_material",
+    "head_edit_x_material",
+    "classify_x_words",
+    "write_x_long_form",
+    "short_fact_question",
+    "explain_x_detail",
 )
+
+
+_NON_SPACE = re.compile(r"\S")
+
+
+def _strip_bounds(text: str) -> tuple[int, int]:
+    """``text.strip()`` as a slice ``[start, end)``, without copying the text."""
+    first = _NON_SPACE.search(text)
+    if first is None:
+        return 0, 0
+    end = len(text)
+    while end > first.start() and text[end - 1].isspace():
+        end -= 1
+    return first.start(), end
+
+
+def _words(text: str, start: int, end: int) -> int:
+    """Whitespace-separated pieces in ``text[start:end]``, roughly, without copying it."""
+    return text.count(" ", start, end) + text.count("\n", start, end) + 1
 
 
 def _number(token: str) -> float:
@@ -208,22 +236,32 @@ def prompt_cues(prompt: str, max_chars: int = 600) -> npt.NDArray[np.float64]:
     Sizes are measured on the whole prompt; the cues only look at its head and tail
     (``max_chars`` in all, where instructions sit), which bounds the cost.
     """
-    text = prompt.strip()
+    # Positions instead of slices: a prompt can be a whole document, and copying it (strip,
+    # partition, split) would cost more than everything else here together.
+    start, end = _strip_bounds(prompt)
     # AlpacaEval-style "instruction\n\ninput": the instruction says what to do, the input how much
     # material there is (a rewrite's answer is as long as its input).
-    head, sep, tail = text.partition("\n\n")
+    sep = prompt.find("\n\n", start, end)
+    head_end = sep if sep >= 0 else end
+    # Material pasted after the first line (a song to rewrite, an email to classify).
+    newline = prompt.find("\n", start, end)
+    has_material = 0 <= newline < end - 1
+    log_material = math.log1p(_words(prompt, newline + 1, end)) if has_material else 0.0
     out: list[float] = [
-        math.log1p(len(text)),
-        math.log1p(text.count(" ") + text.count("\n") + 1),
-        math.log1p(len(head.split())),
-        math.log1p(tail.count(" ") + tail.count("\n") + 1) if sep else 0.0,
-        1.0 if sep and tail.strip() else 0.0,
-        math.log1p(text.count("\n")),
-        math.log1p(text.count("?")),
-        1.0 if text.endswith("?") else 0.0,
+        math.log1p(end - start),
+        math.log1p(_words(prompt, start, end)),
+        math.log1p(_words(prompt, start, head_end)),
+        math.log1p(_words(prompt, sep + 2, end)) if sep >= 0 else 0.0,
+        1.0 if sep >= 0 and _NON_SPACE.search(prompt, sep + 2, end) else 0.0,
+        math.log1p(prompt.count("\n", start, end)),
+        math.log1p(prompt.count("?", start, end)),
+        1.0 if end > start and prompt[end - 1] == "?" else 0.0,
     ]
-    if len(text) > max_chars:
-        text = text[: max_chars - max_chars // 4] + "\n" + text[-(max_chars // 4) :]
+    if end - start > max_chars:
+        tail = max_chars // 4
+        text = prompt[start : start + max_chars - tail] + "\n" + prompt[end - tail : end]
+    else:
+        text = prompt[start:end]
     lower = text.lower()
     head = lower.partition("\n\n")[0]
     # Each size pattern only runs when its noun is there: most prompts name no size at all.
@@ -241,6 +279,18 @@ def prompt_cues(prompt: str, max_chars: int = 600) -> npt.NDArray[np.float64]:
     # "write" inside a pasted input is material.
     first = _FIRST_SENTENCE.split(head, maxsplit=1)[0]
     out.extend(_cue_values(first))
+    cue = dict(zip(FEATURE_NAMES, out, strict=False))
+    out.extend(
+        (
+            log_material,
+            cue["cue_edit"] * log_material,
+            cue["head_edit"] * log_material,
+            cue["cue_classify"] * cue["log_words"],
+            cue["head_write_long"] * cue["head_long_form"],
+            cue["cue_fact_question"] * (cue["log_words"] < 3.0),
+            cue["head_explain"] * cue["cue_detail"],
+        )
+    )
     return np.asarray(out, dtype=np.float64)
 
 

@@ -362,3 +362,31 @@ def test_cli_update_learns_a_new_models_verbosity_from_a_log(tmp_path: Path) -> 
         profile, ["length", prompt, "--model", "pod-model", "--model-file", str(out)]
     )
     assert query.exit_code == 0 and query.output.startswith("p50 ")
+
+
+def test_prompt_cues_ignore_surrounding_whitespace_and_bound_long_prompts() -> None:
+    prompt = "Rewrite the email politely.\n\nHey, send the report now."
+    np.testing.assert_array_equal(prompt_cues(f"  \n{prompt}\n\t "), prompt_cues(prompt))
+    document = "Summarize this document.\n\n" + "lorem ipsum dolor sit amet " * 50_000
+    cues = dict(zip(FEATURE_NAMES, prompt_cues(document), strict=True))
+    # Sizes come from the whole document; the task words from its head.
+    assert cues["log_input_words"] == pytest.approx(math.log1p(250_001), rel=1e-6)
+    assert cues["head_edit"] == 0.0 and cues["cue_long_form"] == 0.0
+
+
+def test_forgetting_follows_a_model_whose_verbosity_drifts() -> None:
+    X, y = synthetic()
+    before, after = (
+        synthetic(seed=6, models={"drifty": 1.0}),
+        synthetic(seed=7, models={"drifty": 4.0}),
+    )
+    offsets = {}
+    for forgetting in (1.0, 0.9):
+        model = LengthPredictor(n_features=2**10, forgetting=forgetting).fit(X, y)
+        for (p, m), t in zip(*before, strict=True):  # a long stable history
+            model.observe_request(p, m, int(t))
+        for (p, m), t in list(zip(*after, strict=True))[:30]:  # then the model gets chattier
+            model.observe_request(p, m, int(t))
+        offsets[forgetting] = model.verbosity("drifty")[1]
+    # log(4) ~ 1.39 higher is the truth; forgetting gets much closer to it.
+    assert offsets[0.9] - offsets[1.0] > 0.4
