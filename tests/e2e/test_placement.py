@@ -54,8 +54,10 @@ def ns(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log = tmp_path_factory.mktemp("placement") / "operator.log"
     argv = [sys.executable, "-m", "goodput", "operator", "run", "--kubeconfig",
             str(cluster.kubeconfig), "--namespace", name, "--standalone"]  # fmt: skip
+    # kopf's own login reads $KUBECONFIG, not --kubeconfig.
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     yield name
     proc.send_signal(signal.SIGTERM)
     try:
