@@ -77,3 +77,12 @@ def engine_start(
                 time.sleep(1)
         except KeyboardInterrupt:
             click.echo("stopping")
+
+
+def _add_pod_commands() -> None:
+    from goodput.dev.pod_cli import pod
+
+    dev.add_command(pod)
+
+
+_add_pod_commands()
