@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 import goodput
-from goodput.dev.cache import cache_root, exclusive
+from goodput.dev.cache import exclusive
 from goodput.dev.engine import (
     EngineEnv,
     EngineProcess,
@@ -40,6 +40,7 @@ from goodput.dev.engine import (
     parse_cache_config,
     platform_problem,
 )
+from goodput.dev.paths import cache_root
 from goodput.dev.tiny_model import ensure_tiny_model
 
 Progress = Callable[[str], None]
