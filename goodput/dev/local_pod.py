@@ -201,7 +201,7 @@ class LocalPod:
             log_path=self.log(ENGINE),
         )
         (self.state_dir / "pod.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        engine_print = _digest(engine.command(), spec.engine_port)
+        engine_print = _digest(engine.command())
         gateway_argv = self._gateway_argv()
         gateway_print = _digest(gateway_argv, engine_print, _serving_source_digest())
         reused: set[str] = set()
@@ -232,7 +232,7 @@ class LocalPod:
             self._stop(GATEWAY)
             self._check_port_free(spec.gateway_port, GATEWAY)
             say(f"starting the Goodput gateway on {self.gateway_url} (log {self.log(GATEWAY)})")
-            # The project's own environment, minus nothing: `goodput` must import as it does here.
+            # The caller's environment as is: the gateway imports `goodput` as this process does.
             self._spawn(GATEWAY, gateway_argv, dict(os.environ), gateway_print)
             self._await(GATEWAY, f"{self.gateway_url}/readyz", 120.0)
             say("gateway ready")
