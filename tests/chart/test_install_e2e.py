@@ -51,10 +51,15 @@ def available(obj: dict[str, Any] | None) -> bool:
 
 @pytest.fixture(scope="module")
 def release(cluster: Any) -> Iterator[Any]:
-    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready)."""
+    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready).
+
+    The shared test cluster may already hold the CRDs, applied by other tests with kubectl; Helm v4
+    server-side-applies the chart's CRDs and would report a field-manager conflict, so the install
+    forces them (the chart's copy is byte-identical to crds/, see test_template.py).
+    """
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--wait", "--timeout", "3m",
+        "--force-conflicts", "--wait", "--timeout", "3m",
     )  # fmt: skip
     try:
         yield cluster
