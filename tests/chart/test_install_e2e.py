@@ -55,7 +55,7 @@ def release(cluster: Any) -> Iterator[Any]:
 
     The shared test cluster may already hold the CRDs, applied by other tests with kubectl; Helm v4
     server-side-applies the chart's CRDs and would report a field-manager conflict, so the install
-    forces them (the chart's copy is byte-identical to crds/, see test_template.py).
+    forces them (the chart's CRD is crds/ itself, through a link).
     """
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
