@@ -19,8 +19,6 @@ from .conftest import CHART, REPO
 from .operator_process import LocalOperator, service_account_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 RELEASE = "gp-e2e"
 NAMESPACE = "goodput-e2e-chart"
