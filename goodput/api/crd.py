@@ -151,7 +151,8 @@ def openapi_schema() -> JSONSchema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing but `type` here (metadata's schema is built in).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
