@@ -29,8 +29,10 @@ from goodput.profiler.latency import LatencyModel, Step
 from goodput.profiler.memory import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     Quantization,
+    dtype_bytes,
     kv_cache_tokens,
     memory_plan,
+    weight_format,
 )
 
 # vLLM's default --max-num-seqs.
@@ -126,20 +128,27 @@ def capacity(
         max_model_len=model_len, max_num_batched_tokens=max_num_batched_tokens,
     )  # fmt: skip
     kv_tokens = kv_cache_tokens(plan, gpu, gpu_memory_utilization)
+    weight_bytes = weight_format(plan.quantization, dtype_bytes(plan.dtype)).bytes_per_weight(
+        arch.hidden_size
+    )
+    kv_bytes = float(dtype_bytes(plan.kv_cache_dtype))
     stage_layers = -(-arch.num_layers // pp)
     mean_prompt, mean_output = lengths.mean_prompt, lengths.mean_output
     context = int(mean_prompt + mean_output / 2)
 
     # Each of the pp stages holds its own group of B sequences; a token passes every stage.
     batches = np.arange(1, max_num_seqs + 1)
-    decode_steps = [Step(arch, tp, decode_seqs=int(b), decode_context=context, layers=stage_layers)
-                    for b in batches]  # fmt: skip
+    decode_steps = [
+        Step(arch, tp, decode_seqs=int(b), decode_context=context, layers=stage_layers,
+             weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+        for b in batches
+    ]  # fmt: skip
     t_decode = pp * model.predict(decode_steps, gpu)
 
     # A prompt's prefill on its own sets its TTFT; riding along with decodes that read the
     # weights anyway, it adds its time less a one-token step's to the GPU's work.
     prefill = _prefill_seconds(model, arch, gpu, tp, pp, stage_layers, lengths.prompt_tokens,
-                               max_num_batched_tokens)  # fmt: skip
+                               max_num_batched_tokens, weight_bytes, kv_bytes)  # fmt: skip
     prefill_extra = np.maximum(prefill - float(t_decode[0]), 0.0)
     mean_extra, second_moment = float(prefill_extra.mean()), float((prefill_extra**2).mean())
 
@@ -177,7 +186,8 @@ def capacity(
 
 def _prefill_seconds(
     model: LatencyModel, arch: ModelArchitecture, gpu: GPUType, tp: int, pp: int,
-    stage_layers: int, prompts: NDArray[np.float64], budget: int,
+    stage_layers: int, prompts: NDArray[np.float64], budget: int, weight_bytes: float,
+    kv_bytes: float,
 ) -> NDArray[np.float64]:  # fmt: skip
     """Each prompt's prefill time: whole chunks of ``budget`` tokens plus the remainder.
 
@@ -186,7 +196,8 @@ def _prefill_seconds(
     """
     grid = np.unique(np.append(2 ** np.arange(0, math.floor(math.log2(budget)) + 1), budget))
     steps = [Step(arch, tp, prefill_seqs=1, prefill_tokens=int(n), layers=stage_layers,
-                  cuda_graph=n <= 512) for n in grid]  # fmt: skip
+                  cuda_graph=n <= 512, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+             for n in grid]  # fmt: skip
     times = pp * model.predict(steps, gpu)
     chunks, rest = np.divmod(prompts.astype(np.int64), budget)
     rest_time = np.where(rest > 0, np.interp(rest, grid, times), 0.0)

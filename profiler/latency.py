@@ -79,6 +79,10 @@ class Step:
     layers: int | None = None  # default: all of the model's layers
     lm_head: bool = True
     cuda_graph: bool = True  # vLLM replays decode (and small mixed) steps from CUDA graphs
+    # Storage per linear weight and per KV element: 2 for bf16 (as measured); 1 for fp8, about
+    # 0.52 for int4 AWQ/GPTQ. Not measured: quantized kernels may not reach the same efficiency.
+    weight_bytes: float = BYTES
+    kv_bytes: float = BYTES
 
     @property
     def tokens(self) -> int:
@@ -111,11 +115,11 @@ class Step:
             float(layers),
             float(tp),
             float(self.tokens),
-            (attn_weights + mlp_read) * BYTES,
+            (attn_weights + mlp_read) * self.weight_bytes,
             2.0 * (attn_weights + mlp_flop_weights),
-            2.0 * kv_width * BYTES * (decode_kv + self.prefill_seqs * self.prefill_tokens),
+            2.0 * kv_width * self.kv_bytes * (decode_kv + self.prefill_seqs * self.prefill_tokens),
             4.0 * q_width * (decode_kv + prefill_pairs),
-            2.0 * a.head_dim * BYTES * self.decode_context if self.decode_seqs else 0.0,
+            2.0 * a.head_dim * self.kv_bytes * self.decode_context if self.decode_seqs else 0.0,
             BYTES * (8 * a.hidden_size + 6 * active_width + 4 * (q_width + 2 * kv_width)),
             float(self.tokens * a.hidden_size * BYTES),
             head_weights * BYTES,

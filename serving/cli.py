@@ -52,6 +52,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option("--tpot-ms", type=float, help="TPOT objective.")
 @click.option("--e2e-ms", type=float, help="End-to-end objective.")
 @click.option("--max-queue-length", type=int)
+@click.option("--max-concurrency", type=int, help="Cap on requests sent to the engine at once.")
 @click.option("--engine-cmd", help="Start this engine command and stop it on exit (local use).")
 @click.option("--engine-ready-timeout", default=600.0, show_default=True, type=float)
 @click.option(
@@ -65,6 +66,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     show_default=True,
     type=float,
     help="Rotate the request log to <path>.1 past this size.",
+)
+@click.option(
+    "--engine-metrics-interval",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Seconds between reads of the engine's /metrics (each read costs the engine CPU).",
 )
 @click.option(
     "--drain-timeout",
@@ -92,10 +100,12 @@ def serve(
     tpot_ms: float | None,
     e2e_ms: float | None,
     max_queue_length: int | None,
+    max_concurrency: int | None,
     engine_cmd: str | None,
     engine_ready_timeout: float,
     request_log: str | None,
     request_log_max_mb: float,
+    engine_metrics_interval: float,
     drain_timeout: float,
     log_level: str,
 ) -> None:
@@ -121,6 +131,7 @@ def serve(
             "deployment": deployment,
             "servedModelName": served_model_name,
             "maxQueueLength": max_queue_length,
+            "maxConcurrency": max_concurrency,
             "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
         },
     )
@@ -132,7 +143,9 @@ def serve(
         log = None
         if request_log is not None:
             log = RequestLog(request_log, max_bytes=int(request_log_max_mb * 1024 * 1024))
-        gateway = Gateway(config, request_log=log)
+        gateway = Gateway(
+            config, request_log=log, engine_metrics_interval_s=engine_metrics_interval
+        )
         server_config = uvicorn.Config(
             create_app(gateway),
             host=host,

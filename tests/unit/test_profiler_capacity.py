@@ -73,3 +73,11 @@ def shared_traces() -> None:
 
     if not (shared_data_dir() / "traces" / "azure_llm_2023_conv.csv").is_file():
         pytest.skip("shared data (../shared/data/traces) absent; set GOODPUT_SHARED_DIR")
+
+
+def test_quantized_weights_shorten_memory_bound_decode() -> None:
+    arch, gpu, slo = catalog.get("llama-3-8b"), catalog.gpu("L40S"), SLO(1.0, 0.05)
+    bf16, fp8 = (capacity(arch, gpu, slo=slo, lengths=CHAT, max_model_len=8192, quantization=q)
+                 for q in ("none", "fp8"))  # fmt: skip
+    assert fp8.max_rps > bf16.max_rps
+    assert fp8.kv_cache_tokens > bf16.kv_cache_tokens  # smaller weights leave more KV room
