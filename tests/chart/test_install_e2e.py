@@ -19,8 +19,6 @@ from .conftest import CHART, REPO
 from .operator_process import LocalOperator, service_account_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 RELEASE = "gp-e2e"
 NAMESPACE = "goodput-e2e-chart"
@@ -51,10 +49,15 @@ def available(obj: dict[str, Any] | None) -> bool:
 
 @pytest.fixture(scope="module")
 def release(cluster: Any) -> Iterator[Any]:
-    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready)."""
+    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready).
+
+    The shared test cluster may already hold the CRDs, applied by other tests with kubectl; Helm v4
+    server-side-applies the chart's CRDs and would report a field-manager conflict, so the install
+    forces them (the chart's CRD is crds/ itself, through a link).
+    """
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--wait", "--timeout", "3m",
+        "--force-conflicts", "--wait", "--timeout", "3m",
     )  # fmt: skip
     try:
         yield cluster
