@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -25,12 +24,6 @@ PROMETHEUS_OPERATOR_APIS = (
 
 def find_helm() -> Path:
     """The project's own Helm v4 build (goodput.dev builds it from Go modules, cached)."""
-    override = os.environ.get("GOODPUT_HELM")
-    if override:
-        return Path(override)
-    pytest.importorskip(
-        "goodput.dev.binaries", reason="goodput.dev's Helm build is not available yet"
-    )
     from goodput.dev.binaries import BinaryCache
     from goodput.dev.versions import HELM
 
