@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
 from goodput.operator import naming
+from goodput.operator.inventory import pod_gpu_request
 from goodput.operator.reconcile import Outcome, Reconciler
 from goodput.operator.status import PLACED, RETRYABLE_PLACEMENT_REASONS, find
 
@@ -132,12 +133,29 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         nodes = {n for entry in status.get("placement") or () for n in entry.get("nodes") or ()}
         return {node: f"{namespace}/{name}" for node in sorted(nodes)}
 
+    def retry_waiting(waiting: kopf.Index[str, str], logger: kopf.Logger) -> None:
+        for key in list(waiting):
+            namespace, _sep, deployment = key.partition("/")
+            with rec().metrics.reconciling("retry_placement"):
+                logged(
+                    f"retrying placement of {key}",
+                    logger,
+                    functools.partial(converge_and_patch, namespace, deployment),
+                )
+
     @kopf.on.event("", "v1", "pods", registry=registry)
-    def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
-        """Keep the GPU inventory's holds current (which GPUs other pods already use)."""
+    def pod_event(type: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
+        """Keep the GPU inventory's holds current (which GPUs other pods already use), and
+        retry the deployments waiting for GPUs when a pod releases some."""
         inventory = rec().inventory
-        if inventory is not None:
-            inventory.apply_pod(type, body)
+        if inventory is None:
+            return
+        inventory.apply_pod(type, body)
+        phase = (body.get("status") or {}).get("phase")
+        bound = bool((body.get("spec") or {}).get("nodeName"))
+        released = type == "DELETED" or phase in ("Succeeded", "Failed")
+        if released and bound and pod_gpu_request(body) > 0:
+            retry_waiting(kwargs["waiting_for_gpus"], logger)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     def node_event(
@@ -167,15 +185,7 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
             nodes_seen.pop(name, None)
         else:
             nodes_seen[name] = fingerprint
-        waiting: kopf.Index[str, str] = kwargs["waiting_for_gpus"]
-        for key in list(waiting):
-            namespace, _sep, deployment = key.partition("/")
-            with rec().metrics.reconciling("retry_placement"):
-                logged(
-                    f"retrying placement of {key}",
-                    logger,
-                    functools.partial(converge_and_patch, namespace, deployment),
-                )
+        retry_waiting(kwargs["waiting_for_gpus"], logger)
 
     @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
     def deleted(name: str, namespace: str | None, **_: Any) -> None:

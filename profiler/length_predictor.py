@@ -32,7 +32,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from goodput.profiler.prompt_features import FEATURE_NAMES, prompt_cue_matrix, prompt_cues
+from goodput.profiler.prompt_features import prompt_cue_matrix, prompt_cues
 
 __all__ = ["LengthPredictor", "as_requests"]
 
@@ -120,7 +120,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         n_features: int = 2**14,
         alpha: float = 1.0,
         cue_weight: float = 0.1,
-        max_chars: int = 1200,
+        max_chars: int = 600,
         n_oof_folds: int = 5,
         prior_strength: float = 8.0,
         forgetting: float = 1.0,
@@ -211,7 +211,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
         self.coef_ = coef
         self.intercept_ = float(intercept)
-        self.n_features_in_ = 2
+        self.n_features_in_ = 2  # scikit-learn's convention: X's columns, (prompt, model)
         self._fit_verbosity(z_oof[prompt_idx], y_log, models, model_names, previous)
         return self
 
@@ -468,10 +468,6 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         state.pop("_verbosity_cache", None)
         state.pop("_offsets_cache", None)
         return state
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return FEATURE_NAMES
 
 
 def _pack(precision: FloatArray, shift: FloatArray, n: float, sq: float, n_sq: float) -> FloatArray:

@@ -47,6 +47,7 @@ class QueueView:
 
     queue_length: int
     ahead: int
+    inflight: int
     free_slots: int | None
     limit: int | None
 
@@ -92,10 +93,11 @@ class AdmissionController:
         wait = self.predicted_wait_s(view)
         if wait is None:
             return Verdict.ADMIT
-        first_token = now + wait + (self._service.first_token_s.value or 0.0)
+        concurrency = min(view.limit or view.inflight + 1, view.inflight + 1)
+        first_token = now + wait + self._service.predict_first_token_s(concurrency)
         late = first_token > job.ttft_deadline
         if not late and job.slo.e2e_s is not None:
-            tpot = self._service.step.predict_tpot(view.limit or 1) or job.slo.tpot_s
+            tpot = self._service.step.predict(concurrency) or job.slo.tpot_s
             finish = first_token + tpot * max(job.expected_output_tokens - 1.0, 0.0)
             late = finish > job.arrival + job.slo.e2e_s
         if not late:
@@ -111,8 +113,9 @@ class AdmissionController:
             "The server cannot answer this request within its latency objective now; retry later.",
         )
 
-    def check_waiting(self, job: Job, now: float) -> Verdict:
-        """For a request still waiting: keep it, demote it, or raise ``Rejection``."""
+    def check_waiting(self, job: Job, now: float, concurrency: float) -> Verdict:
+        """For a request still waiting (which would run at ``concurrency`` if sent now): keep
+        it, demote it, or raise ``Rejection``."""
         waited = now - job.arrival
         if job.best_effort:
             if waited > self._best_effort_wait:
@@ -129,6 +132,6 @@ class AdmissionController:
                 f"The request waited {waited:.1f} s, longer than the deployment's maximum "
                 "queue delay.",
             )
-        if now + (self._service.first_token_s.value or 0.0) > job.ttft_deadline:
+        if now + self._service.predict_first_token_s(concurrency) > job.ttft_deadline:
             return self._overloaded(waited)
         return Verdict.ADMIT

@@ -6,13 +6,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from goodput.serving.admission import RejectReason
+from goodput.serving.engine_client import EngineBroken, EngineUnreachable
 from goodput.serving.gateway import Gateway
 from goodput.serving.job import Job
 from goodput.serving.openai_errors import (
@@ -63,12 +63,12 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def models() -> Response:
         try:
             upstream = await gateway.client.get("/v1/models")
-        except httpx.HTTPError as exc:
-            return engine_unavailable(str(exc) or type(exc).__name__).response()
-        if upstream.status_code != 200:
-            body = normalize_engine_error(upstream.status_code, upstream.content)
-            return JSONResponse(body, status_code=upstream.status_code)
-        return Response(upstream.content, media_type="application/json")
+        except (EngineUnreachable, EngineBroken) as exc:
+            return engine_unavailable(str(exc)).response()
+        if upstream.status != 200:
+            body = normalize_engine_error(upstream.status, upstream.body)
+            return JSONResponse(body, status_code=upstream.status)
+        return Response(upstream.body, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:

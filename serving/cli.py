@@ -67,6 +67,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     help="Rotate the request log to <path>.1 past this size.",
 )
 @click.option(
+    "--engine-metrics-interval",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Seconds between reads of the engine's /metrics (each read costs the engine CPU).",
+)
+@click.option(
     "--drain-timeout",
     default=25.0,
     show_default=True,
@@ -96,6 +103,7 @@ def serve(
     engine_ready_timeout: float,
     request_log: str | None,
     request_log_max_mb: float,
+    engine_metrics_interval: float,
     drain_timeout: float,
     log_level: str,
 ) -> None:
@@ -132,7 +140,9 @@ def serve(
         log = None
         if request_log is not None:
             log = RequestLog(request_log, max_bytes=int(request_log_max_mb * 1024 * 1024))
-        gateway = Gateway(config, request_log=log)
+        gateway = Gateway(
+            config, request_log=log, engine_metrics_interval_s=engine_metrics_interval
+        )
         server_config = uvicorn.Config(
             create_app(gateway),
             host=host,

@@ -42,7 +42,6 @@ class Dispatcher:
         self._seq = itertools.count()
         self._waiting = 0
         self._running: set[Job] = set()
-        self._tightest_tpot: float | None = None
         # Integral of the in-flight count over time: the mean batch a request decoded in.
         self._area = 0.0
         self._area_t = clock()
@@ -57,12 +56,15 @@ class Dispatcher:
         return len(self._running)
 
     def concurrency_limit(self, job: Job | None = None) -> int | None:
-        tightest = self._tightest_tpot
-        if job is not None and (tightest is None or job.slo.tpot_s < tightest):
-            tightest = job.slo.tpot_s
-        if tightest is None:
+        """The policy's limit for the running set plus ``job``, under their tightest SLOs."""
+        slos = [j.slo for j in self._running]
+        if job is not None:
+            slos.append(job.slo)
+        if not slos:
             return None
-        return self.policy.concurrency_limit(tightest, self.service)
+        return self.policy.concurrency_limit(
+            min(s.tpot_s for s in slos), min(s.ttft_s for s in slos), self.service
+        )
 
     # -- arrival -------------------------------------------------------------------------------
 
@@ -85,7 +87,13 @@ class Dispatcher:
         ahead = sum(1 for k, seq, j in self._heap if k < key and self._valid(seq, j))
         limit = self.concurrency_limit(job)
         free = None if limit is None else max(0, limit - len(self._running))
-        return QueueView(queue_length=self._waiting, ahead=ahead, free_slots=free, limit=limit)
+        return QueueView(
+            queue_length=self._waiting,
+            ahead=ahead,
+            inflight=len(self._running),
+            free_slots=free,
+            limit=limit,
+        )
 
     @staticmethod
     def _valid(seq: int, job: Job) -> bool:
@@ -121,7 +129,7 @@ class Dispatcher:
     def _still_wanted(self, job: Job, now: float) -> bool:
         """Apply the waiting-time verdict; False if the job left the head of the queue."""
         try:
-            verdict = self.admission.check_waiting(job, now)
+            verdict = self.admission.check_waiting(job, now, len(self._running) + 1)
         except Rejection as rejection:
             self._drop(job, rejection)
             return False
@@ -142,9 +150,8 @@ class Dispatcher:
         job.state = JobState.RUNNING
         job.dispatched_at = now
         self._running.add(job)
+        job.concurrency_at_dispatch = len(self._running)
         self.budget.commit(job.kv_tokens)
-        if self._tightest_tpot is None or job.slo.tpot_s < self._tightest_tpot:
-            self._tightest_tpot = job.slo.tpot_s
         if job.waiter is not None and not job.waiter.done():
             job.waiter.set_result(None)
 
@@ -180,8 +187,6 @@ class Dispatcher:
         job.state = JobState.DONE
         self._running.discard(job)
         self.budget.release(job.kv_tokens)
-        if job.slo.tpot_s <= (self._tightest_tpot or 0.0):
-            self._tightest_tpot = min((j.slo.tpot_s for j in self._running), default=None)
         if completed and job.dispatched_at is not None:
             self._learn(job, now, output_tokens, streamed)
         self._pump(now)
@@ -197,12 +202,13 @@ class Dispatcher:
         elif not streamed and output_tokens > 1:
             # Only the whole answer was seen: charge the usual time to first token, the rest
             # to the tokens after it.
-            ttft = self.service.first_token_s.value or 0.0
+            ttft = self.service.predict_first_token_s(job.concurrency_at_dispatch)
             decode = now - job.dispatched_at - ttft
             if decode > 0:
                 tpot = decode / (output_tokens - 1)
         self.service.observe(
             concurrency=concurrency,
+            concurrency_at_dispatch=job.concurrency_at_dispatch,
             first_token_after_dispatch_s=None if first is None else first - job.dispatched_at,
             tpot_s=tpot,
             service_s=now - job.dispatched_at,

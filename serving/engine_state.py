@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
+from goodput.serving.engine_client import EngineBroken, EngineClient, EngineReply, EngineUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -116,48 +118,63 @@ class EngineBudget:
 
 
 class EngineMonitor:
-    """Polls the engine's ``/metrics`` and ``/v1/models`` into an ``EngineBudget``."""
+    """Watches the engine: ``/health`` often (cheap: is it up?), ``/metrics`` seldom.
+
+    Reading vLLM's ``/metrics`` is not free: the engine's API server renders a few hundred
+    series on the same event loop that streams tokens, and on a CPU-bound engine a scrape per
+    second measurably delays every stream. The scheduler does not need it often — KV capacity is
+    static and the gateway counts its own in-flight tokens — so the default is one read at start
+    and then every ``metrics_interval_s`` for the engine gauges.
+    """
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: EngineClient,
         budget: EngineBudget,
         *,
-        interval_s: float = 1.0,
+        health_interval_s: float = 1.0,
+        metrics_interval_s: float = 10.0,
         on_poll: Callable[[EngineSnapshot], None] | None = None,
     ) -> None:
         self._client = client
         self._budget = budget
-        self._interval = interval_s
+        self._health_interval = health_interval_s
+        self._metrics_interval = metrics_interval_s
         self._on_poll = on_poll
         self.max_model_len: int | None = None
         self.models: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._metrics_read_at = -math.inf
 
     @property
     def up(self) -> bool:
         return self._budget.snapshot.up
 
     async def poll_once(self) -> EngineSnapshot:
+        """Check health; read the metrics too if they are due (or the engine just came up)."""
+        now = time.monotonic()
+        previous = self._budget.snapshot
         try:
-            response = await self._client.get("/metrics")
-            response.raise_for_status()
-            snapshot = parse_engine_metrics(response.text, now=time.monotonic())
-            if not self.models:
-                await self._read_models()
-        except (httpx.HTTPError, ValueError) as exc:
-            if self._budget.snapshot.up:
+            _ok(await self._client.get("/health"))
+            if not previous.up or now - self._metrics_read_at >= self._metrics_interval:
+                metrics = _ok(await self._client.get("/metrics"))
+                snapshot = parse_engine_metrics(metrics.decode(errors="replace"), now=now)
+                self._metrics_read_at = now
+                if not self.models:
+                    await self._read_models()
+            else:
+                snapshot = previous
+        except (EngineUnreachable, EngineBroken, ValueError) as exc:
+            if previous.up:
                 log.warning("engine is down: %s", exc)
-            snapshot = EngineSnapshot(up=False, polled_at=time.monotonic())
+            snapshot = EngineSnapshot(up=False, polled_at=now)
         self._budget.snapshot = snapshot
         if self._on_poll is not None:
             self._on_poll(snapshot)
         return snapshot
 
     async def _read_models(self) -> None:
-        response = await self._client.get("/v1/models")
-        response.raise_for_status()
-        cards = response.json().get("data", [])
+        cards = json.loads(_ok(await self._client.get("/v1/models"))).get("data", [])
         self.models = [str(card.get("id")) for card in cards if isinstance(card, dict)]
         lengths = [
             int(card["max_model_len"])
@@ -169,8 +186,8 @@ class EngineMonitor:
 
     async def _run(self) -> None:
         while True:
+            await asyncio.sleep(self._health_interval)
             await self.poll_once()
-            await asyncio.sleep(self._interval)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="engine-monitor")
@@ -180,3 +197,9 @@ class EngineMonitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _ok(reply: EngineReply) -> bytes:
+    if reply.status != 200:
+        raise ValueError(f"engine answered HTTP {reply.status}")
+    return reply.body

@@ -7,19 +7,19 @@ import asyncio
 import logging
 import time
 
-import httpx
 from prometheus_client import CollectorRegistry
 
 from goodput.api.gateway_config import GatewayConfig
 from goodput.serving.admission import AdmissionController, RejectReason
 from goodput.serving.dispatcher import Dispatcher
-from goodput.serving.engine_state import EngineBudget, EngineMonitor
+from goodput.serving.engine_client import EngineClient
+from goodput.serving.engine_state import EngineBudget, EngineMonitor, EngineSnapshot
 from goodput.serving.job import Job
 from goodput.serving.length_estimate import LengthPredictor, make_predictor
 from goodput.serving.metrics import GatewayMetrics, RollingAttainment
 from goodput.serving.policies import make_policy
 from goodput.serving.request_log import RequestLog, RequestRecord
-from goodput.serving.service_model import ServiceModel
+from goodput.serving.service_model import LinearFit, ServiceModel
 from goodput.serving.slo import SLOResolver, met_slo
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class Gateway:
         *,
         request_log: RequestLog | None = None,
         predictor: LengthPredictor | None = None,
-        engine_poll_interval_s: float = 1.0,
+        engine_health_interval_s: float = 1.0,
+        engine_metrics_interval_s: float = 10.0,
         upstream_connect_timeout_s: float = 5.0,
         upstream_read_timeout_s: float = 600.0,
     ) -> None:
@@ -62,28 +63,39 @@ class Gateway:
             attainment=self.attainment,
         )
         self.request_log = request_log
-        # One pooled client for the engine on localhost. No pool limit: concurrency towards the
-        # engine is the dispatcher's decision, not the connection pool's.
-        self.client = httpx.AsyncClient(
-            base_url=config.engine_url,
-            timeout=httpx.Timeout(
-                connect=upstream_connect_timeout_s,
-                read=upstream_read_timeout_s,
-                write=30.0,
-                pool=upstream_connect_timeout_s,
-            ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        self.client = EngineClient(
+            config.engine_url,
+            connect_timeout_s=upstream_connect_timeout_s,
+            read_timeout_s=upstream_read_timeout_s,
         )
         self.monitor = EngineMonitor(
             self.client,
             self.budget,
-            interval_s=engine_poll_interval_s,
-            on_poll=self.metrics.engine_polled,
+            health_interval_s=engine_health_interval_s,
+            metrics_interval_s=engine_metrics_interval_s,
+            on_poll=self._engine_polled,
         )
         self.draining = False
         self.active_exchanges = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _engine_polled(self, snapshot: EngineSnapshot) -> None:
+        self.metrics.engine_polled(snapshot)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "engine running=%s waiting=%s kv=%s | gateway queue=%d inflight=%d limit=%s "
+                "tpot=%s first_token=%s service=%s",
+                snapshot.running,
+                snapshot.waiting,
+                snapshot.kv_usage,
+                self.dispatcher.queue_depth,
+                self.dispatcher.inflight,
+                self.dispatcher.concurrency_limit(),
+                _line(self.service.step.fit),
+                _line(self.service.first_token.fit),
+                self.service.service_s.value,
+            )
 
     @property
     def known_models(self) -> set[str]:
@@ -122,7 +134,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.dispatcher.stop()
         await self.monitor.stop()
-        await self.client.aclose()
+        await self.client.close()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -191,3 +203,7 @@ class Gateway:
                     finish_reason=finish_reason,
                 )
             )
+
+
+def _line(fit: LinearFit | None) -> str:
+    return "?" if fit is None else f"{fit.intercept_s * 1e3:.1f}ms+{fit.slope_s * 1e3:.2f}ms*c"

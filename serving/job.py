@@ -33,6 +33,7 @@ class Job:
     kv_tokens: float = 0.0
     # Filled in by the dispatcher.
     dispatched_at: float | None = None
+    concurrency_at_dispatch: int = 0
     first_token_at: float | None = None
     heap_seq: int = -1
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)

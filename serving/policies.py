@@ -38,8 +38,9 @@ class SchedulingPolicy(Protocol):
         the job waits (the queue is a heap); it may use absolute times such as deadlines."""
         ...
 
-    def concurrency_limit(self, tightest_tpot_s: float, service: ServiceModel) -> int | None:
-        """How many requests the engine may run at once; ``None`` for no limit."""
+    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
+        """How many requests the engine may run at once, given the tightest TPOT and TTFT
+        objectives among them; ``None`` for no limit."""
         ...
 
 
@@ -58,7 +59,7 @@ class FcfsPolicy:
     def order_key(self, job: Job) -> tuple[float, ...]:
         return (job.arrival,)
 
-    def concurrency_limit(self, tightest_tpot_s: float, service: ServiceModel) -> int | None:
+    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
         return None
 
 
@@ -77,9 +78,16 @@ class SloPolicy:
     name = "slo"
     holds_requests = True
 
-    def __init__(self, *, slack_weight: float = 1.0, tpot_headroom: float = 0.9) -> None:
+    def __init__(
+        self,
+        *,
+        slack_weight: float = 1.0,
+        tpot_headroom: float = 0.9,
+        first_token_share: float = 0.5,
+    ) -> None:
         self._slack_weight = slack_weight
         self._headroom = tpot_headroom
+        self._first_token_share = first_token_share
 
     def expected_output_tokens(self, job: Job) -> float:
         return job.prediction.p50
@@ -96,8 +104,18 @@ class SloPolicy:
             cost_s + self._slack_weight * job.ttft_deadline,
         )
 
-    def concurrency_limit(self, tightest_tpot_s: float, service: ServiceModel) -> int | None:
-        return service.step.max_concurrency(tightest_tpot_s, self._headroom)
+    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
+        # Decode steps within the TPOT objective, and a new request's first token within a
+        # share of the TTFT objective (the rest is the budget for waiting in the queue).
+        limits = [
+            limit
+            for limit in (
+                service.step.max_concurrency(tpot_s, self._headroom),
+                service.first_token.max_concurrency(ttft_s, self._first_token_share),
+            )
+            if limit is not None
+        ]
+        return min(limits) if limits else None
 
 
 class OraclePolicy(SloPolicy):

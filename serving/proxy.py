@@ -15,11 +15,11 @@ import json
 import logging
 from typing import Any
 
-import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from goodput.serving.admission import Rejection, RejectReason
+from goodput.serving.engine_client import EngineBroken, EngineStream, EngineUnreachable
 from goodput.serving.gateway import Gateway
 from goodput.serving.job import Job
 from goodput.serving.openai_errors import (
@@ -96,10 +96,7 @@ class ProxyExchange(Response):
             gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority)).observe(
                 job.dispatched_at - job.arrival
             )
-            if self.request.stream:
-                await self._relay_stream(send)
-            else:
-                await self._relay_unary(send)
+            await self._exchange(send)
         finally:
             # Whatever happened (done, rejected, failed, cancelled by a departed client), the
             # job's place in the queue or the engine is given back here.
@@ -112,53 +109,41 @@ class ProxyExchange(Response):
 
     # -- upstream ----------------------------------------------------------------------------------
 
-    def _upstream_request(self) -> httpx.Request:
-        headers = {"content-type": "application/json", **self.forward_headers}
-        return self.gateway.client.build_request(
-            "POST",
-            _PATHS[self.request.endpoint],
-            content=upstream_body(self.request),
-            headers=headers,
-        )
-
-    async def _open_upstream(self, send: Send) -> httpx.Response | None:
-        try:
-            return await self.gateway.client.send(self._upstream_request(), stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            self.gateway.failed(self.job)
-            await self._send_error(send, engine_unavailable(str(exc) or type(exc).__name__))
-        except httpx.HTTPError as exc:
-            self.gateway.failed(self.job)
-            await self._send_error(send, engine_failed(str(exc) or type(exc).__name__))
-        return None
-
-    async def _engine_refused(self, send: Send, response: httpx.Response) -> None:
+    async def _engine_refused(self, send: Send, upstream: EngineStream) -> None:
         """Pass an engine's error answer on, in the OpenAI shape, with its status."""
-        payload = await response.aread()
-        body = normalize_engine_error(response.status_code, payload)
-        if response.status_code < 500:
+        payload = await upstream.read()
+        body = normalize_engine_error(upstream.status, payload)
+        if upstream.status < 500:
             self.gateway.rejected(RejectReason.INVALID, self.job.slo.priority)
         else:
             self.gateway.failed(self.job)
-        await self._send_json(send, response.status_code, json.dumps(body).encode())
+        await self._send_json(send, upstream.status, json.dumps(body).encode())
 
-    async def _relay_unary(self, send: Send) -> None:
-        gw, job = self.gateway, self.job
-        response = await self._open_upstream(send)
-        if response is None:
-            return
+    async def _exchange(self, send: Send) -> None:
+        """Send the request to the engine and relay its answer; engine failures become OpenAI
+        errors (503 if it could not be reached, 502 or an SSE error event if it broke)."""
+        gw = self.gateway
+        headers = {"content-type": "application/json", **self.forward_headers}
         try:
-            if response.status_code != 200:
-                await self._engine_refused(send, response)
-                return
-            try:
-                payload = await response.aread()
-            except httpx.HTTPError as exc:
-                gw.failed(job)
-                await self._send_error(send, engine_failed(str(exc) or type(exc).__name__))
-                return
-        finally:
-            await response.aclose()
+            async with gw.client.post(
+                _PATHS[self.request.endpoint], upstream_body(self.request), headers
+            ) as upstream:
+                if upstream.status != 200:
+                    await self._engine_refused(send, upstream)
+                elif self.request.stream:
+                    await self._relay_stream(send, upstream)
+                else:
+                    await self._relay_unary(send, upstream)
+        except EngineUnreachable as exc:
+            gw.failed(self.job)
+            await self._send_error(send, engine_unavailable(str(exc)))
+        except EngineBroken as exc:
+            gw.failed(self.job)
+            await self._send_error(send, engine_failed(str(exc)))
+
+    async def _relay_unary(self, send: Send, upstream: EngineStream) -> None:
+        gw, job = self.gateway, self.job
+        payload = await upstream.read()
         end = gw.dispatcher.clock()
         usage, finish_reason = _usage_and_finish(payload)
         self._output_tokens = int(usage.get("completion_tokens") or 0)
@@ -174,61 +159,41 @@ class ProxyExchange(Response):
             finish_reason=finish_reason,
         )
 
-    async def _relay_stream(self, send: Send) -> None:
+    async def _relay_stream(self, send: Send, upstream: EngineStream) -> None:
         gw, job = self.gateway, self.job
-        response = await self._open_upstream(send)
-        if response is None:
-            return
         usage: dict[str, Any] = {}
         finish_reason = "unknown"
         events = 0
-        try:
-            if response.status_code != 200:
-                await self._engine_refused(send, response)
-                return
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-            self._started = True
-            pending = b""
-            async for chunk in response.aiter_raw():
-                pending += chunk
-                out: list[bytes] = []
-                while (cut := pending.find(b"\n\n")) >= 0:
-                    event, pending = pending[: cut + 2], pending[cut + 2 :]
-                    if job.first_token_at is None and not event.startswith(b"data: [DONE]"):
-                        gw.dispatcher.mark_first_token(job)
-                    # Only the rare events that may carry usage or a finish reason are parsed.
-                    if (b'"usage"' in event and b'"usage":null' not in event) or (
-                        b'"finish_reason"' in event and b'"finish_reason":null' not in event
-                    ):
-                        parsed = _event_json(event)
-                        if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
-                            usage = parsed["usage"]
-                            if not self.request.client_wants_usage:
-                                continue
-                        finish_reason = _finish_reason(parsed) or finish_reason
-                    events += 1
-                    out.append(event)
-                if out:
-                    await send(
-                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-                    )
-            end = gw.dispatcher.clock()
-            if pending:
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
-            if not usage and finish_reason == "unknown":
-                raise httpx.RemoteProtocolError("the engine closed the stream before finishing")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except httpx.HTTPError as exc:
-            gw.failed(job)
-            error = engine_failed(str(exc) or type(exc).__name__)
-            await send(
-                {"type": "http.response.body", "body": error.sse_event(), "more_body": False}
-            )
-            return
-        finally:
-            await response.aclose()
-        # Without usage (an engine that ignores include_usage), count content events.
-        self._output_tokens = int(usage.get("completion_tokens") or max(events - 2, 0))
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        self._started = True
+        pending = b""
+        async for chunk in upstream.chunks():
+            pending += chunk
+            out: list[bytes] = []
+            while (cut := pending.find(b"\n\n")) >= 0:
+                event, pending = pending[: cut + 2], pending[cut + 2 :]
+                if job.first_token_at is None and not event.startswith(b"data: [DONE]"):
+                    gw.dispatcher.mark_first_token(job)
+                # Only the rare events that may carry usage or a finish reason are parsed.
+                if _may_carry_usage_or_finish(event):
+                    parsed = _event_json(event)
+                    if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
+                        usage = parsed["usage"]
+                        if not self.request.client_wants_usage:
+                            continue
+                    finish_reason = _finish_reason(parsed) or finish_reason
+                events += 1
+                out.append(event)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        end = gw.dispatcher.clock()
+        if pending:
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        if not usage and finish_reason == "unknown":
+            raise EngineBroken("the engine closed the stream before it finished")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Without usage (an engine that ignores include_usage), count the events but [DONE].
+        self._output_tokens = int(usage.get("completion_tokens") or max(events - 1, 0))
         self._completed = True
         gw.finished(
             job,
@@ -275,6 +240,18 @@ async def _client_gone(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _may_carry_usage_or_finish(event: bytes) -> bool:
+    """Cheap byte test before parsing: vLLM writes ``"finish_reason":null`` (and, with
+    continuous usage off, no usage) in every token event but the last ones."""
+    if b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event:
+        return True
+    return (
+        b'"finish_reason"' in event
+        and b'"finish_reason":null' not in event
+        and b'"finish_reason": null' not in event
+    )
 
 
 def _event_json(event: bytes) -> dict[str, Any]:

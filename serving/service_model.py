@@ -15,47 +15,54 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class StepFit:
+class LinearFit:
     intercept_s: float
     slope_s: float
 
 
-class StepLatencyModel:
-    """Exponentially weighted least squares of TPOT on concurrency.
+class ConcurrencyLatencyModel:
+    """Exponentially weighted least squares of a latency on concurrency: ``a + b·c``.
 
     Old samples fade (``decay`` per sample) so the fit follows changes in prompt mix. With too
-    little spread in the observed concurrency the slope is not identifiable; the model then falls
-    back to a line through the origin, the conservative (compute-bound) assumption.
+    little spread in the observed concurrency the slope is not identifiable. With
+    ``origin_fallback`` the model then assumes a line through the origin — the conservative,
+    compute-bound assumption, and self-correcting: a latency below target at concurrency ``c``
+    yields a limit above ``c``. Without it the model declines to answer until it has seen spread;
+    that suits latencies with a large fixed part (a first token's), which a line through the
+    origin would blame on concurrency and so lock the limit low.
     """
 
-    def __init__(self, *, decay: float = 0.99, min_samples: int = 8) -> None:
+    def __init__(
+        self, *, decay: float = 0.99, min_samples: int = 8, origin_fallback: bool = True
+    ) -> None:
         self._decay = decay
         self._min_samples = min_samples
+        self._origin_fallback = origin_fallback
         self._n = 0
         self._w = 0.0
         self._sx = 0.0
         self._sy = 0.0
         self._sxx = 0.0
         self._sxy = 0.0
-        self._fit: StepFit | None = None
+        self._fit: LinearFit | None = None
 
     @property
     def samples(self) -> int:
         return self._n
 
-    def observe(self, concurrency: float, tpot_s: float) -> None:
-        if not (concurrency > 0 and 0 < tpot_s < math.inf):
+    def observe(self, concurrency: float, latency_s: float) -> None:
+        if not (concurrency > 0 and 0 < latency_s < math.inf):
             return
         d = self._decay
         self._w = self._w * d + 1.0
         self._sx = self._sx * d + concurrency
-        self._sy = self._sy * d + tpot_s
+        self._sy = self._sy * d + latency_s
         self._sxx = self._sxx * d + concurrency * concurrency
-        self._sxy = self._sxy * d + concurrency * tpot_s
+        self._sxy = self._sxy * d + concurrency * latency_s
         self._n += 1
         self._fit = self._solve() if self._n >= self._min_samples else None
 
-    def _solve(self) -> StepFit:
+    def _solve(self) -> LinearFit | None:
         mean_x = self._sx / self._w
         mean_y = self._sy / self._w
         var_x = self._sxx / self._w - mean_x * mean_x
@@ -63,27 +70,29 @@ class StepLatencyModel:
             slope = (self._sxy / self._w - mean_x * mean_y) / var_x
             intercept = mean_y - slope * mean_x
             if slope > 0 and intercept >= 0:
-                return StepFit(intercept, slope)
+                return LinearFit(intercept, slope)
             if slope > 0:  # a negative intercept is noise: keep the slope, pin a at zero
-                return StepFit(0.0, self._sxy / self._sxx)
-            return StepFit(mean_y, 0.0)  # TPOT does not grow with the batch (yet)
-        return StepFit(0.0, self._sxy / self._sxx)
+                return LinearFit(0.0, self._sxy / self._sxx)
+            return LinearFit(mean_y, 0.0)  # latency does not grow with concurrency (yet)
+        if not self._origin_fallback:
+            return None
+        return LinearFit(0.0, self._sxy / self._sxx)
 
     @property
-    def fit(self) -> StepFit | None:
+    def fit(self) -> LinearFit | None:
         return self._fit
 
-    def predict_tpot(self, concurrency: float) -> float | None:
+    def predict(self, concurrency: float) -> float | None:
         if self._fit is None:
             return None
         return self._fit.intercept_s + self._fit.slope_s * concurrency
 
-    def max_concurrency(self, tpot_slo_s: float, headroom: float) -> int | None:
-        """The largest batch whose predicted TPOT is within ``headroom`` of the objective;
-        ``None`` while the model does not know (or TPOT does not grow with the batch)."""
+    def max_concurrency(self, target_s: float, headroom: float) -> int | None:
+        """The largest concurrency whose predicted latency is within ``headroom·target_s``;
+        ``None`` while the model does not know (or latency does not grow with concurrency)."""
         if self._fit is None or self._fit.slope_s <= 0:
             return None
-        budget = tpot_slo_s * headroom - self._fit.intercept_s
+        budget = target_s * headroom - self._fit.intercept_s
         return max(1, int(budget / self._fit.slope_s + 1e-9))
 
 
@@ -99,24 +108,33 @@ class Ewma:
 
 
 class ServiceModel:
-    """The engine's learned behaviour: step time vs batch, time from dispatch to first token,
-    and how long a dispatched request holds its slot."""
+    """The engine's learned behaviour: time per output token and time from dispatch to first
+    token, each as a line in the concurrency, and how long a dispatched request holds its slot.
+
+    Both latencies matter: a decode step slows as the batch grows, and so does a new request's
+    first token (its prefill shares the steps, and a CPU-bound engine's front end slows too).
+    """
 
     def __init__(self) -> None:
-        self.step = StepLatencyModel()
-        self.first_token_s = Ewma(0.1)
+        self.step = ConcurrencyLatencyModel()
+        self.first_token = ConcurrencyLatencyModel(origin_fallback=False)
         self.service_s = Ewma(0.05)
+
+    def predict_first_token_s(self, concurrency: float) -> float:
+        """Dispatch to first token at ``concurrency``; 0 before anything is known."""
+        return self.first_token.predict(concurrency) or 0.0
 
     def observe(
         self,
         *,
         concurrency: float,
+        concurrency_at_dispatch: float,
         first_token_after_dispatch_s: float | None,
         tpot_s: float | None,
         service_s: float,
     ) -> None:
         if first_token_after_dispatch_s is not None:
-            self.first_token_s.observe(first_token_after_dispatch_s)
+            self.first_token.observe(concurrency_at_dispatch, first_token_after_dispatch_s)
         if tpot_s is not None:
             self.step.observe(concurrency, tpot_s)
         self.service_s.observe(service_s)

@@ -18,7 +18,7 @@ Every decision carries a reason; every refusal names the constraint that failed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from goodput.operator.inventory import GpuNode
@@ -111,6 +111,20 @@ class KeepWhileValid:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class MoveFewToUnblock:
+    """Judges when moving running replicas is worth it: only to place a deployment's minimum
+    replicas that fragmentation blocks (free GPUs exist, but no node has enough together), and
+    only when at most ``max_moves`` one-node replicas of other deployments must move to make one
+    node whole enough. Each move costs a cold start; an unplaced deployment serves nothing.
+    """
+
+    max_moves: int = 4
+
+    def worth_it(self, moves: int) -> bool:
+        return 0 < moves <= self.max_moves
+
+
 @dataclass(slots=True)
 class _Work:
     demand: ModelDemand
@@ -120,6 +134,7 @@ class _Work:
     moved: list[int] = field(default_factory=list)
     usage: SpreadUsage = field(default_factory=SpreadUsage)
     shortfall: str = ""
+    move_reasons: list[str] = field(default_factory=list)
 
     @property
     def capacity(self) -> float:
@@ -136,6 +151,7 @@ class PlacementSolver:
     replica_count: ReplicaCount = field(default_factory=DemandReplicaCount)
     chooser: NodeChooser = field(default_factory=SpreadThenBestFit)
     keeping: ReplicaKeeping = field(default_factory=KeepWhileValid)
+    defragmentation: MoveFewToUnblock | None = field(default_factory=MoveFewToUnblock)
 
     def options(
         self, demand: ModelDemand, pools: Iterable[GpuPool]
@@ -196,6 +212,13 @@ class PlacementSolver:
             while work.options and len(work.replicas) < minimum:
                 if not self._add_replica(state, work):
                     break
+        # Minimums that fragmentation blocks: move a few small replicas when that is worth it.
+        if self.defragmentation is not None:
+            for work in order:
+                minimum = max(1, work.demand.min_replicas)
+                while work.options and len(work.replicas) < minimum:
+                    if not self._unblock(state, works, work, self.defragmentation):
+                        break
         # Then demand, one replica per deployment per round: a shortage is shared, not dumped on
         # whoever comes last.
         active = [w for w in order if w.options]
@@ -215,17 +238,13 @@ class PlacementSolver:
         cache: dict[tuple[object, ...], tuple[list[PoolOption], list[str]]] = {}
         works: dict[str, _Work] = {}
         for demand in sorted(demands, key=lambda d: d.name):
-            t = demand.target
             key = (
                 demand.model,
-                t.ttft_s,
-                t.tpot_s,
-                t.prompt_tokens,
-                t.output_tokens,
-                t.concurrency,
+                replace(demand.target, target_rps=None),  # the rate changes counts, not options
                 demand.gpu_types,
                 demand.tensor,
                 demand.pipeline,
+                demand.gpu_memory_utilization,
             )
             if key not in cache:
                 cache[key] = self.options(demand, state.pools.values())
@@ -243,7 +262,13 @@ class PlacementSolver:
                 work.moved.append(replica.replica)
                 work.shortfall = f"replica {replica.replica} moved: {why}"
                 continue
-            option = by_key[pool_key(state.nodes[replica.stages[0].node])]
+            pool = state.pools[pool_key(state.nodes[replica.stages[0].node])]
+            shape = memory_plan(work.demand, pool, replica.tensor, replica.pipeline)
+            rps = self.capacity.requests_per_second(work.demand, pool, shape) if shape else 0.0
+            if rps <= 0:
+                work.moved.append(replica.replica)
+                work.shortfall = f"replica {replica.replica} moved: its shape misses the SLO"
+                continue
             for stage in replica.stages:
                 state.take(stage.node, stage.gpus)
             kept = ReplicaPlacement(
@@ -252,7 +277,7 @@ class PlacementSolver:
                 replica.tensor,
                 replica.pipeline,
                 replica.stages,
-                option.requests_per_second,
+                rps,
             )
             work.replicas.append(kept)
             work.usage.add(state.nodes[kept.stages[0].node])
@@ -286,6 +311,118 @@ class PlacementSolver:
                 return True
         work.shortfall = self._no_room(state, work)
         return False
+
+    def _unblock(
+        self, state: FleetState, works: list[_Work], work: _Work, policy: MoveFewToUnblock
+    ) -> bool:
+        """Make one node whole enough for a replica of ``work`` by moving others' replicas."""
+        holders: dict[str, list[tuple[_Work, ReplicaPlacement]]] = {}
+        for other in works:
+            if other is work:
+                continue
+            for r in other.replicas:
+                if r.pipeline == 1:
+                    holders.setdefault(r.stages[0].node, []).append((other, r))
+        for option in work.options:
+            if option.shape.pipeline != 1:
+                continue
+            found = self._cheapest_node(state, option, holders, policy)
+            if found is None:
+                continue
+            name, chosen = found
+            if self._move_away(state, name, option, chosen):
+                taken = {r.replica for r in work.replicas}
+                index = next(i for i in range(len(taken) + 1) if i not in taken)
+                stage = StagePlacement(name, option.shape.tensor, work.demand.model.layers)
+                work.replicas.append(
+                    ReplicaPlacement(
+                        index,
+                        option.pool.product,
+                        option.shape.tensor,
+                        1,
+                        (stage,),
+                        option.requests_per_second,
+                    )
+                )
+                work.usage.add(state.nodes[name])
+                for other, r in chosen:
+                    other.moved.append(r.replica)
+                    other.move_reasons.append(
+                        f"replica {r.replica} left {name} to make room for {work.demand.name}"
+                    )
+                return True
+        return False
+
+    @staticmethod
+    def _cheapest_node(
+        state: FleetState,
+        option: PoolOption,
+        holders: Mapping[str, list[tuple[_Work, ReplicaPlacement]]],
+        policy: MoveFewToUnblock,
+    ) -> tuple[str, list[tuple[_Work, ReplicaPlacement]]] | None:
+        """The node of the pool that needs the fewest moves (largest replicas first) to hold
+        a tensor group of the option's size."""
+        need = option.shape.tensor
+        best: tuple[tuple[int, int, str], list[tuple[_Work, ReplicaPlacement]]] | None = None
+        for name, node in state.nodes.items():
+            deficit = need - state.free[name]
+            if pool_key(node) != option.pool.key or node.free < need or deficit <= 0:
+                continue
+            movable = sorted(
+                holders.get(name, []), key=lambda h: (-h[1].gpus, h[0].demand.name, h[1].replica)
+            )
+            chosen: list[tuple[_Work, ReplicaPlacement]] = []
+            freed = 0
+            for holder in movable:
+                if freed >= deficit:
+                    break
+                chosen.append(holder)
+                freed += holder[1].gpus
+            if freed < deficit or not policy.worth_it(len(chosen)):
+                continue
+            rank = (len(chosen), freed - deficit, name)
+            if best is None or rank < best[0]:
+                best = (rank, chosen)
+        return (best[0][2], best[1]) if best is not None else None
+
+    def _move_away(
+        self,
+        state: FleetState,
+        name: str,
+        option: PoolOption,
+        chosen: list[tuple[_Work, ReplicaPlacement]],
+    ) -> bool:
+        """Re-place ``chosen`` off ``name`` and reserve the option's group there; all or none."""
+        for other, r in chosen:
+            state.give(name, r.gpus)
+            other.replicas.remove(r)
+        state.take(name, option.shape.tensor)
+        placed: list[tuple[_Work, ReplicaPlacement]] = []
+        for other, r in chosen:
+            new = None
+            for candidate in sorted(
+                other.options, key=lambda o: (o.pool.product, o.shape.tensor) != _key_of(r)
+            ):
+                new = self._place_replica(state, other, candidate, r.replica)
+                if new is not None:
+                    break
+            if new is None:
+                for moved_work, replica in placed:
+                    moved_work.replicas.remove(replica)
+                    for stage in replica.stages:
+                        state.give(stage.node, stage.gpus)
+                state.give(name, option.shape.tensor)
+                for back_work, back in chosen:
+                    state.take(name, back.gpus)
+                    back_work.replicas.append(back)
+                return False
+            other.replicas.append(new)
+            placed.append((other, new))
+        for other, _ in chosen:
+            other.usage = SpreadUsage()
+            for replica in other.replicas:
+                other.usage.add(state.nodes[replica.stages[0].node])
+        return True
 
     def _place_replica(
         self, state: FleetState, work: _Work, option: PoolOption, index: int
@@ -378,6 +515,10 @@ def _shape_text(shape: Shape) -> str:
     return f"tensor {shape.tensor} x pipeline {shape.pipeline}"
 
 
+def _key_of(replica: ReplicaPlacement) -> tuple[str, int]:
+    return (replica.product, replica.tensor)
+
+
 def _refusal_code(refusals: list[str]) -> str:
     if not refusals:
         return "NoMatchingGPUType"
@@ -433,4 +574,6 @@ def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], short: boo
         text += f"; {work.shortfall}"
     if work.moved:
         text += f"; moved replicas {list(work.moved)}"
+        if work.move_reasons:
+            text += f" ({'; '.join(work.move_reasons)})"
     return text

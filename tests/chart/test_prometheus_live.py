@@ -83,17 +83,21 @@ class GatewayProcess:
 
 
 def drive_load(gateway: GatewayProcess, requests: int = 48, concurrency: int = 4) -> None:
-    """Completions of varied lengths, plus a few invalid requests (rejected: reason=invalid)."""
+    """Completions of varied lengths, streamed and not, plus a few invalid requests (rejected:
+    reason=invalid)."""
 
     def one(i: int) -> int:
         prompt = f"Tell me about the number {i}. " * (1 + i % 5)
-        body = {
-            "model": gateway.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 8 + (i * 7) % 40,
-        }
-        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=120)
-        return response.status_code
+        body: dict[str, Any] = {"model": gateway.model, "max_tokens": 8 + (i * 7) % 40}
+        # The gateway measures TTFT and TPOT on streamed answers only: stream most of them.
+        body["stream"] = i % 4 != 0
+        if i % 2:  # both OpenAI endpoints the gateway serves
+            body["messages"] = [{"role": "user", "content": prompt}]
+            path = "/v1/chat/completions"
+        else:
+            body["prompt"] = prompt
+            path = "/v1/completions"
+        return httpx.post(f"{gateway.url}{path}", json=body, timeout=120).status_code
 
     with ThreadPoolExecutor(concurrency) as pool:
         statuses = list(pool.map(one, range(requests)))
@@ -115,6 +119,11 @@ def live_operator(
         "--metrics-port=0", "--liveness-endpoint=http://127.0.0.1:0/healthz",
     ]  # fmt: skip
     operator = LocalOperator(args, cluster.kubeconfig, tmp / "operator.log")
+    crd = REPO / "crds" / "llmdeployment.yaml"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/llmdeployments.goodput.dev"
+    )
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     operator.start()
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))

