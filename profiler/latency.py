@@ -237,7 +237,7 @@ def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
     arch = ModelArchitecture.from_hf_config(meta["model_config"], name="tiny-llama")
     cpu = GPUType(
         name="cpu",
-        memory_bytes=int(meta["kv_cache_gib"]) * 1024**3,
+        memory_bytes=int(meta["kv_cache_bytes"]),
         memory_bandwidth_bytes_per_s=float(meta["copy_bytes_per_s"]),
         bf16_dense_flops_per_s=float(meta["fp32_matmul_flops_per_s"]),
         interconnect="none",
@@ -253,7 +253,7 @@ def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
             else:
                 step = Step(arch, prefill_seqs=batch, prefill_tokens=context, cuda_graph=False)
             out.append(Measurement("cpu", cpu, arch.name, row["phase"], step,
-                                   float(row["median_s"])))  # fmt: skip
+                                   float(row["seconds"])))  # fmt: skip
     return out
 
 
