@@ -124,7 +124,7 @@ def _evaluation_table(measurements: list[Measurement]) -> Table:
         table.add_row(e.name, str(e.train), str(e.test), f"{e.mape:.1%}", f"{e.max_ape:.1%}")
     if (DATA_DIR / "cpu_engine_latency.csv").is_file():
         cpu = load_cpu_engine_measurements()
-        name = "vLLM CPU engine, tiny model (own fit, leave-one-out)"
+        name = "vLLM CPU engine decode steps, tiny model (own fit, leave-one-out)"
         table.add_row(name, str(len(cpu) - 1), "1 each", f"{leave_one_out_mape(cpu):.1%}", "")
     return table
 

@@ -157,8 +157,11 @@ def main() -> None:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
-        "method": "decode: (wall(B requests x 80 tokens) - wall(B x 16)) / 64; prefill: wall of "
-        "one request with max_tokens=1 (HTTP included); each the fastest of 3 runs",
+        "decode_tokens": list(args.tokens),
+        "repeats": args.repeats,
+        "method": "decode: (wall(B requests x long) - wall(B x short)) / (long - short); prefill: "
+        "wall of one request with max_tokens=1 (HTTP and request handling included); each the "
+        "fastest of `repeats` runs",
         **cpu_ceilings(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
