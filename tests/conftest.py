@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from goodput.dev.engine import EngineEnv, EngineProcess, EngineSettings, platform_problem
 from goodput.dev.tiny_model import ensure_tiny_model
+
+if TYPE_CHECKING:
+    from goodput.dev.cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +48,37 @@ def vllm_engine(
     log = tmp_path_factory.mktemp("vllm-engine") / "engine.log"
     with EngineProcess(settings, python=engine_python, log_path=log) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """A running local control plane with the default simulated GPU fleet.
+
+    Real etcd, kube-apiserver, kube-controller-manager, kube-scheduler; kwok plays the kubelets.
+    Binaries are built on first use (cached in ~/.cache/goodput). The cluster is
+    ``goodput-test-<checkout hash>`` (or ``$GOODPUT_TEST_CLUSTER``): sessions of one checkout
+    share it, the last one out stops it unless ``GOODPUT_KEEP_CLUSTER=1``.
+    """
+    from goodput.dev.cluster import LocalCluster, checkout_cluster_name
+
+    name = os.environ.get("GOODPUT_TEST_CLUSTER") or checkout_cluster_name("goodput-test")
+    keep = os.environ.get("GOODPUT_KEEP_CLUSTER") == "1"
+    with LocalCluster(name).shared(fleet="default", keep=keep) as started:
+        yield started
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control-plane binaries before the first e2e test, outside any test's timeout.
+
+    A cold build takes many minutes (docs/dev-cluster.md); it happens once per machine.
+    """
+    if not any(item.get_closest_marker("e2e") for item in session.items):
+        return
+    from goodput.dev.binaries import BinaryCache
+
+    cache = BinaryCache()
+    if cache.missing():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the local control plane's binaries (cold: minutes)")
+        cache.ensure(progress=reporter.write_line if reporter is not None else None)

@@ -95,6 +95,9 @@ def test_client_disconnect_aborts_the_upstream_request(
         time.sleep(0.02)
     assert engine.aborted == 1
     assert gateway.dispatcher.inflight == 0
+    # The tokens it did get were service: judged and counted, not lost.
+    text = httpx.get(f"{url}/metrics").text
+    assert 'goodput_output_tokens_count{deployment="test",model="tiny"} 1.0' in text
 
 
 def test_engine_failure_mid_stream_ends_with_an_error_event(
@@ -147,7 +150,7 @@ def test_queue_full_answers_429_with_retry_after(gateway_for: GatewayFactory) ->
     # Teach the dispatcher a limit of one request at a time.
     for _ in range(10):
         gateway.service.step.observe(1.0, 0.15)
-        gateway.service.step.observe(2.0, 0.30)
+        gateway.service.step.observe(3.0, 0.45)
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
