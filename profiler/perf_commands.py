@@ -110,13 +110,22 @@ def latency_group() -> None:
 
 
 def _evaluation_table(measurements: list[Measurement]) -> Table:
-    from goodput.profiler.latency import evaluate
+    from goodput.profiler.latency import (
+        DATA_DIR,
+        evaluate,
+        leave_one_out_mape,
+        load_cpu_engine_measurements,
+    )
 
     table = Table(title="step-latency model: error on held-out measurements")
     for column in ("held out", "train", "test", "MAPE", "max error"):
         table.add_column(column, justify="right")
     for e in evaluate(measurements):
         table.add_row(e.name, str(e.train), str(e.test), f"{e.mape:.1%}", f"{e.max_ape:.1%}")
+    if (DATA_DIR / "cpu_engine_latency.csv").is_file():
+        cpu = load_cpu_engine_measurements()
+        name = "vLLM CPU engine decode steps, tiny model (own fit, leave-one-out)"
+        table.add_row(name, str(len(cpu) - 1), "1 each", f"{leave_one_out_mape(cpu):.1%}", "")
     return table
 
 
