@@ -150,7 +150,8 @@ def latency_fit(out: Path | None, plot: Path) -> None:
     console.print(coefficients)
     console.print(_evaluation_table(measurements))
     _plot_fit(measurements, plot)
-    console.print(f"plot: {plot}")
+    _write_evaluation(measurements, plot.with_suffix(".json"))
+    console.print(f"plot: {plot}, numbers: {plot.with_suffix('.json')}")
 
 
 @latency_group.command(name="eval")
@@ -159,6 +160,23 @@ def latency_eval() -> None:
     from goodput.profiler.latency import load_measurements
 
     Console().print(_evaluation_table(load_measurements()))
+
+
+def _write_evaluation(measurements: list[Measurement], path: Path) -> None:
+    """The held-out errors as JSON beside the plot, for the record."""
+    from dataclasses import asdict
+
+    from goodput.profiler.latency import evaluate
+
+    gpus = sorted({m.gpu for m in measurements})
+    payload = {
+        "measurements": len(measurements),
+        "gpus": gpus,
+        "tp_degrees": sorted({m.step.tp for m in measurements}),
+        "held_out": [asdict(e) for e in evaluate(measurements)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def _plot_fit(measurements: list[Measurement], path: Path) -> None:
