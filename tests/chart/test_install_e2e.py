@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, REPO
+from .helm_chart import CHART, REPO
 from .operator_process import LocalOperator, service_account_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import CHART, REPO
 from .dashboards import queries, variable_metrics
+from .helm_chart import CHART, REPO
 from .operator_process import LocalOperator, free_port
 from .prometheus_server import PrometheusServer
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, PROMETHEUS_OPERATOR_APIS, REPO, ChartRenderer, RenderError
+from .helm_chart import CHART, PROMETHEUS_OPERATOR_APIS, REPO, ChartRenderer, RenderError
 
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
