@@ -65,3 +65,20 @@ def cluster() -> Iterator[LocalCluster]:
     keep = os.environ.get("GOODPUT_KEEP_CLUSTER") == "1"
     with LocalCluster(name).shared(fleet="default", keep=keep) as started:
         yield started
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control-plane binaries before the first e2e test, outside any test's timeout.
+
+    A cold build takes many minutes (docs/dev-cluster.md); it happens once per machine.
+    """
+    if not any(item.get_closest_marker("e2e") for item in session.items):
+        return
+    from goodput.dev.binaries import BinaryCache
+
+    cache = BinaryCache()
+    if cache.missing():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the local control plane's binaries (cold: minutes)")
+        cache.ensure(progress=reporter.write_line if reporter is not None else None)

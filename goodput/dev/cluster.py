@@ -115,7 +115,7 @@ class ClusterStatus:
 
     @property
     def running(self) -> bool:
-        return all(c.running for c in self.components)
+        return all(c.running for c in self.components if c.name in COMPONENTS)
 
 
 class LocalCluster:
@@ -262,9 +262,10 @@ class LocalCluster:
                 pid=(record.pid if (record := self.supervisor.record(name)) else None),
                 log=self.supervisor.log(name),
             )
-            for name in COMPONENTS
+            # The control plane, then whatever else runs beside it (the operator of `dev up`).
+            for name in dict.fromkeys([*COMPONENTS, *(r.name for r in self.supervisor.records())])
         )
-        ready = all(c.running for c in components) and self._readyz()
+        ready = all(c.running for c in components if c.name in COMPONENTS) and self._readyz()
         nodes = ready_nodes = None
         if ready:
             try:
