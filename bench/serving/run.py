@@ -58,6 +58,17 @@ def wait_idle(engine_url: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"engine at {engine_url} still busy after {timeout_s} s")
 
 
+def warm_up(engine_url: str, corpus: Corpus, enforce: str) -> None:
+    """Pay one-time costs (first-shape compilation, tokenizer and HTTP warm-up) outside the
+    measurements: a few requests alone, then a burst, at every contender's fresh engine."""
+    loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
+    requests = corpus.take(12, offset=len(corpus.requests) // 3)
+    for request in requests[:4]:
+        asyncio.run(replay(engine_url, MODEL_NAME, [request], [0.0], loose, enforce=enforce))
+    asyncio.run(replay(engine_url, MODEL_NAME, requests[4:], [0.0] * 8, loose, enforce=enforce))
+    wait_idle(engine_url)
+
+
 def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) -> SLO:
     """Median TTFT and TPOT of requests sent one at a time (rate -> 0)."""
     requests = corpus.take(count, offset=len(corpus.requests) // 2)
@@ -75,41 +86,52 @@ def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) 
     return SLO(ttft_s=statistics.median(ttfts), tpot_s=statistics.median(tpots))
 
 
-def sweep(
+def _facts(engine: EngineProcess) -> dict[str, Any]:
+    return {
+        "startup_s": engine.facts.startup_seconds,
+        "kv_cache_tokens": engine.facts.kv_cache_tokens,
+    }
+
+
+def _endpoint(
+    contender: Contender, engine: EngineProcess, slo: SLO, workdir: Path, stack: ExitStack
+) -> str:
+    """The URL the contender's clients use (a gateway started on ``stack``, or the engine)."""
+    if contender.policy is None:
+        return engine.url
+    log = workdir / f"{contender.name}.gateway.log"
+    return stack.enter_context(gateway(contender.policy, engine, slo, log))
+
+
+def cell(
     contender: Contender,
     url: str,
     engine_url: str,
-    schedule: list[tuple[float, list[Request], list[float]]],
+    rate: float,
+    requests: list[Request],
+    arrivals: list[float],
     slo: SLO,
     enforce: str,
-) -> list[dict[str, Any]]:
-    """Replay every rate of ``schedule`` against ``url``, lowest first; one summary per rate."""
-    rows = []
-    for rate, requests, arrivals in schedule:
-        before = engine_counters(engine_url)
-        outcomes = asyncio.run(
-            replay(
-                url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle
-            )
-        )
-        wait_idle(engine_url)
-        after = engine_counters(engine_url)
-        row = summarize(outcomes, slo, rate)
-        # Tokens the engine generated, against what clients received: the cost of aborting at
-        # the true length, and of anything else the engine ran for nobody.
-        row["engine_tokens"] = int(
-            after["generation_tokens_total"] - before["generation_tokens_total"]
-        )
-        rows.append(row)
-        click.echo(
-            f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
-            f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
-            f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
-            f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
-            f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  "
-            f"errors {row['errors']}"
-        )
-    return rows
+) -> dict[str, Any]:
+    """Replay one rate's requests against one contender; its summary row."""
+    before = engine_counters(engine_url)
+    outcomes = asyncio.run(
+        replay(url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle)
+    )
+    wait_idle(engine_url)
+    after = engine_counters(engine_url)
+    row = summarize(outcomes, slo, rate)
+    # Tokens the engine generated, against what clients received: the cost of aborting at the
+    # true length, and of anything else the engine ran for nobody.
+    row["engine_tokens"] = int(after["generation_tokens_total"] - before["generation_tokens_total"])
+    click.echo(
+        f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
+        f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
+        f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
+        f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
+        f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  errors {row['errors']}"
+    )
+    return row
 
 
 @click.command()
@@ -145,13 +167,18 @@ def sweep(
 @click.option(
     "--enforce",
     type=click.Choice(["client", "max-tokens"]),
-    default="client",
+    default="max-tokens",
     show_default=True,
     help="How true output lengths are enforced (see loadgen).",
 )
 @click.option("--max-model-len", default=2048, show_default=True)
 @click.option("--kv-cache-mib", default=64, show_default=True)
 @click.option("--max-num-seqs", default=64, show_default=True)
+@click.option(
+    "--fresh-engines",
+    is_flag=True,
+    help="A fresh engine per contender, sweeps one after another (slower; exposed to drift).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--out",
@@ -177,6 +204,7 @@ def main(
     max_model_len: int,
     kv_cache_mib: int,
     max_num_seqs: int,
+    fresh_engines: bool,
     seed: int,
     out_path: Path,
 ) -> None:
@@ -210,6 +238,8 @@ def main(
         max_model_len=max_model_len,
         kv_cache_bytes=kv_cache_mib * 2**20,
         max_num_seqs=max_num_seqs,
+        # Every contender replays the same prompts: no contender may find another's prefixes.
+        extra_args=("--no-enable-prefix-caching",),
     )
     schedule = []
     for i, rate in enumerate(rate_list):
@@ -219,35 +249,70 @@ def main(
 
     workdir = Path(tempfile.mkdtemp(prefix="goodput-bench-serving-"))
     click.echo(f"logs in {workdir}")
+    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+    engines: dict[str, dict[str, Any]] = {}
     slo: SLO | None = None
     unloaded: SLO | None = None
-    results: dict[str, list[dict[str, Any]]] = {}
-    engines: dict[str, dict[str, Any]] = {}
-    for contender in contenders:
-        log = workdir / f"{contender.name}.engine.log"
-        with EngineProcess(settings, python=engine_python, log_path=log) as engine:
-            if slo is None:
-                # Calibrate on the first contender's fresh engine, before any load, directly.
-                unloaded = measure_unloaded(engine.url, corpus, 6, enforce)
-                slo = SLO(
-                    ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
-                    tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
-                )
-                click.echo(
-                    f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT "
-                    f"{unloaded.tpot_s * 1000:.2f} ms -> SLO TTFT {slo.ttft_s * 1000:.0f} ms, "
-                    f"TPOT {slo.tpot_s * 1000:.1f} ms"
-                )
-            engines[contender.name] = {
-                "startup_s": engine.facts.startup_seconds,
-                "kv_cache_tokens": engine.facts.kv_cache_tokens,
-            }
-            with ExitStack() as stack:
-                url = engine.url
+
+    def calibrate(engine: EngineProcess) -> SLO:
+        nonlocal unloaded
+        unloaded = measure_unloaded(engine.url, corpus, 6, enforce)
+        measured = SLO(
+            ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
+            tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
+        )
+        click.echo(
+            f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT {unloaded.tpot_s * 1000:.2f} ms"
+            f" -> SLO TTFT {measured.ttft_s * 1000:.0f} ms, TPOT {measured.tpot_s * 1000:.1f} ms"
+        )
+        return measured
+
+    if fresh_engines:
+        # Each contender's whole sweep on its own fresh engine, one contender after another.
+        for contender in contenders:
+            log = workdir / f"{contender.name}.engine.log"
+            with EngineProcess(settings, python=engine_python, log_path=log) as engine:
+                warm_up(engine.url, corpus, enforce)
+                slo = slo or calibrate(engine)
+                engines[contender.name] = _facts(engine)
+                with ExitStack() as stack:
+                    url = _endpoint(contender, engine, slo, workdir, stack)
+                    warm_up(url, corpus, enforce)
+                    for rate, requests, arrivals in schedule:
+                        results[contender.name].append(
+                            cell(contender, url, engine.url, rate, requests, arrivals, slo, enforce)
+                        )
+    else:
+        # One engine, every contender's gateway alive at once; each rate is replayed against
+        # every contender in turn (order rotated per rate), so that what the other tenants of
+        # this machine do at any moment falls on all contenders alike.
+        log = workdir / "engine.log"
+        with (
+            EngineProcess(settings, python=engine_python, log_path=log) as engine,
+            ExitStack() as stack,
+        ):
+            warm_up(engine.url, corpus, enforce)
+            slo = calibrate(engine)
+            engines["shared"] = _facts(engine)
+            urls = {c.name: _endpoint(c, engine, slo, workdir, stack) for c in contenders}
+            for contender in contenders:
                 if contender.policy is not None:
-                    gateway_log = workdir / f"{contender.name}.gateway.log"
-                    url = stack.enter_context(gateway(contender.policy, engine, slo, gateway_log))
-                results[contender.name] = sweep(contender, url, engine.url, schedule, slo, enforce)
+                    warm_up(urls[contender.name], corpus, enforce)
+            for i, (rate, requests, arrivals) in enumerate(schedule):
+                turn = i % len(contenders)
+                for contender in contenders[turn:] + contenders[:turn]:
+                    results[contender.name].append(
+                        cell(
+                            contender,
+                            urls[contender.name],
+                            engine.url,
+                            rate,
+                            requests,
+                            arrivals,
+                            slo,
+                            enforce,
+                        )
+                    )
     assert slo is not None and unloaded is not None
     add_ratios(results)
     lengths = [r.output_tokens for r in corpus.requests]
@@ -265,7 +330,9 @@ def main(
                 "max_num_seqs": max_num_seqs,
                 "dtype": settings.dtype,
             },
-            "per_contender": engines,
+            "prefix_caching": False,
+            "isolation": "engine per contender" if fresh_engines else "one engine, interleaved",
+            "started": engines,
         },
         "workload": {
             "prompts": "alpaca_eval/prompts.jsonl",
