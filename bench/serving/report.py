@@ -76,7 +76,9 @@ def add_ratios(results: dict[str, list[dict[str, Any]]]) -> None:
             }
 
 
-def targets(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def targets(
+    results: dict[str, list[dict[str, Any]]], overhead: dict[str, Any] | None
+) -> dict[str, Any]:
     """The gateway's goals, judged on this run (None where a contender is missing)."""
     out: dict[str, Any] = {}
     base = results.get(BASELINE, [])

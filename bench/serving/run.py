@@ -20,11 +20,13 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
+import numpy as np
 from contenders import CONTENDERS, Contender, gateway
 from loadgen import SLO, replay
 from report import add_ratios, plot, summarize, targets
@@ -86,6 +88,36 @@ def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) 
     return SLO(ttft_s=statistics.median(ttfts), tpot_s=statistics.median(tpots))
 
 
+def overhead_probe(
+    direct_url: str, gateway_url: str, engine_url: str, corpus: Corpus, pairs: int
+) -> dict[str, Any]:
+    """Added TTFT of the gateway, paired: the same short request alone to vLLM and then alone
+    through the gateway, ``pairs`` times; the median of the differences cancels most of the
+    machine's background noise, which swamps a ~1 ms effect in any unpaired comparison."""
+    loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
+    deltas, direct, through = [], [], []
+    for request in corpus.take(pairs, offset=len(corpus.requests) // 4):
+        short = replace(request, output_tokens=4)
+        ttft = []
+        for url in (direct_url, gateway_url):
+            [o] = asyncio.run(replay(url, MODEL_NAME, [short], [0.0], loose, enforce="max-tokens"))
+            if o.status != 200 or o.ttft_s is None:
+                raise RuntimeError(f"overhead probe failed at {url}: {o}")
+            ttft.append(o.ttft_s)
+        wait_idle(engine_url)
+        direct.append(ttft[0])
+        through.append(ttft[1])
+        deltas.append(ttft[1] - ttft[0])
+    return {
+        "pairs": pairs,
+        "ttft_direct_p50_ms": round(statistics.median(direct) * 1000, 2),
+        "ttft_gateway_p50_ms": round(statistics.median(through) * 1000, 2),
+        "added_ttft_p50_ms": round(statistics.median(deltas) * 1000, 2),
+        "added_ttft_p25_ms": round(float(np.percentile(deltas, 25)) * 1000, 2),
+        "added_ttft_p75_ms": round(float(np.percentile(deltas, 75)) * 1000, 2),
+    }
+
+
 def _facts(engine: EngineProcess) -> dict[str, Any]:
     return {
         "startup_s": engine.facts.startup_seconds,
@@ -136,14 +168,14 @@ def cell(
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Fewer rates and requests: a ~6 min smoke run.")
-@click.option("--rates", default="0.5,1,2,3,4,6", show_default=True, help="Offered req/s.")
+@click.option("--rates", default="0.5,1.5,3,4.5,6", show_default=True, help="Offered req/s.")
 @click.option(
     "--seconds-per-rate",
-    default=16.0,
+    default=20.0,
     show_default=True,
     help="Requests per rate = rate x this, clamped to [--min-requests, --max-requests].",
 )
-@click.option("--min-requests", default=12, show_default=True)
+@click.option("--min-requests", default=16, show_default=True)
 @click.option("--max-requests", default=64, show_default=True)
 @click.option(
     "--contenders", "names", default=",".join(c.name for c in CONTENDERS), show_default=True
@@ -160,8 +192,8 @@ def cell(
     show_default=True,
     help="Multiply real output lengths (tiny-tokenizer tokens) by this.",
 )
-@click.option("--ttft-scale", default=5.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
-@click.option("--tpot-scale", default=2.5, show_default=True, help="TPOT SLO / unloaded TPOT.")
+@click.option("--ttft-scale", default=10.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
+@click.option("--tpot-scale", default=3.0, show_default=True, help="TPOT SLO / unloaded TPOT.")
 @click.option("--ttft-slo-ms", type=float, help="Fix the TTFT SLO instead of measuring.")
 @click.option("--tpot-slo-ms", type=float, help="Fix the TPOT SLO instead of measuring.")
 @click.option(
@@ -179,6 +211,7 @@ def cell(
     is_flag=True,
     help="A fresh engine per contender, sweeps one after another (slower; exposed to drift).",
 )
+@click.option("--probe-pairs", default=30, show_default=True, help="Paired overhead probes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--out",
@@ -205,6 +238,7 @@ def main(
     kv_cache_mib: int,
     max_num_seqs: int,
     fresh_engines: bool,
+    probe_pairs: int,
     seed: int,
     out_path: Path,
 ) -> None:
@@ -251,6 +285,7 @@ def main(
     click.echo(f"logs in {workdir}")
     results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
     engines: dict[str, dict[str, Any]] = {}
+    overhead: dict[str, Any] | None = None
     slo: SLO | None = None
     unloaded: SLO | None = None
 
@@ -298,6 +333,11 @@ def main(
             for contender in contenders:
                 if contender.policy is not None:
                     warm_up(urls[contender.name], corpus, enforce)
+            if "vllm" in urls and "gateway-fcfs" in urls:
+                overhead = overhead_probe(
+                    urls["vllm"], urls["gateway-fcfs"], engine.url, corpus, probe_pairs
+                )
+                click.echo(f"gateway overhead (paired, fcfs): {overhead}")
             for i, (rate, requests, arrivals) in enumerate(schedule):
                 turn = i % len(contenders)
                 for contender in contenders[turn:] + contenders[:turn]:
@@ -355,8 +395,9 @@ def main(
             "ttft_scale": ttft_scale,
             "tpot_scale": tpot_scale,
         },
+        "gateway_overhead_probe": overhead,
         "results": results,
-        "targets": targets(results),
+        "targets": targets(results, overhead),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(document, indent=2) + "\n")
