@@ -215,6 +215,11 @@ class GpuInventory:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def adopt_pod_holds(self, other: GpuInventory) -> None:
+        """Take ``other``'s pod GPU holds (a watched inventory) for this one's nodes (a fresh
+        listing): the listing is complete at once, the watch knows the pods."""
+        self._holds = dict(other._holds)
+
     def managed_allocation(self) -> dict[str, int]:
         """GPUs held by Goodput's own pods, per node."""
         return self._held(managed=True)

@@ -47,28 +47,37 @@ def _length_table(title: str, results: dict[str, object], pooled: bool) -> objec
 
 
 def _per_model_table(title: str, results: dict[str, object], names: list[str]) -> object:
+    """Per model: the first contender's four metrics, then the others' Kendall τ beside it."""
     from rich.table import Table
 
     from goodput.profiler.length_eval import ScenarioResult
 
+    def fmt(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    ours, others = names[0], names[1:]
     table = Table(title=title, title_justify="left")
     table.add_column("model")
-    for name in names:
-        table.add_column(f"τ {name}", justify="right")
-    table.add_column("MAE goodput", justify="right")
-    table.add_column("p90 cov goodput", justify="right")
-    first = results[names[0]]
+    for col in ("Kendall τ", "Spearman rho", "MAE tokens", "p90 coverage"):
+        table.add_column(f"{col}\n{ours}", justify="right")
+    for name in others:
+        table.add_column(f"Kendall τ\n{name}", justify="right")
+    first = results[ours]
     assert isinstance(first, ScenarioResult)
     for model, mine in first.per_model.items():
-        cells = []
-        for name in names:
+        cells = [
+            fmt(mine.kendall_tau, ".3f"),
+            fmt(mine.spearman_rho, ".3f"),
+            fmt(mine.mae_tokens, ".0f"),
+            fmt(mine.p90_coverage, ".2f"),
+        ]
+        for name in others:
             r = results[name]
             assert isinstance(r, ScenarioResult)
-            tau = r.per_model[model].kendall_tau if model in r.per_model else None
-            cells.append("—" if tau is None else f"{tau:.3f}")
-        cover = "—" if mine.p90_coverage is None else f"{mine.p90_coverage:.2f}"
-        mae = "—" if mine.mae_tokens is None else f"{mine.mae_tokens:.0f}"
-        table.add_row(model, *cells, mae, cover)
+            cells.append(
+                fmt(r.per_model[model].kendall_tau if model in r.per_model else None, ".3f")
+            )
+        table.add_row(model, *cells)
     return table
 
 
@@ -149,6 +158,14 @@ def length_eval_command(
             "Held-out prompts, per model",
             dict(report.held_out_prompts),
             ["goodput", "input-length-histogram", REFERENCE],
+        )
+    )
+    warm = f"+{calibration} obs"
+    console.print(
+        _per_model_table(
+            f"Held-out models, per model (after {calibration} observations)",
+            dict(report.held_out_models),
+            [f"goodput ({warm})", f"input-length-histogram ({warm})"],
         )
     )
     lat = report.latency

@@ -52,6 +52,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option("--tpot-ms", type=float, help="TPOT objective.")
 @click.option("--e2e-ms", type=float, help="End-to-end objective.")
 @click.option("--max-queue-length", type=int)
+@click.option("--max-concurrency", type=int, help="Cap on requests sent to the engine at once.")
 @click.option("--engine-cmd", help="Start this engine command and stop it on exit (local use).")
 @click.option("--engine-ready-timeout", default=600.0, show_default=True, type=float)
 @click.option(
@@ -99,6 +100,7 @@ def serve(
     tpot_ms: float | None,
     e2e_ms: float | None,
     max_queue_length: int | None,
+    max_concurrency: int | None,
     engine_cmd: str | None,
     engine_ready_timeout: float,
     request_log: str | None,
@@ -129,6 +131,7 @@ def serve(
             "deployment": deployment,
             "servedModelName": served_model_name,
             "maxQueueLength": max_queue_length,
+            "maxConcurrency": max_concurrency,
             "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
         },
     )

@@ -172,9 +172,16 @@ class Dispatcher:
         job.concurrency_area_at_first_token = self._area
 
     def release(
-        self, job: Job, *, completed: bool = False, output_tokens: int = 0, streamed: bool = False
+        self,
+        job: Job,
+        *,
+        completed: bool = False,
+        output_tokens: int = 0,
+        streamed: bool = False,
+        end: float | None = None,
     ) -> None:
-        """The request ended (finished, failed or abandoned): free its place, learn, dispatch."""
+        """The request ended (finished, failed or abandoned): free its place, learn, dispatch.
+        ``end`` is when its last token was delivered, if earlier than now."""
         now = self.clock()
         if job.state is JobState.WAITING:
             job.state = JobState.DONE
@@ -188,16 +195,19 @@ class Dispatcher:
         self._running.discard(job)
         self.budget.release(job.kv_tokens)
         if completed and job.dispatched_at is not None:
-            self._learn(job, now, output_tokens, streamed)
+            last = now if end is None else min(end, now)
+            self._learn(job, now, last, output_tokens, streamed)
         self._pump(now)
 
-    def _learn(self, job: Job, now: float, output_tokens: int, streamed: bool) -> None:
+    def _learn(
+        self, job: Job, now: float, last_token: float, output_tokens: int, streamed: bool
+    ) -> None:
         assert job.dispatched_at is not None
         first = job.first_token_at
         tpot: float | None = None
         concurrency = float(len(self._running) + 1)
-        if streamed and first is not None and output_tokens > 1 and now > first:
-            tpot = (now - first) / (output_tokens - 1)
+        if streamed and first is not None and output_tokens > 1 and last_token > first:
+            tpot = (last_token - first) / (output_tokens - 1)
             concurrency = (self._area - job.concurrency_area_at_first_token) / (now - first)
         elif not streamed and output_tokens > 1:
             # Only the whole answer was seen: charge the usual time to first token, the rest

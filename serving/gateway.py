@@ -40,10 +40,12 @@ class Gateway:
         self.config = config
         self.registry = CollectorRegistry(auto_describe=True)
         self.resolver = SLOResolver(config)
-        self.predictor = predictor or make_predictor(config.predictor)
+        self.predictor = predictor or make_predictor(
+            config.predictor, model_key=config.served_model_name
+        )
         self.service = ServiceModel()
         self.budget = EngineBudget()
-        self.policy = make_policy(config.policy)
+        self.policy = make_policy(config.policy, max_concurrency=config.max_concurrency)
         self.admission = AdmissionController(
             self.service,
             overload=config.overload,

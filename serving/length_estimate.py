@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from goodput.api.gateway_config import PredictorConfig
+
+if TYPE_CHECKING:
+    from goodput.profiler.length_predictor import LengthPredictor as ProfilerLengthModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +106,34 @@ def _quantiles(samples: deque[int]) -> LengthPrediction:
     )
 
 
-def make_predictor(config: PredictorConfig) -> LengthPredictor:
+class LearnedLengthPredictor:
+    """The profiler's learned quantile predictor (``goodput.profiler.length_predictor``) behind
+    the gateway's interface. It scores the prompt text itself (word and character n-grams), so
+    it tells a one-line question from a request for an essay; it keeps learning online from the
+    gateway's answers, per served model (``model_key``: its verbosity is learned separately).
+    """
+
+    def __init__(self, model: ProfilerLengthModel, model_key: str) -> None:
+        self._model = model
+        self._key = model_key
+
+    def predict(self, prompt: str, prompt_tokens: int, max_tokens: int | None) -> LengthPrediction:
+        p50, p90 = self._model.predict_request(prompt, self._key, max_tokens)
+        return LengthPrediction(p50, p90)
+
+    def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+        self._model.observe_request(prompt, self._key, output_tokens)
+
+
+def make_predictor(config: PredictorConfig, *, model_key: str) -> LengthPredictor:
     if config.kind == "online":
         return OnlineLengthEstimator()
-    raise ValueError(
-        "predictor.kind 'learned' needs goodput.profiler.length_predictor, which this build "
-        "does not have; use kind 'online'."
+    # Imported only here: scikit-learn costs a second of start-up the online estimator avoids.
+    from goodput.profiler.length_model_io import load_default_length_model, load_length_model
+
+    model = (
+        load_default_length_model()
+        if config.model_path is None
+        else load_length_model(config.model_path)
     )
+    return LearnedLengthPredictor(model, model_key)

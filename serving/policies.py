@@ -84,10 +84,12 @@ class SloPolicy:
         slack_weight: float = 1.0,
         tpot_headroom: float = 0.9,
         first_token_share: float = 0.5,
+        max_concurrency: int | None = None,
     ) -> None:
         self._slack_weight = slack_weight
         self._headroom = tpot_headroom
         self._first_token_share = first_token_share
+        self._max_concurrency = max_concurrency
 
     def expected_output_tokens(self, job: Job) -> float:
         return job.prediction.p50
@@ -112,6 +114,7 @@ class SloPolicy:
             for limit in (
                 service.step.max_concurrency(tpot_s, self._headroom),
                 service.first_token.max_concurrency(ttft_s, self._first_token_share),
+                self._max_concurrency,
             )
             if limit is not None
         ]
@@ -134,9 +137,9 @@ class OraclePolicy(SloPolicy):
         return job.prompt_tokens + job.prediction.p90
 
 
-def make_policy(name: PolicyName) -> SchedulingPolicy:
+def make_policy(name: PolicyName, *, max_concurrency: int | None = None) -> SchedulingPolicy:
     if name == "fcfs":
         return FcfsPolicy()
     if name == "slo":
-        return SloPolicy()
-    return OraclePolicy()
+        return SloPolicy(max_concurrency=max_concurrency)
+    return OraclePolicy(max_concurrency=max_concurrency)

@@ -54,6 +54,7 @@ class ProxyExchange(Response):
         self._started = False
         self._completed = False
         self._output_tokens = 0
+        self._end: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway
@@ -105,6 +106,7 @@ class ProxyExchange(Response):
                 completed=self._completed,
                 output_tokens=self._output_tokens,
                 streamed=self.request.stream,
+                end=self._end,
             )
 
     # -- upstream ----------------------------------------------------------------------------------
@@ -142,63 +144,80 @@ class ProxyExchange(Response):
             await self._send_error(send, engine_failed(str(exc)))
 
     async def _relay_unary(self, send: Send, upstream: EngineStream) -> None:
-        gw, job = self.gateway, self.job
         payload = await upstream.read()
-        end = gw.dispatcher.clock()
+        end = self.gateway.dispatcher.clock()
         usage, finish_reason = _usage_and_finish(payload)
-        self._output_tokens = int(usage.get("completion_tokens") or 0)
-        self._completed = True
         await self._send_json(send, 200, payload)
-        gw.finished(
-            job,
-            prompt=self.request.prompt_text,
-            streamed=False,
-            end=end,
-            output_tokens=self._output_tokens,
-            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            finish_reason=finish_reason,
-        )
+        self._account(0, end, usage, finish_reason, streamed=False)
 
     async def _relay_stream(self, send: Send, upstream: EngineStream) -> None:
+        """Relay server-sent events as they arrive, without parsing the token events.
+
+        A client may end a stream early by closing it (a user pressing stop, or a client that
+        enforces its own length). The tokens it received are still real service: the request is
+        judged and learned from on what was delivered, logged with finish reason ``cancelled``.
+        """
         gw, job = self.gateway, self.job
         usage: dict[str, Any] = {}
         finish_reason = "unknown"
-        events = 0
+        tokens = 0
+        last_token_at = 0.0
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         self._started = True
         pending = b""
-        async for chunk in upstream.chunks():
-            pending += chunk
-            out: list[bytes] = []
-            while (cut := pending.find(b"\n\n")) >= 0:
-                event, pending = pending[: cut + 2], pending[cut + 2 :]
-                if job.first_token_at is None and not event.startswith(b"data: [DONE]"):
-                    gw.dispatcher.mark_first_token(job)
-                # Only the rare events that may carry usage or a finish reason are parsed.
-                if _may_carry_usage_or_finish(event):
-                    parsed = _event_json(event)
-                    if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
-                        usage = parsed["usage"]
-                        if not self.request.client_wants_usage:
-                            continue
-                    finish_reason = _finish_reason(parsed) or finish_reason
-                events += 1
-                out.append(event)
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        try:
+            async for chunk in upstream.chunks():
+                pending += chunk
+                out: list[bytes] = []
+                while (cut := pending.find(b"\n\n")) >= 0:
+                    event, pending = pending[: cut + 2], pending[cut + 2 :]
+                    # Only the rare events that may carry usage or a finish reason are parsed.
+                    if _may_carry_usage_or_finish(event):
+                        parsed = _event_json(event)
+                        if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
+                            usage = parsed["usage"]
+                            if not self.request.client_wants_usage:
+                                continue
+                        finish_reason = _finish_reason(parsed) or finish_reason
+                    if _is_token_event(event):
+                        tokens += 1
+                        last_token_at = gw.dispatcher.clock()
+                        if job.first_token_at is None:
+                            gw.dispatcher.mark_first_token(job)
+                    out.append(event)
+                if out:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+        except asyncio.CancelledError:
+            if tokens:
+                self._account(tokens, last_token_at, {}, "cancelled", streamed=True)
+            raise
         end = gw.dispatcher.clock()
         if pending:
             await send({"type": "http.response.body", "body": pending, "more_body": True})
         if not usage and finish_reason == "unknown":
             raise EngineBroken("the engine closed the stream before it finished")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        # Without usage (an engine that ignores include_usage), count the events but [DONE].
-        self._output_tokens = int(usage.get("completion_tokens") or max(events - 1, 0))
+        self._account(tokens, end, usage, finish_reason, streamed=True)
+
+    def _account(
+        self,
+        tokens: int,
+        end: float,
+        usage: dict[str, Any],
+        finish_reason: str,
+        *,
+        streamed: bool,
+    ) -> None:
+        """Record a request that delivered its answer (all of it, or until the client left)."""
+        self._output_tokens = int(usage.get("completion_tokens") or tokens)
         self._completed = True
-        gw.finished(
-            job,
+        self._end = end
+        self.gateway.finished(
+            self.job,
             prompt=self.request.prompt_text,
-            streamed=True,
+            streamed=streamed,
             end=end,
             output_tokens=self._output_tokens,
             prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
@@ -240,6 +259,16 @@ async def _client_gone(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _is_token_event(event: bytes) -> bool:
+    """Whether an event carries generated text: not ``[DONE]``, not the usage-only event, not
+    the opening chat event that only announces the assistant's role."""
+    if not event.startswith(b"data: {"):
+        return False
+    if b'"choices":[]' in event:
+        return False
+    return not (b'"role":"assistant"' in event and b'"content":""' in event)
 
 
 def _may_carry_usage_or_finish(event: bytes) -> bool:

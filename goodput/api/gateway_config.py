@@ -60,6 +60,13 @@ class GatewayConfig(BaseModel):
     overload: OverloadAction = "reject"
     max_queue_length: int = Field(default=1024, gt=0, alias="maxQueueLength")
     max_queue_delay_ms: float | None = Field(default=None, gt=0, alias="maxQueueDelayMs")
+    max_concurrency: int | None = Field(
+        default=None,
+        gt=0,
+        alias="maxConcurrency",
+        description="Most requests the slo/oracle policies send the engine at once (e.g. the "
+        "profiler's capacity); the gateway also learns a limit and uses the smaller.",
+    )
     priority_classes: list[PriorityClass] = Field(
         default_factory=lambda: [PriorityClass(name="default")], alias="priorityClasses"
     )

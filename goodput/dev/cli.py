@@ -2,12 +2,137 @@
 
 from __future__ import annotations
 
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import click
+from rich.console import Console
+from rich.table import Table
+
+from goodput.dev.binaries import BinaryCache
+from goodput.dev.cluster import ClusterError, LocalCluster
+from goodput.dev.fleet import Fleet
+
+DEFAULT_NAME = "goodput-dev"
+_console = Console(stderr=True, log_path=False)
+
+name_option = click.option(
+    "--name", default=DEFAULT_NAME, show_default=True, help="Cluster name (fixes its ports)."
+)
 
 
 @click.group(name="dev")
 def dev() -> None:
     """Run a real local control plane with simulated GPU nodes."""
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner for long steps; each step's message is also printed so the log stays readable."""
+    with _console.status(title) as status:
+
+        def say(message: str) -> None:
+            status.update(message)
+            _console.log(message)
+
+        try:
+            yield say
+        except ClusterError as exc:
+            _console.print(f"[red]error:[/red] {exc}")
+            raise SystemExit(1) from exc
+
+
+@dev.command()
+@name_option
+@click.option(
+    "--fleet",
+    default="default",
+    show_default=True,
+    help="Fleet name (goodput/dev/fleets/NAME.yaml) or path to a fleet file.",
+)
+@click.option(
+    "--control-plane-only",
+    is_flag=True,
+    help="Skip CRDs, the operator and the example LLMDeployment.",
+)
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to await the example.")
+def up(name: str, fleet: str, control_plane_only: bool, timeout: float) -> None:
+    """Start the cluster, apply the CRDs, run the operator and deploy the example."""
+    from goodput.dev.stack import DevStack
+
+    cluster = LocalCluster(name)
+    started = time.monotonic()
+    with _progress("starting local control plane") as say:
+        cluster.up(fleet=Fleet.load(fleet), progress=say)
+        if not control_plane_only:
+            stack = DevStack(cluster)
+            stack.apply_crds(say)
+            stack.start_operator(say)
+            example = stack.apply_example(say, timeout=timeout)
+            if example is not None:
+                click.echo(cluster.kubectl("get", "llmd"))
+                click.echo(cluster.kubectl("get", "pods", "-o", "wide"))
+    _console.print(f"[green]ready[/green] in {time.monotonic() - started:.1f}s")
+    _console.print(f'  eval "$(goodput dev env --name {name})"   # kubectl/helm on PATH')
+
+
+@dev.command()
+@name_option
+@click.option("--purge", is_flag=True, help="Also delete the cluster's state (etcd data, PKI).")
+def down(name: str, purge: bool) -> None:
+    """Stop the cluster's processes (and the operator)."""
+    LocalCluster(name).down(purge=purge)
+    _console.print(f"cluster {name} stopped" + (" and purged" if purge else ""))
+
+
+@dev.command()
+@name_option
+def status(name: str) -> None:
+    """Show the cluster's processes and nodes."""
+    cluster = LocalCluster(name)
+    state = cluster.status()
+    table = Table(title=f"cluster {name} ({state.server})")
+    for column in ("component", "running", "pid", "log"):
+        table.add_column(column)
+    for c in state.components:
+        table.add_row(c.name, "yes" if c.running else "no", str(c.pid or "-"), str(c.log))
+    Console().print(table)
+    click.echo(f"API server ready: {'yes' if state.ready else 'no'}")
+    if state.nodes is not None:
+        click.echo(f"nodes: {state.ready_nodes}/{state.nodes} Ready")
+    click.echo(f"kubeconfig: {state.kubeconfig}")
+    if not state.ready:
+        raise SystemExit(1)
+
+
+@dev.command()
+@name_option
+def kubeconfig(name: str) -> None:
+    """Print the admin kubeconfig's path."""
+    click.echo(LocalCluster(name).kubeconfig)
+
+
+@dev.command()
+@name_option
+def env(name: str) -> None:
+    """Print shell exports for kubectl/helm: eval "$(goodput dev env)"."""
+    cluster = LocalCluster(name)
+    click.echo(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}")
+    click.echo(f"export PATH={shlex.quote(str(cluster.bin_dir))}:$PATH")
+
+
+@dev.command()
+def build() -> None:
+    """Build the pinned control-plane binaries (kube-*, kubectl, etcd, kwok, helm)."""
+    cache = BinaryCache()
+    with _progress("building binaries") as say:
+        records = cache.ensure(progress=say)
+    for record in records:
+        steps = ", ".join(f"{step} {seconds:.0f}s" for step, seconds in record.seconds.items())
+        click.echo(f"{record.component} {record.version}: {steps}")
+    click.echo(f"binaries in {cache.bin_dir}")
 
 
 @dev.group(name="engine")

@@ -20,6 +20,9 @@ class PoolOption:
     shape: Shape
     requests_per_second: float
     preference: int  # position in the user's gpuTypes list; 0 when the list is empty
+    #: Next feasible shapes on the same pool (and their capacity), tried when the preferred one
+    #: finds no room, e.g. fewer, fuller pipeline stages when a zone lacks nodes for more.
+    fallbacks: tuple[tuple[Shape, float], ...] = ()
 
     @property
     def capacity_per_cost(self) -> float:

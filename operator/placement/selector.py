@@ -109,9 +109,12 @@ class SolverSelector:
         )
 
     def _fleet(self, context: SelectionContext) -> tuple[GpuNode, ...]:
-        if self.inventory is not None and len(self.inventory):
-            return self.inventory.nodes(owner=context.deployment)
-        return GpuInventory.from_objects(context.node_objects).nodes(owner=context.deployment)
+        """Nodes from the reconciler's fresh listing (a watch may still be filling up at start),
+        GPU holds of pods from the watched inventory."""
+        fleet = GpuInventory.from_objects(context.node_objects)
+        if self.inventory is not None:
+            fleet.adopt_pod_holds(self.inventory)
+        return fleet.nodes(owner=context.deployment)
 
     def _solve(
         self,

@@ -175,7 +175,7 @@ class PlacementSolver:
                 slo_failures.append(f"{pool.describe()}: {tried} cannot meet the SLO")
                 continue
             shape, rps = feasible[0]
-            options.append(PoolOption(pool, shape, rps, preference))
+            options.append(PoolOption(pool, shape, rps, preference, tuple(feasible[1:3])))
         if slo_failures:
             t = demand.target
             refusals.insert(
@@ -304,11 +304,13 @@ class PlacementSolver:
         taken = {r.replica for r in work.replicas}
         index = next(i for i in range(len(taken) + 1) if i not in taken)
         for option in work.options:
-            replica = self._place_replica(state, work, option, index)
-            if replica is not None:
-                work.replicas.append(replica)
-                work.usage.add(state.nodes[replica.stages[0].node])
-                return True
+            for shape, rps in ((option.shape, option.requests_per_second), *option.fallbacks):
+                shaped = replace(option, shape=shape, requests_per_second=rps)
+                replica = self._place_replica(state, work, shaped, index)
+                if replica is not None:
+                    work.replicas.append(replica)
+                    work.usage.add(state.nodes[replica.stages[0].node])
+                    return True
         work.shortfall = self._no_room(state, work)
         return False
 
@@ -511,6 +513,10 @@ class PlacementSolver:
 _SLO_PREFIX = "within its SLO"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _shape_text(shape: Shape) -> str:
     return f"tensor {shape.tensor} x pipeline {shape.pipeline}"
 
@@ -562,13 +568,13 @@ def _explanation(work: _Work, replicas: tuple[ReplicaPlacement, ...], short: boo
     demand_text = (
         f"{work.capacity:.1f} req/s for a target of {target:.1f}"
         if target is not None
-        else f"min {max(1, demand.min_replicas)} replicas"
+        else f"min {_count(max(1, demand.min_replicas), 'replica')}"
     )
     zones = len({z for z, n in work.usage.zones.items() if n})
     text = (
-        f"{len(replicas)} replicas ({shapes}); {choice}; {demand_text}"
+        f"{_count(len(replicas), 'replica')} ({shapes}); {choice}; {demand_text}"
         f" in [{max(1, demand.min_replicas)}, {max(demand.min_replicas, demand.max_replicas)}];"
-        f" spread over {zones} zone(s)"
+        f" spread over {_count(zones, 'zone')}"
     )
     if short and work.shortfall:
         text += f"; {work.shortfall}"

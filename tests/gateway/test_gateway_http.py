@@ -95,6 +95,9 @@ def test_client_disconnect_aborts_the_upstream_request(
         time.sleep(0.02)
     assert engine.aborted == 1
     assert gateway.dispatcher.inflight == 0
+    # The tokens it did get were service: judged and counted, not lost.
+    text = httpx.get(f"{url}/metrics").text
+    assert 'goodput_output_tokens_count{deployment="test",model="tiny"} 1.0' in text
 
 
 def test_engine_failure_mid_stream_ends_with_an_error_event(

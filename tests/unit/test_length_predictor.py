@@ -390,3 +390,53 @@ def test_forgetting_follows_a_model_whose_verbosity_drifts() -> None:
         offsets[forgetting] = model.verbosity("drifty")[1]
     # log(4) ~ 1.39 higher is the truth; forgetting gets much closer to it.
     assert offsets[0.9] - offsets[1.0] > 0.4
+
+
+def test_cli_eval_writes_report_and_plots_from_a_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    from click.testing import CliRunner
+
+    from goodput.profiler.cli import profile
+
+    monkeypatch.setenv("GOODPUT_CACHE_DIR", str(tmp_path / "cache"))
+    data = _synthetic_set()
+    folder = tmp_path / "data" / "alpaca_eval"
+    folder.mkdir(parents=True)
+    seen: dict[int, str] = dict(zip(data.prompt_ids.tolist(), data.prompts, strict=True))
+    (folder / "prompts.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt_id": i, "dataset": "synthetic", "instruction": p}) + "\n"
+            for i, p in seen.items()
+        )
+    )
+    with gzip.open(folder / "outputs.jsonl.gz", "wt") as f:
+        for pid, model, tokens in zip(
+            data.prompt_ids, data.models, data.output_tokens, strict=True
+        ):
+            # An answer of about that many tokens: one short word per token.
+            f.write(
+                json.dumps(
+                    {
+                        "prompt_id": int(pid),
+                        "model": model,
+                        "output": " ".join(["ok"] * int(tokens)),
+                    }
+                )
+                + "\n"
+            )
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        profile,
+        ["eval", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out), "--calibration", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "length_predictor.json").read_text())
+    assert report["tokenizer"] == "mistral-v1-spm32k"
+    assert report["held_out_prompts"]["goodput"]["mean_over_models"]["kendall_tau"] > 0.5
+    assert report["latency_us"]["cpu_p50"] > 0
+    for png in ("length_predictor.scatter.png", "length_predictor.tau_by_model.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "cache" / "token_counts").glob("alpaca_eval-*.json"))

@@ -327,3 +327,16 @@ def test_no_move_when_nothing_is_blocked_or_too_many_must_move() -> None:
     plan = strict.solve(nodes, [*small, big], previous)
     assert not plan.deployments["big"].placed  # 4 moves would be needed, 3 allowed
     assert all(not plan.deployments[d.name].moved for d in small)
+
+
+def test_fewer_fuller_stages_when_a_zone_lacks_nodes_for_more() -> None:
+    nodes = [gpu_node(f"n{i}", zone=f"z{i % 2}") for i in range(4)]  # two 8-GPU nodes per zone
+    loose = replace(TARGET, tpot_s=0.4, ttft_s=20.0)
+    options, _ = PlacementSolver().options(
+        demand("huge", LLAMA_405B, target=loose), group_pools(nodes).values()
+    )
+    assert (options[0].shape.tensor, options[0].shape.pipeline) == (4, 3)  # fewest GPUs first
+    plan = PlacementSolver().solve(nodes, [demand("huge", LLAMA_405B, target=loose)])
+    replica = plan.deployments["huge"].replicas[0]
+    assert (replica.tensor, replica.pipeline) == (8, 2)  # 3 nodes in one zone do not exist
+    assert len({nodes_by_name(nodes)[n].zone for n in replica.nodes}) == 1

@@ -77,11 +77,12 @@ def select(
     *,
     placement: list[dict[str, Any]] | None = None,
     gpu_type: str | None = None,
+    fleet: Sequence[dict[str, Any]] = FLEET,
     **spec: Any,
 ) -> Placement | Unplaceable:
     obj = LLMDeployment.model_validate(make_body(**spec))
-    context = SelectionContext("ml/llama", FLEET, placement or [], gpu_type)
-    return sel.select(obj.spec, gpu_nodes(FLEET), context)
+    context = SelectionContext("ml/llama", fleet, placement or [], gpu_type)
+    return sel.select(obj.spec, gpu_nodes(fleet), context)
 
 
 def test_solver_places_replicas_on_exact_nodes_across_zones() -> None:
@@ -89,7 +90,7 @@ def test_solver_places_replicas_on_exact_nodes_across_zones() -> None:
     assert isinstance(out, Placement)
     assert (out.gpu_product, out.tensor, out.pipeline) == (H100, 1, 1)
     assert sorted(out.pinned_nodes) == ["h100-a1", "h100-b"]  # one per zone
-    assert "2 replicas" in out.detail and "spread over 2 zone(s)" in out.detail
+    assert "2 replicas" in out.detail and "spread over 2 zones" in out.detail
 
 
 def test_other_pods_gpus_are_left_alone() -> None:
@@ -140,11 +141,14 @@ def test_running_replicas_stay_and_only_a_lost_node_is_replaced() -> None:
     )
     assert isinstance(again, Placement) and again.pinned_nodes == first.pinned_nodes
     lost = first.pinned_nodes[1]
-    inventory = GpuInventory.from_objects(FLEET)
-    inventory.apply_node("DELETED", next(n for n in FLEET if n["metadata"]["name"] == lost))
-    sel = SolverSelector(FirstFitSelector(EstimatedMemory()), inventory, pin_nodes=True)
+    remaining = [n for n in FLEET if n["metadata"]["name"] != lost]
     after = select(
-        sel, replicas=2, placement=status, gpu_type=H100, resources={"gpuTypes": ["H100"]}
+        selector(),
+        replicas=2,
+        placement=status,
+        gpu_type=H100,
+        fleet=remaining,
+        resources={"gpuTypes": ["H100"]},
     )
     assert isinstance(after, Placement)
     assert after.pinned_nodes[0] == first.pinned_nodes[0]
@@ -190,7 +194,7 @@ def test_reconciler_applies_the_solver_plan_as_pod_affinity() -> None:
     r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
     out = r.converge(make_body(replicas=2, resources={"gpuTypes": ["H100"]}))
     placed = next(c for c in out.status["conditions"] if c["type"] == "Placed")
-    assert placed["status"] == "True" and "spread over 2 zone(s)" in placed["message"]
+    assert placed["status"] == "True" and "spread over 2 zones" in placed["message"]
     assert out.status["profile"]["maxConcurrency"] >= 1
     template = kube.objects[("Deployment", "llama")]["spec"]["template"]
     (term,) = template["spec"]["affinity"]["nodeAffinity"][

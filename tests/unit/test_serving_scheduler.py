@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 
+from goodput.api.gateway_config import PredictorConfig
 from goodput.serving.admission import AdmissionController, QueueView, Rejection, Verdict
 from goodput.serving.dispatcher import Dispatcher
 from goodput.serving.engine_state import EngineBudget, EngineSnapshot, parse_engine_metrics
 from goodput.serving.job import Job, JobState
-from goodput.serving.length_estimate import LengthPrediction, OnlineLengthEstimator
+from goodput.serving.length_estimate import LengthPrediction, OnlineLengthEstimator, make_predictor
 from goodput.serving.policies import FcfsPolicy, OraclePolicy, SloPolicy
 from goodput.serving.service_model import ConcurrencyLatencyModel, ServiceModel
 from goodput.serving.slo import RequestSLO
@@ -202,3 +203,16 @@ async def test_cancelled_waiting_job_leaves_the_queue_and_fcfs_never_holds() -> 
     assert f.inflight == 5 and f.queue_depth == 0
     assert all(j.waiter is not None and j.waiter.done() for j in many)
     await asyncio.sleep(0)
+
+
+def test_learned_predictor_adapter_reads_the_prompt_and_learns_online() -> None:
+    predictor = make_predictor(PredictorConfig(kind="learned"), model_key="tiny-llama")
+    question = predictor.predict("What is 2+2?", 8, None)
+    essay = predictor.predict(
+        "Write a long, detailed essay on the history of the Roman Republic and Empire.", 20, None
+    )
+    assert 1 <= question.p50 < essay.p50 and question.p50 <= question.p90
+    assert predictor.predict("What is 2+2?", 8, 5).p90 <= 5
+    for _ in range(30):
+        predictor.observe("What is 2+2?", 8, 2)  # this deployment's model answers tersely
+    assert predictor.predict("What is 2+2?", 8, None).p50 < question.p50

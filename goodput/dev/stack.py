@@ -1,0 +1,121 @@
+"""The whole local Goodput stack on a LocalCluster: CRDs, the operator, and the example.
+
+This is what ``goodput dev up`` (the README's main command) brings up after the control plane:
+the repository's CRDs are applied, the operator runs as a background process of the cluster
+(pidfile and log in the cluster's state dir, stopped by ``goodput dev down``), and the example
+LLMDeployment is applied and awaited until the operator reports it Available.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from goodput.dev.cluster import ClusterError, LocalCluster
+from goodput.dev.paths import repo_root
+from goodput.dev.processes import ProcessSpec
+
+Progress = Callable[[str], None]
+
+OPERATOR = "goodput-operator"
+EXAMPLE = Path("examples") / "llmdeployment.yaml"
+
+
+class DevStack:
+    def __init__(self, cluster: LocalCluster, repo: Path | None = None) -> None:
+        self.cluster = cluster
+        self.repo = repo or repo_root()
+
+    @property
+    def operator_log(self) -> Path:
+        return self.cluster.supervisor.log(OPERATOR)
+
+    def crd_files(self) -> list[Path]:
+        crds = self.repo / "crds"
+        return sorted([*crds.glob("*.yaml"), *crds.glob("*.yml")]) if crds.is_dir() else []
+
+    def apply_crds(self, say: Progress) -> list[str]:
+        """Apply every CRD in ``crds/`` and wait until the API server serves them."""
+        names: list[str] = []
+        for path in self.crd_files():
+            self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+            names += [
+                doc["metadata"]["name"]
+                for doc in yaml.safe_load_all(path.read_text())
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+            ]
+        if names:
+            self.cluster.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s",
+                *[f"crd/{name}" for name in names],
+            )  # fmt: skip
+            say(f"CRDs established: {', '.join(names)}")
+        else:
+            say("no CRDs in crds/ yet")
+        return names
+
+    def start_operator(self, say: Progress) -> None:
+        """(Re)start the operator so it runs the code of this checkout."""
+        supervisor = self.cluster.supervisor
+        supervisor.stop(OPERATOR)
+        argv = [
+            sys.executable, "-m", "goodput", "operator", "run",
+            "--kubeconfig", str(self.cluster.kubeconfig), "--all-namespaces", "--standalone",
+            "--metrics-port", str(self.cluster.ports.operator_metrics),
+        ]  # fmt: skip
+        record = supervisor.start(ProcessSpec(OPERATOR, argv))
+        time.sleep(2)
+        if not supervisor.alive(OPERATOR):
+            raise ClusterError(f"the operator exited at start:\n{self._operator_tail()}")
+        say(f"operator running (pid {record.pid}, log {self.operator_log})")
+
+    def stop_operator(self) -> None:
+        self.cluster.supervisor.stop(OPERATOR)
+
+    def apply_example(self, say: Progress, timeout: float = 300) -> str | None:
+        """Apply the example LLMDeployment and wait until it is Available; returns its name."""
+        path = self.repo / EXAMPLE
+        if not path.exists():
+            say(f"no {EXAMPLE} yet")
+            return None
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+        target = next((d for d in docs if d.get("kind") == "LLMDeployment"), None)
+        self.cluster.kubectl("apply", "-f", str(path))
+        if target is None:
+            return None
+        name = str(target["metadata"]["name"])
+        namespace = str(target["metadata"].get("namespace", "default"))
+        say(f"applied {EXAMPLE}; waiting for LLMDeployment {namespace}/{name} to be Available")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.cluster.supervisor.alive(OPERATOR):
+                raise ClusterError(f"the operator exited:\n{self._operator_tail()}")
+            raw = self.cluster.kubectl(
+                "get", "llmd", name, "-n", namespace, "-o", "json", check=False
+            )
+            if raw and _available(json.loads(raw)):
+                return name
+            time.sleep(1)
+        raise ClusterError(
+            f"LLMDeployment {namespace}/{name} not Available after {timeout:.0f}s.\n"
+            + self.cluster.kubectl("get", "llmd", name, "-n", namespace, "-o", "yaml", check=False)
+            + f"\noperator log:\n{self._operator_tail()}"
+        )
+
+    def _operator_tail(self, lines: int = 30) -> str:
+        try:
+            tail = self.operator_log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no operator log)"
+        return "\n".join(tail) + f"\n(full log: {self.operator_log})"
+
+
+def _available(obj: dict[str, Any]) -> bool:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
