@@ -87,6 +87,10 @@ def run(
     verbose: bool,
 ) -> None:
     """Run the operator until interrupted."""
+    if kubeconfig:
+        # kopf's login reads it from here; set it before the kubernetes client is imported,
+        # which reads the variable once, at import time.
+        os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
     from goodput.operator.runner import run_operator
     from goodput.operator.settings import OperatorSettings, WorkloadSettings, parse_toleration
 
@@ -103,9 +107,6 @@ def run(
         workload = WorkloadSettings(**{**workload.__dict__, "engine_image": engine_image})
     if gateway_image:
         workload = WorkloadSettings(**{**workload.__dict__, "gateway_image": gateway_image})
-    if kubeconfig:
-        # Both kopf's login and the kubernetes client read it from here.
-        os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

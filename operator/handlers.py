@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
 from goodput.operator import naming
 from goodput.operator.inventory import pod_gpu_request
+from goodput.operator.kube import StaleWrite
 from goodput.operator.reconcile import Outcome, Reconciler
 from goodput.operator.status import PLACED, RETRYABLE_PLACEMENT_REASONS, find
 
@@ -34,15 +35,16 @@ def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
         post(cast(kopf.Body, body), reason=notice.reason, message=notice.message)
 
 
-def _converge(reconciler: Reconciler, body: Mapping[str, Any], patch: kopf.Patch) -> None:
+def _converge(reconciler: Reconciler, body: Mapping[str, Any]) -> None:
+    """Converge and write the status through the API (not kopf's patch, which cannot be
+    guarded by resourceVersion against the Deployment watch's concurrent writes)."""
+    meta = body["metadata"]
     try:
         outcome = reconciler.converge(body)
-    except ApiException as err:
+        reconciler.store_status(meta["namespace"], meta["name"], outcome)
+    except (ApiException, StaleWrite) as err:
         # Conflicts, throttling, a restarting API server: retry soon, without a traceback.
-        raise kopf.TemporaryError(
-            f"Kubernetes API error {err.status} {err.reason}", delay=RETRY_DELAY_SECONDS
-        ) from err
-    patch.status.update(outcome.status)
+        raise kopf.TemporaryError(f"Kubernetes API: {err}", delay=RETRY_DELAY_SECONDS) from err
     _post(body, outcome)
 
 
@@ -80,22 +82,22 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         return holder["r"]
 
     def converge_and_patch(namespace: str, name: str) -> None:
-        """Converge outside an LLMDeployment handler (kopf's ``patch`` is not available)."""
+        """Converge outside an LLMDeployment handler, e.g. when nodes change."""
         r = rec()
         parent = r.kube.get_llmdeployment(namespace, name)
         if parent is None or parent["metadata"].get("deletionTimestamp"):
             return
         outcome = r.converge(parent)
-        r.kube.patch_llmdeployment_status(namespace, name, outcome.status)
+        r.store_status(namespace, name, outcome)
         _post(parent, outcome)
 
-    def logged(what: str, logger: kopf.Logger, fn: Callable[[], None]) -> None:
+    def logged(what: str, logger: kopf.Logger, fn: Callable[[], object]) -> None:
         """Watch-event handlers are not retried by kopf: log API errors in one line; the next
         event (or the LLMDeployment's own handlers) converges again."""
         try:
             fn()
-        except ApiException as err:
-            logger.warning(f"{what}: Kubernetes API error {err.status} {err.reason}")
+        except (ApiException, StaleWrite) as err:
+            logger.warning(f"{what}: Kubernetes API: {err}")
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -115,17 +117,18 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
     @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
     @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
-    def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
+    def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
         """Create, spec change (including ``kubectl scale``), and operator restart alike."""
         with rec().metrics.reconciling(f"llmdeployment_{reason or 'resume'}"):
-            _converge(rec(), body, patch)
+            _converge(rec(), body)
 
-    @kopf.index(*RESOURCE, when=_waiting_for_gpus, registry=registry)
+    # Indexes reach handlers as keyword arguments named by their ids.
+    @kopf.index(*RESOURCE, id="waiting_for_gpus", when=_waiting_for_gpus, registry=registry)
     def waiting_for_gpus(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
         """LLMDeployments that new GPU nodes could place (kept current by kopf)."""
         return {f"{namespace}/{name}": name}
 
-    @kopf.index(*RESOURCE, registry=registry)
+    @kopf.index(*RESOURCE, id="placed_on", registry=registry)
     def placed_on(
         status: Mapping[str, Any], namespace: str | None, name: str, **_: Any
     ) -> dict[str, str]:
@@ -207,15 +210,6 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         if not owner or not type or not namespace:
             return
         r = rec()
-
-        def mirror() -> None:
-            parent = r.kube.get_llmdeployment(namespace, owner)
-            if parent is None or parent["metadata"].get("deletionTimestamp"):
-                return
-            new = r.workload_changed(parent, dict(body))
-            if new is not None:
-                r.kube.patch_llmdeployment_status(namespace, owner, new)
-
         with r.metrics.reconciling("workload_event"):
             if type == "DELETED":
                 logged(
@@ -224,4 +218,8 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
                     lambda: converge_and_patch(namespace, owner),
                 )
             else:
-                logged(f"status of {namespace}/{owner}", logger, mirror)
+                logged(
+                    f"status of {namespace}/{owner}",
+                    logger,
+                    functools.partial(r.store_status, namespace, owner),
+                )

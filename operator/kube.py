@@ -23,6 +23,10 @@ MERGE = "application/merge-patch+json"
 Obj = dict[str, Any]
 
 
+class StaleWrite(Exception):
+    """A write was based on an older version of the object (HTTP 409): read again and retry."""
+
+
 def _json(response: Any) -> Obj:
     data: Obj = json.loads(response.data)
     return data
@@ -90,15 +94,25 @@ class Kube:
             raise
 
     def patch_llmdeployment_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
     ) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"status": dict(status)},
-            _content_type=MERGE,
-            _preload_content=False,
-        )
+        """Merge-patch the status; with ``resource_version``, only if the object is unchanged
+        since it was read (else ``StaleWrite``)."""
+        body: Obj = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                _content_type=MERGE,
+                _preload_content=False,
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise StaleWrite(f"{namespace}/{name} changed since it was read") from err
+            raise

@@ -20,6 +20,7 @@ from goodput.operator.gpu_selection import (
     gpu_nodes,
 )
 from goodput.operator.inventory import GpuInventory
+from goodput.operator.kube import StaleWrite
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import ModelMemory, ModelProfile
 from goodput.operator.settings import WorkloadSettings
@@ -39,7 +40,7 @@ class KubeAPI(Protocol):
     def get_deployment(self, namespace: str, name: str) -> Obj | None: ...
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def patch_llmdeployment_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
     ) -> None: ...
 
 
@@ -54,9 +55,12 @@ class Notice:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one convergence produced: the status to write and the events worth posting."""
+    """What one convergence decided: the Placed verdict, the status fields that follow from
+    placement (observedGeneration, gpus, gpuType, endpoint, selector, profile), and the events
+    worth posting."""
 
-    status: dict[str, Any]
+    placed: status.Verdict
+    fields: dict[str, Any]
     notices: tuple[Notice, ...]
 
 
@@ -118,7 +122,8 @@ class Reconciler:
         self.log = logger or logging.getLogger("goodput.operator")
 
     def converge(self, body: Mapping[str, Any]) -> Outcome:
-        """Apply the owned objects an LLMDeployment implies and compute its status."""
+        """Place an LLMDeployment and apply the owned objects that follow; what the status should
+        say about it is in the outcome (``store_status`` writes it)."""
         obj = LLMDeployment.model_validate(dict(body))
         meta, spec = obj.metadata, obj.spec
         previous: Mapping[str, Any] = body.get("status") or {}
@@ -133,50 +138,52 @@ class Reconciler:
             gpu_type=previous.get("gpuType"),
         )
         outcome = self.selector.select(spec, nodes, context)
-        profile = self.memory.profile(spec)
         notices: list[Notice] = []
         if spec.routing.prefix_aware:
             notices.append(
                 Notice(
                     True,
                     "PrefixRoutingUnavailable",
-                    "routing.prefixAware is not implemented "
-                    "yet; requests are balanced by the Service",
+                    "routing.prefixAware is not implemented yet; requests are balanced by the "
+                    "Service",
                 )
             )
-        common = {
+        fields: dict[str, Any] = {
             "observedGeneration": meta.generation,
             "selector": naming.selector_string(meta.name),
-            "profile": _profile_status(profile),
+            "profile": _profile_status(self.memory.profile(spec)),
         }
         if isinstance(outcome, Unplaceable):
             placed = status.Verdict(status.PLACED, "False", outcome.reason, outcome.message)
-            existing = self.kube.get_deployment(meta.namespace, naming.workload_name(meta.name))
-            new = status.readiness_patch(
-                previous,
-                meta.generation,
-                spec.replicas,
-                status.WorkloadState.of(existing),
-                now(),
-                placed,
-            )
-            new.update(common)
             if old_placed != placed:
                 notices.append(Notice(True, outcome.reason, outcome.message))
-            self._observe(obj, new["phase"], None, 0)
-            return Outcome(new, tuple(notices))
-        return self._apply(obj, outcome, previous, old_placed, common, notices)
+            return Outcome(placed, fields, tuple(notices))
+        self._apply(obj, outcome)
+        message = (
+            f"{spec.replicas} x {outcome.gpus_per_replica} {outcome.gpu_product} "
+            f"(tensor={outcome.tensor}, pipeline={outcome.pipeline})"
+        )
+        if outcome.detail:
+            message += f"; {outcome.detail}"
+        if outcome.max_concurrency is not None:
+            fields["profile"]["maxConcurrency"] = outcome.max_concurrency
+        fields.update(
+            {
+                "gpus": spec.replicas * outcome.gpus_per_replica,
+                "gpuType": outcome.gpu_product,
+                "endpoint": service.endpoint(obj),
+            }
+        )
+        placed = status.Verdict(status.PLACED, "True", "GPUsChosen", message)
+        if old_placed != placed:
+            notices.append(Notice(False, "Placed", message))
+        if int(previous.get("observedGeneration") or -1) != meta.generation:
+            notices.append(
+                Notice(False, "Applied", f"workload applied for generation {meta.generation}")
+            )
+        return Outcome(placed, fields, tuple(notices))
 
-    def _apply(
-        self,
-        obj: LLMDeployment,
-        placement: Placement,
-        previous: Mapping[str, Any],
-        old_placed: status.Verdict | None,
-        common: dict[str, Any],
-        notices: list[Notice],
-    ) -> Outcome:
-        meta, spec = obj.metadata, obj.spec
+    def _apply(self, obj: LLMDeployment, placement: Placement) -> None:
         cm = gateway_config.config_map(obj)
         digest = gateway_config.config_hash(*cm["data"].values())
         dep = workload.deployment(obj, placement, self.settings, digest)
@@ -186,63 +193,77 @@ class Reconciler:
         }
         self.kube.apply(cm)
         self.kube.apply(service.service(obj))
-        applied = self.kube.apply(dep)
-        gpus = spec.replicas * placement.gpus_per_replica
-        message = (
-            f"{spec.replicas} x {placement.gpus_per_replica} {placement.gpu_product} "
-            f"(tensor={placement.tensor}, pipeline={placement.pipeline})"
-        )
-        if placement.detail:
-            message += f"; {placement.detail}"
-        placed = status.Verdict(status.PLACED, "True", "GPUsChosen", message)
-        new = status.readiness_patch(
-            previous,
-            meta.generation,
-            spec.replicas,
-            status.WorkloadState.of(applied),
-            now(),
-            placed,
-        )
-        pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
-        if placement.max_concurrency is not None:
-            common["profile"]["maxConcurrency"] = placement.max_concurrency
-        new.update(common)
-        new.update(
-            {
-                "gpus": gpus,
-                "gpuType": placement.gpu_product,
-                "endpoint": service.endpoint(obj),
-                "placement": replica_placement(pods, placement.tensor, placement.pipeline),
-            }
-        )
-        if old_placed is None or old_placed.status != "True" or old_placed.message != message:
-            notices.append(Notice(False, "Placed", message))
-        if int(previous.get("observedGeneration") or -1) != meta.generation:
-            notices.append(
-                Notice(False, "Applied", f"workload applied for generation {meta.generation}")
-            )
-        self._observe(obj, new["phase"], placement.gpu_product, gpus)
-        return Outcome(new, tuple(notices))
+        self.kube.apply(dep)
 
-    def workload_changed(
-        self, parent: Mapping[str, Any], deployment: Mapping[str, Any] | None
+    def status_of(
+        self,
+        parent: Mapping[str, Any],
+        deployment: Mapping[str, Any] | None,
+        outcome: Outcome | None = None,
     ) -> dict[str, Any] | None:
-        """The parent's new status after its Deployment changed, or None when nothing changed."""
+        """The status fields for ``parent`` given its Deployment now and, after a convergence,
+        its outcome. None before the first convergence (nothing is known about placement)."""
         obj = LLMDeployment.model_validate(dict(parent))
         meta = obj.metadata
         current: Mapping[str, Any] = parent.get("status") or {}
-        generation = int(current.get("observedGeneration") or meta.generation)
-        new = status.readiness_patch(
-            current, generation, obj.spec.replicas, status.WorkloadState.of(deployment), now()
+        placed = (
+            outcome.placed
+            if outcome
+            else status.find(current.get("conditions") or [], status.PLACED)
         )
+        if placed is None:
+            return None
+        generation = int(
+            (outcome.fields if outcome else current).get("observedGeneration") or meta.generation
+        )
+        new = status.readiness_patch(
+            current,
+            generation,
+            obj.spec.replicas,
+            status.WorkloadState.of(deployment),
+            now(),
+            placed,
+        )
+        if outcome is not None:
+            new.update(outcome.fields)
         if deployment is not None:
             tensor, pipeline = parallelism_of(deployment)
             pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
             new["placement"] = replica_placement(pods, tensor, pipeline)
-        self._observe(obj, new["phase"], current.get("gpuType"), int(current.get("gpus") or 0))
-        if all(current.get(k) == v for k, v in new.items()):
-            return None
+        merged = {**current, **new}
+        placed_ok = placed.status == "True"
+        self._observe(
+            obj,
+            str(new["phase"]),
+            merged.get("gpuType") if placed_ok else None,
+            int(merged.get("gpus") or 0) if placed_ok else 0,
+        )
         return new
+
+    def store_status(
+        self, namespace: str, name: str, outcome: Outcome | None = None, attempts: int = 5
+    ) -> dict[str, Any] | None:
+        """Read-modify-write the status, guarded by the object's resourceVersion: the
+        LLMDeployment handlers and the Deployment watch both write it, and neither may clobber
+        a newer view with an older one. Each try reads the Deployment afresh."""
+        for attempt in range(attempts):
+            parent = self.kube.get_llmdeployment(namespace, name)
+            if parent is None or parent["metadata"].get("deletionTimestamp"):
+                return None
+            deployment = self.kube.get_deployment(namespace, naming.workload_name(name))
+            new = self.status_of(parent, deployment, outcome)
+            current = parent.get("status") or {}
+            if new is None or all(current.get(k) == v for k, v in new.items()):
+                return new
+            try:
+                self.kube.patch_llmdeployment_status(
+                    namespace, name, new, parent["metadata"].get("resourceVersion")
+                )
+                return new
+            except StaleWrite:
+                if attempt == attempts - 1:
+                    raise
+        return None
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_deployment(f"{namespace}/{name}")

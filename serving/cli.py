@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,10 @@ import yaml
 from pydantic import ValidationError
 
 from goodput.api.gateway_config import GatewayConfig
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
@@ -136,6 +141,9 @@ def serve(
         },
     )
     engine = EngineProcess(engine_cmd, config.engine_url) if engine_cmd else None
+    # Until the server installs its own handlers, SIGTERM must still unwind through `finally`,
+    # or an engine started here would outlive the gateway.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if engine is not None:
             engine.start()

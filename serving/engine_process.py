@@ -3,6 +3,7 @@ gateway starts it in its own process group, waits until it answers, and stops it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -41,16 +42,26 @@ class EngineProcess:
             time.sleep(0.5)
         raise TimeoutError(f"the engine was not ready after {timeout_s:.0f} s")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM to the engine's process group (it spawns workers), SIGKILL if it lingers."""
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Interrupt the engine's process group as Ctrl-C would, then SIGTERM, then SIGKILL.
+
+        SIGINT first because a wrapper such as ``goodput dev engine start`` cleans up the vLLM
+        server it started (in a process group of its own) only on an interrupt; vLLM itself shuts
+        down gracefully on either signal.
+        """
         process = self._process
         if process is None or process.poll() is not None:
             return
         group = os.getpgid(process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("engine did not stop within %.0f s; killing it", timeout_s)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            try:
+                process.wait(timeout=timeout_s / 2)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        log.warning("engine did not stop within %.0f s; killing it", timeout_s)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-            process.wait()
+        process.wait()

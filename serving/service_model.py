@@ -25,15 +25,15 @@ class ConcurrencyLatencyModel:
 
     Old samples fade (``decay`` per sample) so the fit follows changes in prompt mix. With too
     little spread in the observed concurrency the slope is not identifiable. With
-    ``origin_fallback`` the model then assumes a line through the origin — the conservative,
-    compute-bound assumption, and self-correcting: a latency below target at concurrency ``c``
-    yields a limit above ``c``. Without it the model declines to answer until it has seen spread;
-    that suits latencies with a large fixed part (a first token's), which a line through the
-    origin would blame on concurrency and so lock the limit low.
+    ``origin_fallback`` the model then assumes a line through the origin (the compute-bound
+    assumption). Without it — the default — the model declines to answer until it has seen
+    spread: a line through the origin blames every fixed cost (and, on a shared machine, every
+    slowdown from other processes) on concurrency, which set the limit to one request in a
+    benchmark here and kept it there, since at one request no spread is ever seen again.
     """
 
     def __init__(
-        self, *, decay: float = 0.99, min_samples: int = 8, origin_fallback: bool = True
+        self, *, decay: float = 0.99, min_samples: int = 8, origin_fallback: bool = False
     ) -> None:
         self._decay = decay
         self._min_samples = min_samples
@@ -117,7 +117,7 @@ class ServiceModel:
 
     def __init__(self) -> None:
         self.step = ConcurrencyLatencyModel()
-        self.first_token = ConcurrencyLatencyModel(origin_fallback=False)
+        self.first_token = ConcurrencyLatencyModel()
         self.service_s = Ewma(0.05)
 
     def predict_first_token_s(self, concurrency: float) -> float:

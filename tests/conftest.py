@@ -52,14 +52,33 @@ def vllm_engine(
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    """A running local control plane (``goodput-test``) with the default simulated GPU fleet.
+    """A running local control plane with the default simulated GPU fleet.
 
     Real etcd, kube-apiserver, kube-controller-manager, kube-scheduler; kwok plays the kubelets.
-    Binaries are built on first use (cached in ~/.cache/goodput). Sessions running at the same
-    time share the cluster; the last one out stops it unless ``GOODPUT_KEEP_CLUSTER=1``.
+    Binaries are built on first use (cached in ~/.cache/goodput). The cluster is
+    ``goodput-test-<checkout hash>`` (or ``$GOODPUT_TEST_CLUSTER``): sessions of one checkout
+    share it, the last one out stops it unless ``GOODPUT_KEEP_CLUSTER=1``.
     """
-    from goodput.dev.cluster import LocalCluster
+    from goodput.dev.cluster import LocalCluster, checkout_cluster_name
 
+    name = os.environ.get("GOODPUT_TEST_CLUSTER") or checkout_cluster_name("goodput-test")
     keep = os.environ.get("GOODPUT_KEEP_CLUSTER") == "1"
-    with LocalCluster(name="goodput-test").shared(fleet="default", keep=keep) as started:
+    with LocalCluster(name).shared(fleet="default", keep=keep) as started:
         yield started
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control-plane binaries before the first e2e test, outside any test's timeout.
+
+    A cold build takes many minutes (docs/dev-cluster.md); it happens once per machine.
+    """
+    if not any(item.get_closest_marker("e2e") for item in session.items):
+        return
+    from goodput.dev.binaries import BinaryCache
+
+    cache = BinaryCache()
+    if cache.missing():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the local control plane's binaries (cold: minutes)")
+        cache.ensure(progress=reporter.write_line if reporter is not None else None)

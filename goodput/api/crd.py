@@ -15,6 +15,7 @@ field without a description.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,20 @@ def _properties(
             and "properties" in child
         ):
             # Without this, `spec.scheduling.policy` would stay unset when `scheduling` is omitted.
-            child["default"] = {}
+            # The default is spelled out in full: the API server checks it against the object's
+            # CEL rules without applying the nested defaults first.
+            child["default"] = _filled({}, child)
         props[name] = child
     return props
+
+
+def _filled(value: JSONSchema, node: JSONSchema) -> JSONSchema:
+    """``value`` with the nested defaults of ``node`` applied, as the API server would."""
+    out = dict(value)
+    for name, child in node.get("properties", {}).items():
+        if name not in out and "default" in child:
+            out[name] = copy.deepcopy(child["default"])
+    return out
 
 
 def _root_schema(model: type[BaseModel], *, path: str, defaults: bool) -> JSONSchema:
@@ -151,7 +163,8 @@ def openapi_schema() -> JSONSchema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing but `type` here (metadata's schema is built in).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
@@ -251,7 +264,16 @@ def crd() -> dict[str, Any]:
 
 def render() -> str:
     """The CRD as the YAML text committed under ``crds/``."""
-    return _HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)
+    return _HEADER + yaml.dump(
+        crd(), Dumper=_NoAliases, sort_keys=False, width=100, allow_unicode=True
+    )
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Spell every repeated default out: anchors would only puzzle a reader of the CRD."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def default_path() -> Path:

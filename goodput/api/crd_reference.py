@@ -24,8 +24,8 @@ Kind `{api.KIND}`, plural `{api.PLURAL}`, short name `{", ".join(api.SHORT_NAMES
 (`.spec.replicas` / `.status.replicas` / `.status.selector`), so `kubectl scale llmd NAME
 --replicas N` works and a HorizontalPodAutoscaler can target it.
 
-The API server applies the defaults below (an omitted object is defaulted to `{{}}` so that its
-fields' defaults apply) and rejects an object that breaks a rule with the rule's message.
+The API server applies the defaults below (an omitted object gets its fields' defaults) and
+rejects an object that breaks a rule with the rule's message.
 """
 
 

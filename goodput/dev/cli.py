@@ -14,6 +14,8 @@ from rich.table import Table
 from goodput.dev.binaries import BinaryCache
 from goodput.dev.cluster import ClusterError, LocalCluster
 from goodput.dev.fleet import Fleet
+from goodput.dev.local_pod import LocalPod
+from goodput.dev.pod_cli import bring_up_beside_cluster, pod
 
 DEFAULT_NAME = "goodput-dev"
 _console = Console(stderr=True, log_path=False)
@@ -25,7 +27,10 @@ name_option = click.option(
 
 @click.group(name="dev")
 def dev() -> None:
-    """Run a real local control plane with simulated GPU nodes."""
+    """Run a real local control plane with simulated GPU nodes, and a real serving pod."""
+
+
+dev.add_command(pod)
 
 
 @contextmanager
@@ -58,7 +63,13 @@ def _progress(title: str) -> Iterator[Callable[[str], None]]:
     help="Skip CRDs, the operator and the example LLMDeployment.",
 )
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to await the example.")
-def up(name: str, fleet: str, control_plane_only: bool, timeout: float) -> None:
+@click.option(
+    "--with-pod/--no-pod",
+    default=True,
+    show_default=True,
+    help="Also run a real serving pod locally (gateway + vLLM on the CPU) and query it.",
+)
+def up(name: str, fleet: str, control_plane_only: bool, timeout: float, with_pod: bool) -> None:
     """Start the cluster, apply the CRDs, run the operator and deploy the example."""
     from goodput.dev.stack import DevStack
 
@@ -74,15 +85,22 @@ def up(name: str, fleet: str, control_plane_only: bool, timeout: float) -> None:
             if example is not None:
                 click.echo(cluster.kubectl("get", "llmd"))
                 click.echo(cluster.kubectl("get", "pods", "-o", "wide"))
+    pod_ok = True
+    if with_pod and not control_plane_only:
+        pod_ok = bring_up_beside_cluster(name)
     _console.print(f"[green]ready[/green] in {time.monotonic() - started:.1f}s")
     _console.print(f'  eval "$(goodput dev env --name {name})"   # kubectl/helm on PATH')
+    if not pod_ok:
+        raise SystemExit(1)
 
 
 @dev.command()
 @name_option
 @click.option("--purge", is_flag=True, help="Also delete the cluster's state (etcd data, PKI).")
 def down(name: str, purge: bool) -> None:
-    """Stop the cluster's processes (and the operator)."""
+    """Stop the cluster's processes (and the operator), and the local serving pod."""
+    if LocalPod(name).down():
+        _console.print(f"local serving pod {name} stopped")
     LocalCluster(name).down(purge=purge)
     _console.print(f"cluster {name} stopped" + (" and purged" if purge else ""))
 

@@ -28,8 +28,15 @@ import httpx
 
 from goodput.dev import pki
 from goodput.dev.binaries import BinaryCache, go_environment
-from goodput.dev.fleet import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, Fleet, FleetApplier
-from goodput.dev.paths import cache_root
+from goodput.dev.fleet import (
+    KWOK_ANNOTATION,
+    KWOK_ANNOTATION_VALUE,
+    Fleet,
+    FleetApplier,
+    list_fleet_nodes,
+    node_ready,
+)
+from goodput.dev.paths import cache_root, repo_root
 from goodput.dev.processes import (
     ProcessSpec,
     Supervisor,
@@ -41,12 +48,16 @@ from goodput.dev.processes import (
 
 Progress = Callable[[str], None]
 
-# Ports below the Linux ephemeral range (32768+), one block of ten per cluster name.
+# Ports below the Linux ephemeral range (32768+), one block of ten per cluster name. A name's
+# block is derived from the name; if another program holds it, the next free block is taken and
+# recorded in the state dir, so the name keeps its ports from then on.
 _PORT_BASE = 21000
-_PORT_BLOCKS = 800
-_KWOK_STAGES = Path(__file__).parent / "kwok" / "stages.yaml"
+_PORT_BLOCKS = 1100
+_PORT_BLOCK_SIZE = 10
+_KWOK_CONFIG = Path(__file__).parent / "kwok" / "config.yaml"
 # Kubernetes' internal (service) network and kwok's fictional pod network; never routed.
 _POD_CIDR = "10.244.0.0/16"
+_NODE_LEASE_SECONDS = 120
 # Control-plane components in start order; `down()` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -66,10 +77,18 @@ class ClusterPorts:
     operator_metrics: int
 
     @classmethod
-    def for_name(cls, name: str) -> ClusterPorts:
-        """Deterministic per name: the same cluster always comes back on the same ports."""
-        base = _PORT_BASE + (zlib.crc32(name.encode()) % _PORT_BLOCKS) * 10
+    def block(cls, index: int) -> ClusterPorts:
+        base = _PORT_BASE + (index % _PORT_BLOCKS) * _PORT_BLOCK_SIZE
         return cls(*range(base, base + 7))
+
+    @classmethod
+    def for_name(cls, name: str) -> ClusterPorts:
+        """The block a name prefers: the same cluster comes back on the same ports."""
+        return cls.block(zlib.crc32(name.encode()))
+
+    @property
+    def index(self) -> int:
+        return (self.etcd_client - _PORT_BASE) // _PORT_BLOCK_SIZE
 
     def all(self) -> list[int]:
         return list(asdict(self).values())
@@ -96,7 +115,7 @@ class ClusterStatus:
 
     @property
     def running(self) -> bool:
-        return all(c.running for c in self.components)
+        return all(c.running for c in self.components if c.name in COMPONENTS)
 
 
 class LocalCluster:
@@ -114,7 +133,7 @@ class LocalCluster:
         self.name = name
         self.state_dir = (state_root or cache_root() / "clusters") / name
         self.binaries = binaries or BinaryCache()
-        self.ports = ClusterPorts.for_name(name)
+        self.ports = self._recorded_ports() or ClusterPorts.for_name(name)
         self.supervisor = Supervisor(self.state_dir)
         self.pki = pki.ClusterPKI(self.state_dir / "pki")
 
@@ -243,9 +262,10 @@ class LocalCluster:
                 pid=(record.pid if (record := self.supervisor.record(name)) else None),
                 log=self.supervisor.log(name),
             )
-            for name in COMPONENTS
+            # The control plane, then whatever else runs beside it (the operator of `dev up`).
+            for name in dict.fromkeys([*COMPONENTS, *(r.name for r in self.supervisor.records())])
         )
-        ready = all(c.running for c in components) and self._readyz()
+        ready = all(c.running for c in components if c.name in COMPONENTS) and self._readyz()
         nodes = ready_nodes = None
         if ready:
             try:
@@ -254,7 +274,7 @@ class LocalCluster:
                 items = None
             if items is not None:
                 nodes = len(items)
-                ready_nodes = sum(1 for node in items if _node_ready(node))
+                ready_nodes = sum(1 for node in items if node_ready(node))
         return ClusterStatus(
             self.name,
             self.state_dir,
@@ -267,10 +287,12 @@ class LocalCluster:
         )
 
     def apply_fleet(
-        self, fleet: Fleet, progress: Progress | None = None, timeout: float = 300
+        self, fleet: Fleet, progress: Progress | None = None, timeout: float | None = None
     ) -> None:
         """Create/replace/delete simulated nodes to match ``fleet``; wait until all are Ready."""
         say = progress or (lambda _message: None)
+        if timeout is None:  # kwok readies a few dozen nodes a second on two busy cores
+            timeout = 120 + 0.25 * fleet.node_count
         from kubernetes import client
 
         api = self.api_client()
@@ -361,9 +383,11 @@ class LocalCluster:
                 f"--service-cluster-ip-range={pki.SERVICE_CIDR}",
                 "--use-service-account-credentials=true",
                 "--leader-elect=false",
-                # Faster GC/namespace cleanup and node health than production defaults.
                 "--concurrent-gc-syncs=10",
-                "--node-monitor-grace-period=60s",
+                f"--node-monitor-grace-period={_NODE_LEASE_SECONDS + 60}s",
+                # Client rate limits sized for thousands of nodes (defaults: 20/30).
+                "--kube-api-qps=100",
+                "--kube-api-burst=200",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -377,6 +401,8 @@ class LocalCluster:
                 f"--secure-port={p.scheduler}",
                 f"--cert-dir={state / 'kube-scheduler-certs'}",
                 "--leader-elect=false",
+                "--kube-api-qps=100",
+                "--kube-api-burst=200",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -386,12 +412,14 @@ class LocalCluster:
             [
                 str(b("kwok")),
                 f"--kubeconfig={self._component_kubeconfig(pki.KWOK)}",
-                f"--config={state / 'kwok' / 'stages.yaml'}",
+                f"--config={state / 'kwok' / 'config.yaml'}",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}",
                 f"--server-address={loopback}:{p.kwok}",
                 f"--node-ip={loopback}",
                 f"--cidr={_POD_CIDR}",
-                "--node-lease-duration-seconds=40",
+                # Leases are the simulated kubelets' heartbeat: renewed every duration/4. 120 s
+                # keeps a 2,560-node fleet at ~85 writes/s instead of ~256 with the kubelet's 40 s.
+                f"--node-lease-duration-seconds={_NODE_LEASE_SECONDS}",
             ],
             # kwok also reads ~/.kwok/kwok.yaml when present; a private HOME keeps it hermetic.
             env={"HOME": str(state / "kwok" / "home")},
@@ -410,7 +438,7 @@ class LocalCluster:
         """Identifies the configuration: a running cluster is reused only if it matches."""
         parts = [json.dumps([list(s.argv) for s in self._specs()])]
         parts += [c.key for c in self.binaries.components]
-        parts.append(_KWOK_STAGES.read_text())
+        parts.append(_KWOK_CONFIG.read_text())
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def _reusable(self) -> bool:
@@ -426,17 +454,7 @@ class LocalCluster:
         say(f"starting cluster {self.name} (state in {self.state_dir})")
         self.supervisor.stop_all()
         (self.state_dir / "cluster.json").unlink(missing_ok=True)
-        # Sockets of just-killed processes can hold a port for a moment while they close.
-        deadline = time.monotonic() + 15
-        busy = [port for port in self.ports.all() if not port_free(port)]
-        while busy and time.monotonic() < deadline:
-            time.sleep(0.5)
-            busy = [port for port in busy if not port_free(port)]
-        if busy:
-            owners = ", ".join(f"{port}: {port_owner(port)}" for port in busy)
-            raise ClusterError(
-                f"ports of cluster {self.name} are taken by other programs: {owners}"
-            )
+        self._claim_ports(say)
         missing = self.binaries.missing()
         if missing:
             say(
@@ -467,6 +485,35 @@ class LocalCluster:
         (self.state_dir / "cluster.json").write_text(json.dumps(record, indent=2))
         say(f"control plane up in {time.monotonic() - started:.1f}s at {self.server}")
 
+    @property
+    def _ports_file(self) -> Path:
+        return self.state_dir / "ports.json"
+
+    def _recorded_ports(self) -> ClusterPorts | None:
+        try:
+            return ClusterPorts(**json.loads(self._ports_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _claim_ports(self, say: Progress, settle: float = 15) -> None:
+        """Keep our ports if free, else move to the next free block (and remember it)."""
+        # Sockets of just-killed processes can hold a port for a moment while they close.
+        deadline = time.monotonic() + settle
+        busy = [port for port in self.ports.all() if not port_free(port)]
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.5)
+            busy = [port for port in busy if not port_free(port)]
+        if busy:
+            owners = ", ".join(f"{port}: {port_owner(port)}" for port in busy)
+            candidates = (ClusterPorts.block(self.ports.index + step) for step in range(1, 100))
+            free = next((c for c in candidates if all(port_free(p) for p in c.all())), None)
+            if free is None:
+                raise ClusterError(f"ports of cluster {self.name} are taken ({owners})")
+            say(f"ports of {self.name} are taken ({owners}); using {free.etcd_client}+")
+            self.ports = free
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ports_file.write_text(json.dumps(asdict(self.ports)))
+
     def _write_config(self) -> None:
         self.pki.ensure()
         self.pki.write_kubeconfig(self.kubeconfig, pki.ADMIN, self.server, self.name)
@@ -476,7 +523,7 @@ class LocalCluster:
             )
         kwok_dir = self.state_dir / "kwok"
         (kwok_dir / "home").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_KWOK_STAGES, kwok_dir / "stages.yaml")
+        shutil.copyfile(_KWOK_CONFIG, kwok_dir / "config.yaml")
 
     def _wait(self, name: str, probe: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -523,23 +570,15 @@ class LocalCluster:
         )
 
     def _wait_nodes_ready(self, core: Any, expected: int, timeout: float, say: Progress) -> None:
-        from goodput.dev.fleet import FLEET_LABEL
-
         deadline = time.monotonic() + timeout
         ready = 0
         while time.monotonic() < deadline:
-            nodes = core.list_node(label_selector=FLEET_LABEL).items
-            ready = sum(
-                1
-                for node in nodes
-                if any(
-                    c.type == "Ready" and c.status == "True" for c in (node.status.conditions or [])
-                )
-            )
+            nodes = list_fleet_nodes(core)
+            ready = sum(1 for node in nodes if node_ready(node))
             if ready >= expected and len(nodes) == expected:
                 say(f"{ready}/{expected} simulated nodes Ready")
                 return
-            time.sleep(0.5)
+            time.sleep(1)
         raise ClusterError(
             f"only {ready}/{expected} simulated nodes became Ready in {timeout:.0f}s:\n"
             + self._log_tail("kwok")
@@ -549,13 +588,6 @@ class LocalCluster:
 def _user_alive(entry: str) -> bool:
     pid, _, ticks = entry.partition("-")
     return pid.isdigit() and ticks.lstrip("-").isdigit() and process_alive(int(pid), int(ticks))
-
-
-def _node_ready(node: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in node.get("status", {}).get("conditions", [])
-    )
 
 
 def _http_ok(url: str) -> bool:
@@ -580,3 +612,13 @@ def tool_environment(cluster: LocalCluster) -> dict[str, str]:
     env["KUBECONFIG"] = str(cluster.kubeconfig)
     env["PATH"] = os.pathsep.join([str(cluster.bin_dir), env["PATH"]])
     return env
+
+
+def checkout_cluster_name(prefix: str) -> str:
+    """``<prefix>-<hash of this checkout's path>``: one cluster per checkout.
+
+    Test sessions of different checkouts run different code (a different configuration would
+    restart a shared cluster under the other session's feet) and would compete for its GPUs.
+    """
+    digest = hashlib.sha256(str(repo_root()).encode()).hexdigest()[:6]
+    return f"{prefix}-{digest}"

@@ -221,6 +221,23 @@ def node_manifest(
     return manifest
 
 
+def list_fleet_nodes(core_v1: Any) -> list[dict[str, Any]]:
+    """Nodes managed by ``goodput dev`` as plain dicts.
+
+    Raw JSON on purpose: the client's model deserialisation takes seconds for thousands of nodes.
+    """
+    response = core_v1.list_node(label_selector=FLEET_LABEL, _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(response.data)["items"]
+    return items
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in node.get("status", {}).get("conditions", [])
+    )
+
+
 class FleetApplier:
     """Makes the cluster's simulated nodes match a fleet: create, replace, delete; in parallel.
 
@@ -235,8 +252,8 @@ class FleetApplier:
     def apply(self, fleet: Fleet) -> dict[str, int]:
         desired = {n["metadata"]["name"]: n for n in fleet.nodes()}
         existing = {
-            n.metadata.name: (n.metadata.annotations or {}).get(SPEC_HASH_ANNOTATION)
-            for n in self.core_v1.list_node(label_selector=FLEET_LABEL).items
+            n["metadata"]["name"]: n["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+            for n in list_fleet_nodes(self.core_v1)
         }
         stale = [
             name
@@ -262,7 +279,7 @@ class FleetApplier:
                 pass
 
     def _create(self, manifest: dict[str, Any]) -> None:
-        self.core_v1.create_node(manifest)
+        self.core_v1.create_node(manifest, _preload_content=False)
 
     def _delete(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException

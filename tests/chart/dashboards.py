@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conftest import CHART
+from .helm_chart import CHART
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 

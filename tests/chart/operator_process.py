@@ -74,7 +74,8 @@ class LocalOperator:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        # Both the flag and the variable: kopf's own login reads only $KUBECONFIG.
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         # The module path (not the console script) runs this checkout's code.
         argv = [sys.executable, "-m", "goodput", *self.args, "--kubeconfig", str(self.kubeconfig)]
         with self.log.open("wb") as out:

@@ -1,4 +1,4 @@
-"""A real Prometheus (Debian's package) on 127.0.0.1 in a temporary directory, for live tests."""
+"""Debian's Prometheus package in tests: promtool, and a real Prometheus on loopback."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ import pytest
 import yaml
 
 from .operator_process import free_port
+
+
+def promtool() -> str:
+    """Debian's promtool (package `prometheus`, installed by .ci/run); skip clearly without it."""
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip(
+            "promtool not found: install Debian's `prometheus` package "
+            "(apt-get install -y prometheus; .ci/run does this)"
+        )
+    return found
 
 
 def prometheus_binary() -> str:

@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, REPO
+from .helm_chart import CHART, REPO
 from .operator_process import LocalOperator, service_account_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 RELEASE = "gp-e2e"
 NAMESPACE = "goodput-e2e-chart"
@@ -51,10 +49,15 @@ def available(obj: dict[str, Any] | None) -> bool:
 
 @pytest.fixture(scope="module")
 def release(cluster: Any) -> Iterator[Any]:
-    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready)."""
+    """The chart installed with defaults (+ --wait: kwok makes the StatefulSet's pods Ready).
+
+    The shared test cluster may already hold the CRDs, applied by other tests with kubectl; Helm v4
+    server-side-applies the chart's CRDs and would report a field-manager conflict, so the install
+    forces them (the chart's CRD is crds/ itself, through a link).
+    """
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--wait", "--timeout", "3m",
+        "--force-conflicts", "--wait", "--timeout", "3m",
     )  # fmt: skip
     try:
         yield cluster
@@ -164,3 +167,47 @@ def test_uninstall_removes_the_release_but_keeps_crds_and_user_objects(
         assert get(cluster, "crd", crd) is not None, f"{crd} must survive helm uninstall"
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
     assert get(cluster, "llmd", name, "-n", WORKLOAD_NAMESPACE) is not None
+
+
+def test_single_namespace_release_reconciles_with_a_role(
+    cluster: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """operator.watchNamespace: the namespaced permissions come from a Role there, and suffice."""
+    release, namespace, team = "gp-e2e-ns", "goodput-e2e-chart-ns", "team-e2e-chart"
+    cluster.kubectl("create", "namespace", team, check=False)
+    cluster.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+        "--force-conflicts", "--set", f"operator.watchNamespace={team}",
+        "--set", "operator.replicas=1", "--wait", "--timeout", "3m",
+    )  # fmt: skip
+    tmp = tmp_path_factory.mktemp("operator-ns")
+    local: LocalOperator | None = None
+    try:
+        name = f"{release}-goodput"
+        assert get(cluster, "role", f"{name}-operator", "-n", team) is not None
+        assert get(cluster, "kopfpeering", name, "-n", team) is not None
+        sts = get(cluster, "statefulset", f"{name}-operator", "-n", namespace)
+        pod = sts["spec"]["template"]["spec"]
+        token = cluster.kubectl(
+            "create", "token", pod["serviceAccountName"], "-n", namespace, "--duration=1h"
+        ).strip()
+        kubeconfig = service_account_kubeconfig(cluster.kubeconfig, token, tmp / "sa.kubeconfig")
+        local = LocalOperator(pod["containers"][0]["args"], kubeconfig, tmp / "operator.log")
+        local.start()
+        cluster.kubectl("apply", "-n", team, "-f", str(EXAMPLE))
+        example = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
+        operator = local
+        wait_for(
+            f"LLMDeployment {team}/{example} Available",
+            lambda: available(get(cluster, "llmd", example, "-n", team)),
+            timeout=180,
+            diagnose=lambda: operator.tail(),
+        )
+        log = local.log.read_text(errors="replace")
+        assert "Forbidden" not in log and " 403" not in log, local.tail(80)
+    finally:
+        if local is not None:
+            local.stop()
+        cluster.kubectl("delete", "-n", team, "-f", str(EXAMPLE), "--wait=false", check=False)
+        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+        cluster.kubectl("delete", "namespace", team, namespace, "--wait=false", check=False)

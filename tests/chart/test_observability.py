@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from .conftest import CHART, PROMETHEUS_OPERATOR_APIS, ChartRenderer, promtool
 from .dashboards import DASHBOARDS, load, panels, queries, variable_metrics
+from .helm_chart import CHART, PROMETHEUS_OPERATOR_APIS, ChartRenderer
+from .prometheus_server import promtool
 from .promql_names import metric_names
 
 RULES = CHART / "rules" / "goodput.rules.yaml"

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import CHART, REPO
 from .dashboards import queries, variable_metrics
+from .helm_chart import CHART, REPO
 from .operator_process import LocalOperator, free_port
 from .prometheus_server import PrometheusServer
 
@@ -33,9 +33,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(1200),
 ]
-# The control plane (`cluster`) and the vLLM engine (`vllm_engine`) fixtures land separately.
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
-pytest.importorskip("goodput.dev.engine", reason="goodput.dev.engine is not available yet")
 
 DEPLOYMENT = "chat-live"
 NAMESPACE = "llm-prometheus-live"

@@ -7,7 +7,7 @@ from typing import Any
 
 from goodput.operator.permissions import RULES
 
-from .conftest import ChartRenderer
+from .helm_chart import ChartRenderer
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions", "clusterkopfpeerings"}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, PROMETHEUS_OPERATOR_APIS, REPO, ChartRenderer, RenderError
+from .helm_chart import CHART, PROMETHEUS_OPERATOR_APIS, REPO, ChartRenderer, RenderError
 
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
@@ -77,13 +77,14 @@ def test_crds_include_llmdeployment_and_kopf_peerings(chart: ChartRenderer) -> N
 
 
 def test_chart_crds_are_the_repository_crds() -> None:
-    """Helm's crds/ folder cannot be templated, so it holds a copy: it must stay identical."""
+    """crds/ is the one source: the chart's crds/ links to it (Helm follows the link when it loads
+    or packages the chart), so there is no copy to keep in step."""
     sources = sorted((REPO / "crds").glob("*.yaml"))
     assert sources, "no CRDs in crds/"
     for source in sources:
-        copy = CHART / "crds" / source.name
-        assert copy.exists(), f"{copy} is missing: cp {source} {copy}"
-        assert copy.read_text() == source.read_text(), f"{copy} is stale: cp {source} {copy}"
+        link = CHART / "crds" / source.name
+        assert link.is_symlink(), f"{link} must be a link: ln -s ../../../crds/{source.name} {link}"
+        assert link.resolve() == source.resolve()
 
 
 def test_pod_security_is_restricted(chart: ChartRenderer) -> None:

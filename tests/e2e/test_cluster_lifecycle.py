@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from goodput.dev.cluster import COMPONENTS, LocalCluster
+from goodput.dev.cluster import COMPONENTS, LocalCluster, checkout_cluster_name
 from goodput.dev.fleet import Fleet
 from goodput.dev.processes import port_free
 
@@ -48,7 +48,7 @@ TINY = Fleet.model_validate(
 
 @pytest.fixture(scope="module")
 def lifecycle() -> Iterator[LocalCluster]:
-    cluster = LocalCluster("goodput-lifecycle")
+    cluster = LocalCluster(checkout_cluster_name("goodput-lifecycle"))
     try:
         yield cluster
     finally:

@@ -20,14 +20,29 @@ T = TypeVar("T")
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float = 60,
+    what: str = "condition",
+    explain: Callable[[], str] = lambda: "",
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{explain()}")
+
+
+def describe(cluster: LocalCluster, namespace: str) -> str:
+    """Pods, events and GPU use: why something did not happen (the cluster may be shared)."""
+    return "\n".join(
+        [
+            cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False),
+            cluster.kubectl("get", "events", "-n", namespace, check=False),
+        ]
+    )
 
 
 def get_json(cluster: LocalCluster, *args: str) -> Any:
@@ -115,7 +130,7 @@ def test_gpu_pod_is_bound_by_the_real_scheduler_and_runs(
         pod = get_json(cluster, "pod", "h100-server", "-n", namespace)
         return pod if pod["status"].get("phase") == "Running" else None
 
-    pod = wait_for(running, what="the GPU pod to run")
+    pod = wait_for(running, what="the GPU pod to run", explain=lambda: describe(cluster, namespace))
     node = get_json(cluster, "node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100
     conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
@@ -171,7 +186,7 @@ def test_deployment_gets_replicaset_and_pods_and_deletion_collects_them(
         status = get_json(cluster, "deployment", "web", "-n", namespace).get("status", {})
         return bool(status.get("readyReplicas") == 3)
 
-    wait_for(ready, what="3 ready replicas")
+    wait_for(ready, what="3 ready replicas", explain=lambda: describe(cluster, namespace))
     replicasets = get_json(cluster, "replicasets", "-n", namespace)["items"]
     assert len(replicasets) == 1
     assert replicasets[0]["metadata"]["ownerReferences"][0]["kind"] == "Deployment"

@@ -245,7 +245,7 @@ def test_kubectl_scale_and_spec_changes_roll_the_workload(
             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         ),
         (
-            {"adapters": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]},
+            {"adapters": [{"name": "a", "source": "org/a"}, {"name": "a", "source": "org/b"}]},
             "adapters names must be unique",
         ),
         (

@@ -150,7 +150,7 @@ def test_queue_full_answers_429_with_retry_after(gateway_for: GatewayFactory) ->
     # Teach the dispatcher a limit of one request at a time.
     for _ in range(10):
         gateway.service.step.observe(1.0, 0.15)
-        gateway.service.step.observe(2.0, 0.30)
+        gateway.service.step.observe(3.0, 0.45)
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:

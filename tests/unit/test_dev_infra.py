@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography import x509
 from goodput.dev import pki
 from goodput.dev.binaries import BinaryCache, recipe_fingerprint, staging_modules
 from goodput.dev.cli import dev
-from goodput.dev.cluster import ClusterPorts
+from goodput.dev.cluster import ClusterPorts, LocalCluster, checkout_cluster_name
 from goodput.dev.processes import ProcessSpec, Supervisor, process_alive, start_ticks
 from goodput.dev.versions import KUBERNETES, GoComponent
 
@@ -102,3 +103,19 @@ def test_env_command_prints_kubeconfig_and_bin_dir(tmp_path: Path, monkeypatch: 
     lines = result.output.splitlines()
     assert lines[0] == f"export KUBECONFIG={tmp_path}/clusters/demo/kubeconfig"
     assert lines[1].startswith(f"export PATH={tmp_path}/bin/path-") and lines[1].endswith(":$PATH")
+
+
+def test_a_cluster_whose_ports_are_taken_moves_to_the_next_free_block(tmp_path: Path) -> None:
+    cluster = LocalCluster("ports-demo", state_root=tmp_path)
+    preferred = cluster.ports
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", preferred.apiserver))
+        squatter.listen()
+        cluster._claim_ports(lambda _message: None, settle=0)
+    assert cluster.ports.index != preferred.index
+    assert LocalCluster("ports-demo", state_root=tmp_path).ports == cluster.ports
+
+
+def test_checkout_cluster_name_is_stable_and_distinct_per_prefix() -> None:
+    assert checkout_cluster_name("goodput-test") == checkout_cluster_name("goodput-test")
+    assert checkout_cluster_name("a") != checkout_cluster_name("b")

@@ -10,6 +10,7 @@ from llmd_builders import make_body, make_node
 
 from goodput.operator import naming
 from goodput.operator.gpu_selection import FirstFitSelector
+from goodput.operator.kube import StaleWrite
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
 from goodput.operator.reconcile import Reconciler
@@ -19,13 +20,23 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 
 
 class FakeKube:
-    """Stores applied objects by (kind, namespace, name), like server-side apply would."""
+    """Stores applied objects by (kind, namespace, name) like server-side apply, and the
+    LLMDeployments with a resourceVersion that status writes must match."""
 
     def __init__(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.applies = 0
         self.parents: dict[tuple[str, str], dict[str, Any]] = {}
+        self.status_writes = 0
+        self.conflicts = 0
+
+    def add_parent(self, body: dict[str, Any]) -> None:
+        body["metadata"]["resourceVersion"] = "1"
+        self.parents[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+
+    def parent(self) -> dict[str, Any]:
+        return self.parents[("ml", "llama")]
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         self.applies += 1
@@ -50,15 +61,34 @@ class FakeKube:
         ]
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get(("Deployment", namespace, name))
+        return copy.deepcopy(self.objects.get(("Deployment", namespace, name)))
 
     def get_llmdeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.parents.get((namespace, name))
+        return copy.deepcopy(self.parents.get((namespace, name)))
 
     def patch_llmdeployment_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
     ) -> None:
-        self.parents[(namespace, name)].setdefault("status", {}).update(status)
+        stored = self.parents[(namespace, name)]
+        if (
+            resource_version is not None
+            and resource_version != stored["metadata"]["resourceVersion"]
+        ):
+            self.conflicts += 1
+            raise StaleWrite("changed")
+        stored.setdefault("status", {}).update(copy.deepcopy(dict(status)))
+        stored["metadata"]["resourceVersion"] = str(int(stored["metadata"]["resourceVersion"]) + 1)
+        self.status_writes += 1
+
+    def ready(self, replicas: int) -> None:
+        dep = self.objects[("Deployment", "ml", "llama")]
+        dep["status"] = {
+            "observedGeneration": dep["metadata"]["generation"],
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "updatedReplicas": replicas,
+            "conditions": [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}],
+        }
 
 
 def _reconciler(kube: FakeKube) -> tuple[Reconciler, OperatorMetrics]:
@@ -72,13 +102,28 @@ def _sample(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def test_converge_applies_owned_objects_and_reports_placement() -> None:
+def _run(r: Reconciler, kube: FakeKube, **spec: Any) -> tuple[Any, dict[str, Any]]:
+    """Converge the stored parent (after updating its spec) and store its status."""
+    parent = kube.parent()
+    parent["spec"].update(spec)
+    parent["metadata"]["generation"] += 1 if spec else 0
+    outcome = r.converge(copy.deepcopy(parent))
+    r.store_status("ml", "llama", outcome)
+    return outcome, kube.parent()["status"]
+
+
+def _kube(**spec: Any) -> FakeKube:
     kube = FakeKube([make_node("gpu-0", H100)])
+    kube.add_parent(make_body(**spec))
+    return kube
+
+
+def test_converge_applies_owned_objects_and_reports_placement() -> None:
+    kube = _kube(replicas=2)
     r, metrics = _reconciler(kube)
-    out = r.converge(make_body(replicas=2))
+    outcome, s = _run(r, kube)
     kinds = sorted(k[0] for k in kube.objects)
     assert kinds == ["ConfigMap", "Deployment", "Service"]
-    s = out.status
     assert s["observedGeneration"] == 1
     assert s["gpuType"] == H100 and s["gpus"] == 2
     assert s["selector"] == f"{naming.LABEL_DEPLOYMENT}=llama"
@@ -91,69 +136,89 @@ def test_converge_applies_owned_objects_and_reports_placement() -> None:
     ]
     placed = next(c for c in s["conditions"] if c["type"] == "Placed")
     assert placed["status"] == "True" and H100 in placed["message"]
-    assert [n.reason for n in out.notices] == ["Placed", "Applied"]
+    assert [n.reason for n in outcome.notices] == ["Placed", "Applied"]
     assert _sample(metrics, "goodput_operator_gpus_allocated", gpu_product=H100) == 2
     assert _sample(metrics, "goodput_operator_gpus_capacity", gpu_product=H100) == 8
     assert _sample(metrics, "goodput_operator_deployments", phase="Progressing") == 1
 
 
 def test_converging_twice_is_idempotent_and_quiet() -> None:
-    kube = FakeKube([make_node("gpu-0", H100)])
+    kube = _kube()
     r, _ = _reconciler(kube)
-    body = make_body()
-    first = r.converge(body)
+    _, first = _run(r, kube)
+    first = copy.deepcopy(first)
     dep_before = copy.deepcopy(kube.objects[("Deployment", "ml", "llama")])
-    body["status"] = first.status
-    second = r.converge(body)
+    writes = kube.status_writes
+    outcome, second = _run(r, kube)
     assert kube.objects[("Deployment", "ml", "llama")] == dep_before
     assert len(kube.objects) == 3
-    assert second.notices == ()
-    placed = [c for c in second.status["conditions"] if c["type"] == "Placed"]
-    assert placed[0]["lastTransitionTime"] == first.status["conditions"][0]["lastTransitionTime"]
+    assert outcome.notices == ()
+    assert kube.status_writes == writes, "an unchanged status is not written again"
+    assert second["conditions"] == first["conditions"]
 
 
 def test_spec_change_rolls_the_pods_through_the_config_hash() -> None:
-    kube = FakeKube([make_node("gpu-0", H100)])
+    kube = _kube()
     r, _ = _reconciler(kube)
-    r.converge(make_body())
+    _run(r, kube)
     tpl = kube.objects[("Deployment", "ml", "llama")]["spec"]["template"]
-    r.converge(make_body(scheduling={"policy": "fcfs"}))
+    _run(r, kube, scheduling={"policy": "fcfs"})
     tpl2 = kube.objects[("Deployment", "ml", "llama")]["spec"]["template"]
     key = naming.ANNOTATION_CONFIG_HASH
     assert tpl["metadata"]["annotations"][key] != tpl2["metadata"]["annotations"][key]
+    assert kube.parent()["status"]["observedGeneration"] == 2
 
 
 def test_unplaceable_spec_sets_placed_false_without_raising() -> None:
-    kube = FakeKube([make_node("gpu-0", H100)])
+    kube = _kube(resources={"gpuTypes": ["B200"]})
     r, metrics = _reconciler(kube)
-    out = r.converge(make_body(resources={"gpuTypes": ["B200"]}))
+    outcome, s = _run(r, kube)
     assert kube.applies == 0
-    placed = next(c for c in out.status["conditions"] if c["type"] == "Placed")
+    placed = next(c for c in s["conditions"] if c["type"] == "Placed")
     assert (placed["status"], placed["reason"]) == ("False", "NoMatchingGPUType")
     assert "B200" in placed["message"]
-    assert out.status["phase"] == "Pending"
-    assert [(n.warning, n.reason) for n in out.notices] == [(True, "NoMatchingGPUType")]
-    body = make_body(resources={"gpuTypes": ["B200"]})
-    body["status"] = out.status
-    assert r.converge(body).notices == (), "the same refusal is not re-announced"
+    assert s["phase"] == "Pending"
+    assert [(n.warning, n.reason) for n in outcome.notices] == [(True, "NoMatchingGPUType")]
+    again, _ = _run(r, kube)
+    assert again.notices == (), "the same refusal is not re-announced"
     assert _sample(metrics, "goodput_operator_deployments", phase="Pending") == 1
 
 
-def test_workload_changes_flow_into_the_parent_status() -> None:
-    kube = FakeKube([make_node("gpu-0", H100)])
-    r, _ = _reconciler(kube)
-    parent = make_body()
-    parent["status"] = r.converge(parent).status
-    kube.parents[("ml", "llama")] = parent
-    dep = kube.objects[("Deployment", "ml", "llama")]
-    dep["status"] = {
-        "observedGeneration": dep["metadata"]["generation"],
-        "replicas": 1,
-        "readyReplicas": 1,
-        "updatedReplicas": 1,
-        "conditions": [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}],
-    }
-    new = r.workload_changed(parent, dep)
+def test_workload_readiness_flows_into_the_parent_status() -> None:
+    kube = _kube()
+    r, metrics = _reconciler(kube)
+    _run(r, kube)
+    kube.ready(1)
+    new = r.store_status("ml", "llama")
     assert new is not None and new["phase"] == "Available" and new["ready"] == "1/1"
-    parent["status"].update(new)
-    assert r.workload_changed(parent, dep) is None, "no patch when nothing changed"
+    assert kube.parent()["status"]["phase"] == "Available"
+    assert _sample(metrics, "goodput_operator_deployments", phase="Available") == 1
+    writes = kube.status_writes
+    r.store_status("ml", "llama")
+    assert kube.status_writes == writes, "no write when nothing changed"
+
+
+def test_the_watch_writes_nothing_before_the_first_convergence() -> None:
+    kube = _kube()
+    r, _ = _reconciler(kube)
+    assert r.store_status("ml", "llama") is None
+    assert "status" not in kube.parent()
+
+
+def test_a_concurrent_write_is_not_clobbered() -> None:
+    """The handler converged from an old read; the watch wrote meanwhile: the handler's write
+    fails its resourceVersion check, re-reads, and keeps the newer readiness."""
+    kube = _kube()
+    r, _ = _reconciler(kube)
+    outcome = r.converge(kube.parent())
+    stale = kube.get_llmdeployment("ml", "llama")
+    _run(r, kube)  # first status
+    kube.ready(1)
+    r.store_status("ml", "llama")  # the watch: Available
+    assert stale is not None
+    real_get = kube.get_llmdeployment
+    reads = iter([stale])
+    kube.get_llmdeployment = lambda ns, n: next(reads, None) or real_get(ns, n)  # type: ignore[method-assign]
+    r.store_status("ml", "llama", outcome)
+    assert kube.conflicts == 1, "the stale write was refused, then retried on a fresh read"
+    assert kube.parent()["status"]["phase"] == "Available"

@@ -182,7 +182,7 @@ class FakeKube:
         return None
 
     def patch_llmdeployment_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
     ) -> None:
         return None
 
@@ -193,9 +193,8 @@ def test_reconciler_applies_the_solver_plan_as_pod_affinity() -> None:
     sel = SolverSelector(FirstFitSelector(memory), pin_nodes=True, memory=memory)  # no watches
     r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
     out = r.converge(make_body(replicas=2, resources={"gpuTypes": ["H100"]}))
-    placed = next(c for c in out.status["conditions"] if c["type"] == "Placed")
-    assert placed["status"] == "True" and "spread over 2 zones" in placed["message"]
-    assert out.status["profile"]["maxConcurrency"] >= 1
+    assert out.placed.status == "True" and "spread over 2 zones" in out.placed.message
+    assert out.fields["profile"]["maxConcurrency"] >= 1
     template = kube.objects[("Deployment", "llama")]["spec"]["template"]
     (term,) = template["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"

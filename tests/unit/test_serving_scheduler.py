@@ -64,11 +64,15 @@ def test_step_model_recovers_a_linear_step_time_and_its_batch_limit() -> None:
     assert model.max_concurrency(0.05, 1.0) == 20  # (0.05 - 0.01) / 0.002
 
 
-def test_step_model_with_one_batch_size_assumes_time_proportional_to_batch() -> None:
+def test_step_model_without_spread_in_concurrency_sets_no_limit_unless_asked() -> None:
     model = ConcurrencyLatencyModel(min_samples=4)
     for _ in range(10):
-        model.observe(10.0, 0.2)  # one level seen: 2x over a 0.1 s objective
-    assert model.max_concurrency(0.1, 1.0) == 5
+        model.observe(1.0, 0.2)  # slow at one request: the engine, or a busy machine?
+    assert model.max_concurrency(0.1, 1.0) is None  # unknown; a limit of 1 would lock in
+    through_origin = ConcurrencyLatencyModel(min_samples=4, origin_fallback=True)
+    for _ in range(10):
+        through_origin.observe(10.0, 0.2)  # one level seen: 2x over a 0.1 s objective
+    assert through_origin.max_concurrency(0.1, 1.0) == 5
 
 
 def test_slo_policy_puts_short_jobs_first_and_oracle_uses_the_true_length() -> None:
@@ -216,3 +220,14 @@ def test_learned_predictor_adapter_reads_the_prompt_and_learns_online() -> None:
     for _ in range(30):
         predictor.observe("What is 2+2?", 8, 2)  # this deployment's model answers tersely
     assert predictor.predict("What is 2+2?", 8, None).p50 < question.p50
+
+
+def test_slo_limit_is_the_tightest_of_tpot_first_token_and_the_configured_cap() -> None:
+    service = ServiceModel()
+    for c in (1, 5, 10, 20) * 3:
+        service.step.observe(c, 0.01 + 0.001 * c)  # TPOT 0.05 s * 0.9 -> 35 requests
+        service.first_token.observe(c, 0.1 + 0.02 * c)  # TTFT 1 s * 0.5 -> 20 requests
+    assert SloPolicy().concurrency_limit(0.05, 1.0, service) == 20
+    assert SloPolicy().concurrency_limit(0.05, 10.0, service) == 35
+    assert SloPolicy(max_concurrency=8).concurrency_limit(0.05, 10.0, service) == 8
+    assert FcfsPolicy().concurrency_limit(0.05, 1.0, service) is None

@@ -1,0 +1,52 @@
+"""The local pod's process records and its platform fallback, without the engine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from goodput.dev import local_pod
+from goodput.dev.local_pod import LocalPod, PodProcess, PodUnavailable, group_members
+from goodput.dev.pod_cli import bring_up_beside_cluster
+
+
+def _record(process: subprocess.Popen[bytes], ticks: int | None = None) -> PodProcess:
+    actual = local_pod._start_ticks(process.pid)
+    return PodProcess("x", process.pid, actual if ticks is None else ticks, ("sleep",), "f")
+
+
+def test_a_record_is_alive_only_for_the_process_it_names() -> None:
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert _record(process).alive()
+        # Same pid, another start time: a recycled pid is not our process.
+        assert not _record(process, ticks=_record(process).start_ticks - 1).alive()
+        assert group_members(process.pid) == [process.pid]
+    finally:
+        process.kill()
+        process.wait()
+    assert not _record(process, ticks=0).alive()
+    assert group_members(process.pid) == []
+
+
+def test_unreadable_or_missing_pidfiles_mean_not_running(tmp_path: Path) -> None:
+    pod = LocalPod("p", root=tmp_path)
+    assert pod.process("engine") is None
+    (pod.state_dir / "run").mkdir(parents=True)
+    (pod.state_dir / "run" / "engine.pid").write_text("{not json")
+    assert pod.process("engine") is None
+    assert not pod.status().running
+    assert pod.down() == []
+
+
+def test_no_engine_on_this_platform_is_reported_not_fatal_beside_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(local_pod, "platform_problem", lambda: "this is not x86_64")
+    with pytest.raises(PodUnavailable, match="not x86_64"):
+        LocalPod("p", root=tmp_path).up()
+    monkeypatch.setenv("GOODPUT_CACHE_DIR", str(tmp_path))
+    assert bring_up_beside_cluster("p") is True
+    assert "no local serving pod" in capsys.readouterr().err
