@@ -9,7 +9,7 @@ import pytest
 
 from goodput.dev import local_pod
 from goodput.dev.local_pod import LocalPod, PodProcess, PodUnavailable, group_members
-from goodput.dev.pod_cli import bring_up_beside_cluster
+from goodput.dev.pod_cli import PodBesideCluster
 
 
 def _record(process: subprocess.Popen[bytes], ticks: int | None = None) -> PodProcess:
@@ -48,5 +48,7 @@ def test_no_engine_on_this_platform_is_reported_not_fatal_beside_the_cluster(
     with pytest.raises(PodUnavailable, match="not x86_64"):
         LocalPod("p", root=tmp_path).up()
     monkeypatch.setenv("GOODPUT_CACHE_DIR", str(tmp_path))
-    assert bring_up_beside_cluster("p") is True
+    beside = PodBesideCluster("p")
+    beside.start()
+    assert beside.finish() is True
     assert "no local serving pod" in capsys.readouterr().err
