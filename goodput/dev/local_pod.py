@@ -255,6 +255,8 @@ class LocalPod:
 
     def down(self) -> list[str]:
         """Stop the gateway, then the engine; return the names of those that were running."""
+        if not self.state_dir.exists():
+            return []  # never started: leave no trace (`goodput dev down` always asks)
         with exclusive(self.state_dir / "lock"):
             stopped = [name for name in (GATEWAY, ENGINE) if self._stop(name)]
         return stopped

@@ -51,6 +51,7 @@ def test_down_stops_what_a_dead_leader_left_in_its_group(tmp_path: Path) -> None
 def test_unreadable_or_missing_pidfiles_mean_not_running(tmp_path: Path) -> None:
     pod = LocalPod("p", root=tmp_path)
     assert pod.process("engine") is None
+    assert pod.down() == [] and not pod.state_dir.exists()
     (pod.state_dir / "run").mkdir(parents=True)
     (pod.state_dir / "run" / "engine.pid").write_text("{not json")
     assert pod.process("engine") is None
