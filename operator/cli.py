@@ -112,6 +112,10 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # kopf logs every handled watch event ("Handler ... succeeded") at INFO; the operator's
+        # own decisions are logged by goodput.operator and posted as Events.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     run_operator(
         OperatorSettings(
             namespaces=namespaces,

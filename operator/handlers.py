@@ -29,10 +29,23 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 RETRY_DELAY_SECONDS = 15
 
 
+_log = logging.getLogger("goodput.operator")
+
+
 def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Post the outcome's notices as Kubernetes Events (and log them)."""
+    meta = body.get("metadata") or {}
     for notice in outcome.notices:
-        post = kopf.warn if notice.warning else kopf.info
-        post(cast(kopf.Body, body), reason=notice.reason, message=notice.message)
+        level = logging.WARNING if notice.warning else logging.INFO
+        _log.log(
+            level, f"{meta.get('namespace')}/{meta.get('name')}: {notice.reason}: {notice.message}"
+        )
+        kopf.event(
+            cast(kopf.Body, body),
+            type="Warning" if notice.warning else "Normal",
+            reason=notice.reason,
+            message=notice.message,
+        )
 
 
 def _converge(reconciler: Reconciler, body: Mapping[str, Any]) -> None:
@@ -111,7 +124,9 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="goodput.dev", key="last-handled-configuration"
         )
-        settings.posting.level = logging.INFO
+        # Only warnings from kopf's own logs become Events: at INFO, every pod and node event
+        # the watches handle would post a "Handler succeeded" Event on that pod or node.
+        settings.posting.level = logging.WARNING
         rec()
 
     @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)

@@ -229,31 +229,40 @@ def load_measurements(paths: Iterable[Path] | None = None) -> list[Measurement]:
 
 
 def load_cpu_engine_measurements(path: Path | None = None) -> list[Measurement]:
-    """Step times of the real vLLM CPU engine serving the tiny test model
+    """Decode-step times of the real vLLM CPU engine serving the tiny test model
     (``bench/cpu_engine/measure_engine_steps.py``); the CPU's measured copy bandwidth and
-    matmul rate stand in for a GPU's datasheet figures."""
+    matmul rate stand in for a GPU's datasheet figures.
+
+    Only decode rows whose sequences all fit the engine's KV cache (in whole blocks, one to
+    spare) are steps of that batch (a larger batch is preempted and recomputed); prefill rows
+    time whole requests (HTTP and request handling included), so they document TTFT but are not
+    single steps and are left out.
+    """
     path = path or DATA_DIR / "cpu_engine_latency.csv"
     meta = json.loads(path.with_suffix(".json").read_text())
     arch = ModelArchitecture.from_hf_config(meta["model_config"], name="tiny-llama")
     cpu = GPUType(
         name="cpu",
-        memory_bytes=int(meta["kv_cache_gib"]) * 1024**3,
+        memory_bytes=int(meta["kv_cache_bytes"]),
         memory_bandwidth_bytes_per_s=float(meta["copy_bytes_per_s"]),
         bf16_dense_flops_per_s=float(meta["fp32_matmul_flops_per_s"]),
         interconnect="none",
         interconnect_bytes_per_s=1.0,  # one process: no tensor parallelism
         relative_cost_per_hour=0.0,
     )
+    short, long = meta["decode_tokens"]
     out: list[Measurement] = []
     with path.open() as f:
         for row in csv.DictReader(f):
             batch, context = int(row["batch"]), int(row["context"])
-            if row["phase"] == "decode":
-                step = Step(arch, decode_seqs=batch, decode_context=context, cuda_graph=False)
-            else:
-                step = Step(arch, prefill_seqs=batch, prefill_tokens=context, cuda_graph=False)
-            out.append(Measurement("cpu", cpu, arch.name, row["phase"], step,
-                                   float(row["median_s"])))  # fmt: skip
+            if row["phase"] != "decode":
+                continue
+            # Whole blocks per sequence at its longest; vLLM preempts once none is left spare.
+            blocks = -(-(context + (long - short) // 2) // int(meta["block_size"]))
+            if batch * blocks >= int(meta["kv_cache_tokens"]) // int(meta["block_size"]):
+                continue
+            step = Step(arch, decode_seqs=batch, decode_context=context, cuda_graph=False)
+            out.append(Measurement("cpu", cpu, arch.name, "decode", step, float(row["seconds"])))
     return out
 
 

@@ -110,13 +110,22 @@ def latency_group() -> None:
 
 
 def _evaluation_table(measurements: list[Measurement]) -> Table:
-    from goodput.profiler.latency import evaluate
+    from goodput.profiler.latency import (
+        DATA_DIR,
+        evaluate,
+        leave_one_out_mape,
+        load_cpu_engine_measurements,
+    )
 
     table = Table(title="step-latency model: error on held-out measurements")
     for column in ("held out", "train", "test", "MAPE", "max error"):
         table.add_column(column, justify="right")
     for e in evaluate(measurements):
         table.add_row(e.name, str(e.train), str(e.test), f"{e.mape:.1%}", f"{e.max_ape:.1%}")
+    if (DATA_DIR / "cpu_engine_latency.csv").is_file():
+        cpu = load_cpu_engine_measurements()
+        name = "vLLM CPU engine decode steps, tiny model (own fit, leave-one-out)"
+        table.add_row(name, str(len(cpu) - 1), "1 each", f"{leave_one_out_mape(cpu):.1%}", "")
     return table
 
 
@@ -141,7 +150,8 @@ def latency_fit(out: Path | None, plot: Path) -> None:
     console.print(coefficients)
     console.print(_evaluation_table(measurements))
     _plot_fit(measurements, plot)
-    console.print(f"plot: {plot}")
+    _write_evaluation(measurements, plot.with_suffix(".json"))
+    console.print(f"plot: {plot}, numbers: {plot.with_suffix('.json')}")
 
 
 @latency_group.command(name="eval")
@@ -150,6 +160,23 @@ def latency_eval() -> None:
     from goodput.profiler.latency import load_measurements
 
     Console().print(_evaluation_table(load_measurements()))
+
+
+def _write_evaluation(measurements: list[Measurement], path: Path) -> None:
+    """The held-out errors as JSON beside the plot, for the record."""
+    from dataclasses import asdict
+
+    from goodput.profiler.latency import evaluate
+
+    gpus = sorted({m.gpu for m in measurements})
+    payload = {
+        "measurements": len(measurements),
+        "gpus": gpus,
+        "tp_degrees": sorted({m.step.tp for m in measurements}),
+        "held_out": [asdict(e) for e in evaluate(measurements)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def _plot_fit(measurements: list[Measurement], path: Path) -> None:

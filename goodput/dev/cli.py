@@ -15,7 +15,7 @@ from goodput.dev.binaries import BinaryCache
 from goodput.dev.cluster import ClusterError, LocalCluster
 from goodput.dev.fleet import Fleet
 from goodput.dev.local_pod import LocalPod
-from goodput.dev.pod_cli import bring_up_beside_cluster, pod
+from goodput.dev.pod_cli import PodBesideCluster, pod
 
 DEFAULT_NAME = "goodput-dev"
 _console = Console(stderr=True, log_path=False)
@@ -75,6 +75,9 @@ def up(name: str, fleet: str, control_plane_only: bool, timeout: float, with_pod
 
     cluster = LocalCluster(name)
     started = time.monotonic()
+    local_pod = PodBesideCluster(name, _console) if with_pod and not control_plane_only else None
+    if local_pod is not None:
+        local_pod.start()
     with _progress("starting local control plane") as say:
         cluster.up(fleet=Fleet.load(fleet), progress=say)
         if not control_plane_only:
@@ -85,9 +88,7 @@ def up(name: str, fleet: str, control_plane_only: bool, timeout: float, with_pod
             if example is not None:
                 click.echo(cluster.kubectl("get", "llmd"))
                 click.echo(cluster.kubectl("get", "pods", "-o", "wide"))
-    pod_ok = True
-    if with_pod and not control_plane_only:
-        pod_ok = bring_up_beside_cluster(name)
+    pod_ok = local_pod.finish() if local_pod is not None else True
     _console.print(f"[green]ready[/green] in {time.monotonic() - started:.1f}s")
     _console.print(f'  eval "$(goodput dev env --name {name})"   # kubectl/helm on PATH')
     if not pod_ok:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import click
+import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from goodput.dev.local_pod import LocalPod, PodError, PodUnavailable
+from goodput.dev.local_pod import GATEWAY, LocalPod, PodError, PodUnavailable, UpResult
 
 DEFAULT_NAME = "goodput-dev"
 DEMO_PROMPT = "Hello! What does Goodput do?"
 
-_console = Console(stderr=True)
+_console = Console(stderr=True, log_path=False)
 
 name_option = click.option(
     "--name", default=DEFAULT_NAME, show_default=True, help="Pod name (its state directory)."
@@ -70,12 +72,25 @@ def pod_status(name: str) -> None:
         raise SystemExit(1)
 
 
+def _say(message: str) -> None:
+    _console.log(escape(message))
+
+
 def bring_up(local: LocalPod) -> None:
     """Start or reuse the pod, then show the data path working: one request, its metrics."""
-    result = local.up(progress=lambda message: _console.log(escape(message)))
+    show(local, local.up(progress=_say))
+
+
+def show(local: LocalPod, result: UpResult) -> None:
+    """Send the ready pod one chat completion and print it, the gateway's metrics, and curl."""
     how = "reused" if len(result.reused) == 2 else "ready"
     _console.print(f"[green]pod {local.name} {how}[/green] in {result.seconds:.1f}s")
-    answer = local.chat(DEMO_PROMPT)
+    try:
+        answer = local.chat(DEMO_PROMPT)
+        metrics = local.metric_lines()
+    except httpx.HTTPError as exc:
+        log = local.log(GATEWAY)
+        raise PodError(f"the pod's gateway did not answer: {exc!r}; log {log}") from exc
     click.echo(f"\nPOST {local.gateway_url}/v1/chat/completions  (gateway -> vLLM)")
     click.echo(f"  user:      {DEMO_PROMPT}")
     click.echo(f"  assistant: {answer.content!r}")
@@ -89,7 +104,7 @@ def bring_up(local: LocalPod) -> None:
         f"all {answer.seconds * 1000:.0f} ms (streamed)"
     )
     click.echo(f"\n{local.gateway_url}/metrics (excerpt):")
-    for line in local.metric_lines():
+    for line in metrics:
         click.echo(f"  {line}")
     click.echo("\ntry:")
     for example in local.curl_examples():
@@ -97,15 +112,48 @@ def bring_up(local: LocalPod) -> None:
     click.echo(f"  goodput dev pod down --name {local.name}")
 
 
-def bring_up_beside_cluster(name: str) -> bool:
-    """The pod step of ``goodput dev up``: a platform without the engine is no failure there."""
-    try:
-        bring_up(LocalPod(name))
-    except PodUnavailable as exc:
-        _console.print(f"[yellow]no local serving pod:[/yellow] {escape(str(exc))}")
+class PodBesideCluster:
+    """The pod step of ``goodput dev up``, started before the cluster and finished after it.
+
+    The engine's start (tens of seconds to minutes, mostly imports and compilation) overlaps the
+    control plane's, so ``dev up`` takes about the longer of the two, not their sum. A platform
+    without the engine is no failure here: the cluster is still worth having.
+    """
+
+    def __init__(self, name: str, console: Console = _console) -> None:
+        """``console``: the one showing the cluster's spinner, so progress lines stay clean."""
+        self.pod = LocalPod(name)
+        self._console = console
+        self._result: UpResult | None = None
+        self._error: PodError | None = None
+        # A daemon: if the cluster fails and the command exits, the started processes stay
+        # recorded in their pidfiles, for the next `up` to reuse or clean up.
+        self._thread = threading.Thread(target=self._up, name="local-pod", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _up(self) -> None:
+        try:
+            self._result = self.pod.up(progress=lambda m: self._console.log(escape(m)))
+        except PodError as exc:
+            self._error = exc
+
+    def finish(self) -> bool:
+        """Wait for the pod and show it; False if it failed (the reason is printed)."""
+        if self._thread.is_alive():
+            with self._console.status("waiting for the local serving pod (the engine's start)"):
+                self._thread.join()
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            assert self._result is not None
+            show(self.pod, self._result)
+        except PodUnavailable as exc:
+            _console.print(f"[yellow]no local serving pod:[/yellow] {escape(str(exc))}")
+        except PodError as exc:
+            _console.print(f"[red]local serving pod failed:[/red] {escape(str(exc))}")
+            _console.print(f"  retry with: goodput dev pod up --name {self.pod.name}")
+            return False
         return True
-    except PodError as exc:
-        _console.print(f"[red]local serving pod failed:[/red] {escape(str(exc))}")
-        _console.print(f"  retry with: goodput dev pod up --name {name}")
-        return False
-    return True

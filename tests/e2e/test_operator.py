@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from goodput.dev.cluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-# The local control plane (and its `cluster` fixture) lands separately; until then, skip.
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
