@@ -1,7 +1,7 @@
 """The contenders: vLLM alone, and the gateway in front of it with each scheduling policy.
 
-Every contender gets a fresh engine with the same settings (started by the runner), so none
-inherits another's KV cache or queue; the gateway runs as a real ``goodput serve`` process.
+Each gateway contender is a real ``goodput serve`` process in front of a real engine; the runner
+decides whether contenders share one engine (interleaved) or each get a fresh one.
 """
 
 from __future__ import annotations

@@ -4,13 +4,15 @@ Open loop: each request is sent at its arrival time whether or not earlier ones 
 clients do; a closed loop would hide queueing. Bounded: a fixed list of requests, each with a
 timeout, to 127.0.0.1 only.
 
-Length enforcement. The true output length must be generated exactly, but it must not leak to the
-gateway's ``slo`` policy through ``max_tokens`` (its length estimate is clipped to ``max_tokens``,
-so a ``max_tokens`` equal to the true length would hand it the oracle's knowledge). The default,
-``client``, sends no ``max_tokens`` and ``ignore_eos``, counts tokens as they stream (vLLM's
-``return_token_ids``), and closes the stream after the true length: the engine aborts the request
-there. ``max-tokens`` sends ``max_tokens`` = true length instead (the leak is then the policy's to
-avoid). The oracle contender alone gets the true length, in ``x-goodput-oracle-output-tokens``.
+Length enforcement: each request must generate exactly the replayed true length.
+``max-tokens`` (the runner's default) sends ``max_tokens`` = true length with ``ignore_eos``: the
+engine stops exactly there. It also tells a gateway that the answer has at most that many tokens,
+and Goodput's gateway clips its length estimate to ``max_tokens`` - a real client's cap is looser,
+so this favours the ``slo`` policy. ``client`` avoids that: no ``max_tokens``, ``ignore_eos``, the
+client counts streamed tokens (vLLM's ``return_token_ids``) and closes the stream at the true
+length, so the engine aborts the request - but aborts land late on a busy CPU and the engine keeps
+generating meanwhile (the runner reports engine-side tokens against client tokens). The oracle
+contender alone gets the true length, in ``x-goodput-oracle-output-tokens``.
 """
 
 from __future__ import annotations

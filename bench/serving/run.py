@@ -20,11 +20,13 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
+import numpy as np
 from contenders import CONTENDERS, Contender, gateway
 from loadgen import SLO, replay
 from report import add_ratios, plot, summarize, targets
@@ -58,8 +60,24 @@ def wait_idle(engine_url: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"engine at {engine_url} still busy after {timeout_s} s")
 
 
+def warm_up(engine_url: str, corpus: Corpus, enforce: str) -> None:
+    """Pay one-time costs (first-shape compilation, tokenizer and HTTP warm-up) outside the
+    measurements: a few requests alone, then a burst, at every contender's fresh engine."""
+    loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
+    requests = corpus.take(12, offset=len(corpus.requests) // 3)
+    for request in requests[:4]:
+        asyncio.run(replay(engine_url, MODEL_NAME, [request], [0.0], loose, enforce=enforce))
+    asyncio.run(replay(engine_url, MODEL_NAME, requests[4:], [0.0] * 8, loose, enforce=enforce))
+    wait_idle(engine_url)
+
+
 def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) -> SLO:
-    """Median TTFT and TPOT of requests sent one at a time (rate -> 0)."""
+    """TTFT and TPOT of requests sent one at a time (rate -> 0): their 25th percentiles.
+
+    Not the median: the other tenants of a shared machine only ever add latency, so a low
+    quantile estimates the engine's own speed, and the SLO derived from it stays comparable
+    between runs taken at different background loads.
+    """
     requests = corpus.take(count, offset=len(corpus.requests) // 2)
     loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
     ttfts, tpots = [], []
@@ -72,56 +90,105 @@ def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) 
         ttfts.append(outcome.ttft_s)
         tpots.append(outcome.tpot_s)
         wait_idle(engine_url)
-    return SLO(ttft_s=statistics.median(ttfts), tpot_s=statistics.median(tpots))
+    return SLO(ttft_s=float(np.percentile(ttfts, 25)), tpot_s=float(np.percentile(tpots, 25)))
 
 
-def sweep(
+def overhead_probe(
+    direct_url: str, gateway_url: str, engine_url: str, corpus: Corpus, pairs: int
+) -> dict[str, Any]:
+    """Added TTFT of the gateway, paired: the same short request alone to vLLM and then alone
+    through the gateway, ``pairs`` times; the median of the differences cancels most of the
+    machine's background noise, which swamps a ~1 ms effect in any unpaired comparison."""
+    loose = SLO(ttft_s=3600.0, tpot_s=3600.0)
+    deltas, direct, through = [], [], []
+    for i, request in enumerate(corpus.take(pairs, offset=len(corpus.requests) // 4)):
+        short = replace(request, output_tokens=4)
+        ttft: dict[str, float] = {}
+        # Alternate which goes first: the second of a pair finds warmer caches.
+        order = (direct_url, gateway_url) if i % 2 == 0 else (gateway_url, direct_url)
+        for url in order:
+            [o] = asyncio.run(replay(url, MODEL_NAME, [short], [0.0], loose, enforce="max-tokens"))
+            if o.status != 200 or o.ttft_s is None:
+                raise RuntimeError(f"overhead probe failed at {url}: {o}")
+            ttft[url] = o.ttft_s
+        wait_idle(engine_url)
+        direct.append(ttft[direct_url])
+        through.append(ttft[gateway_url])
+        deltas.append(ttft[gateway_url] - ttft[direct_url])
+    return {
+        "pairs": pairs,
+        "ttft_direct_p50_ms": round(statistics.median(direct) * 1000, 2),
+        "ttft_gateway_p50_ms": round(statistics.median(through) * 1000, 2),
+        "added_ttft_p50_ms": round(statistics.median(deltas) * 1000, 2),
+        "added_ttft_p25_ms": round(float(np.percentile(deltas, 25)) * 1000, 2),
+        "added_ttft_p75_ms": round(float(np.percentile(deltas, 75)) * 1000, 2),
+    }
+
+
+def _facts(engine: EngineProcess) -> dict[str, Any]:
+    return {
+        "startup_s": engine.facts.startup_seconds,
+        "kv_cache_tokens": engine.facts.kv_cache_tokens,
+    }
+
+
+def _endpoint(
+    contender: Contender, engine: EngineProcess, slo: SLO, workdir: Path, stack: ExitStack
+) -> str:
+    """The URL the contender's clients use (a gateway started on ``stack``, or the engine)."""
+    if contender.policy is None:
+        return engine.url
+    log = workdir / f"{contender.name}.gateway.log"
+    return stack.enter_context(gateway(contender.policy, engine, slo, log))
+
+
+def cell(
     contender: Contender,
     url: str,
     engine_url: str,
-    schedule: list[tuple[float, list[Request], list[float]]],
+    rate: float,
+    requests: list[Request],
+    arrivals: list[float],
     slo: SLO,
     enforce: str,
-) -> list[dict[str, Any]]:
-    """Replay every rate of ``schedule`` against ``url``, lowest first; one summary per rate."""
-    rows = []
-    for rate, requests, arrivals in schedule:
-        before = engine_counters(engine_url)
-        outcomes = asyncio.run(
-            replay(
-                url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle
-            )
-        )
-        wait_idle(engine_url)
-        after = engine_counters(engine_url)
-        row = summarize(outcomes, slo, rate)
-        # Tokens the engine generated, against what clients received: the cost of aborting at
-        # the true length, and of anything else the engine ran for nobody.
-        row["engine_tokens"] = int(
-            after["generation_tokens_total"] - before["generation_tokens_total"]
-        )
-        rows.append(row)
-        click.echo(
-            f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
-            f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
-            f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
-            f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
-            f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  "
-            f"errors {row['errors']}"
-        )
-    return rows
+    trace: Path,
+) -> dict[str, Any]:
+    """Replay one rate's requests against one contender; its summary row. Every request's
+    outcome is appended to ``trace`` (JSON lines) for analysis beyond the summary."""
+    before = engine_counters(engine_url)
+    outcomes = asyncio.run(
+        replay(url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle)
+    )
+    wait_idle(engine_url)
+    after = engine_counters(engine_url)
+    row = summarize(outcomes, slo, rate)
+    with trace.open("a") as handle:
+        for o in outcomes:
+            record = {"contender": contender.name, "rate": rate, **asdict(o), "met": o.met(slo)}
+            handle.write(json.dumps(record) + "\n")
+    # Tokens the engine generated, against what clients received: the cost of aborting at the
+    # true length, and of anything else the engine ran for nobody.
+    row["engine_tokens"] = int(after["generation_tokens_total"] - before["generation_tokens_total"])
+    click.echo(
+        f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
+        f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
+        f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
+        f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
+        f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  errors {row['errors']}"
+    )
+    return row
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Fewer rates and requests: a ~6 min smoke run.")
-@click.option("--rates", default="0.5,1,2,3,4,6", show_default=True, help="Offered req/s.")
+@click.option("--rates", default="0.5,1.5,3,4.5,6,8", show_default=True, help="Offered req/s.")
 @click.option(
     "--seconds-per-rate",
-    default=16.0,
+    default=20.0,
     show_default=True,
     help="Requests per rate = rate x this, clamped to [--min-requests, --max-requests].",
 )
-@click.option("--min-requests", default=12, show_default=True)
+@click.option("--min-requests", default=16, show_default=True)
 @click.option("--max-requests", default=64, show_default=True)
 @click.option(
     "--contenders", "names", default=",".join(c.name for c in CONTENDERS), show_default=True
@@ -138,20 +205,26 @@ def sweep(
     show_default=True,
     help="Multiply real output lengths (tiny-tokenizer tokens) by this.",
 )
-@click.option("--ttft-scale", default=5.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
-@click.option("--tpot-scale", default=2.5, show_default=True, help="TPOT SLO / unloaded TPOT.")
+@click.option("--ttft-scale", default=10.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
+@click.option("--tpot-scale", default=3.0, show_default=True, help="TPOT SLO / unloaded TPOT.")
 @click.option("--ttft-slo-ms", type=float, help="Fix the TTFT SLO instead of measuring.")
 @click.option("--tpot-slo-ms", type=float, help="Fix the TPOT SLO instead of measuring.")
 @click.option(
     "--enforce",
     type=click.Choice(["client", "max-tokens"]),
-    default="client",
+    default="max-tokens",
     show_default=True,
     help="How true output lengths are enforced (see loadgen).",
 )
 @click.option("--max-model-len", default=2048, show_default=True)
 @click.option("--kv-cache-mib", default=64, show_default=True)
 @click.option("--max-num-seqs", default=64, show_default=True)
+@click.option(
+    "--fresh-engines",
+    is_flag=True,
+    help="A fresh engine per contender, sweeps one after another (slower; exposed to drift).",
+)
+@click.option("--probe-pairs", default=30, show_default=True, help="Paired overhead probes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--out",
@@ -177,6 +250,8 @@ def main(
     max_model_len: int,
     kv_cache_mib: int,
     max_num_seqs: int,
+    fresh_engines: bool,
+    probe_pairs: int,
     seed: int,
     out_path: Path,
 ) -> None:
@@ -210,6 +285,8 @@ def main(
         max_model_len=max_model_len,
         kv_cache_bytes=kv_cache_mib * 2**20,
         max_num_seqs=max_num_seqs,
+        # Every contender replays the same prompts: no contender may find another's prefixes.
+        extra_args=("--no-enable-prefix-caching",),
     )
     schedule = []
     for i, rate in enumerate(rate_list):
@@ -218,36 +295,89 @@ def main(
         schedule.append((rate, requests, arrival_times(gaps, count, rate, seed + i).tolist()))
 
     workdir = Path(tempfile.mkdtemp(prefix="goodput-bench-serving-"))
-    click.echo(f"logs in {workdir}")
+    trace = workdir / "requests.jsonl"
+    click.echo(f"logs and per-request outcomes ({trace.name}) in {workdir}")
+    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+    engines: dict[str, dict[str, Any]] = {}
+    overhead: dict[str, Any] | None = None
     slo: SLO | None = None
     unloaded: SLO | None = None
-    results: dict[str, list[dict[str, Any]]] = {}
-    engines: dict[str, dict[str, Any]] = {}
-    for contender in contenders:
-        log = workdir / f"{contender.name}.engine.log"
-        with EngineProcess(settings, python=engine_python, log_path=log) as engine:
-            if slo is None:
-                # Calibrate on the first contender's fresh engine, before any load, directly.
-                unloaded = measure_unloaded(engine.url, corpus, 6, enforce)
-                slo = SLO(
-                    ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
-                    tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
-                )
-                click.echo(
-                    f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT "
-                    f"{unloaded.tpot_s * 1000:.2f} ms -> SLO TTFT {slo.ttft_s * 1000:.0f} ms, "
-                    f"TPOT {slo.tpot_s * 1000:.1f} ms"
-                )
-            engines[contender.name] = {
-                "startup_s": engine.facts.startup_seconds,
-                "kv_cache_tokens": engine.facts.kv_cache_tokens,
-            }
-            with ExitStack() as stack:
-                url = engine.url
+
+    def calibrate(engine: EngineProcess) -> SLO:
+        nonlocal unloaded
+        unloaded = measure_unloaded(engine.url, corpus, 12, enforce)
+        measured = SLO(
+            ttft_s=ttft_slo_ms / 1000 if ttft_slo_ms else unloaded.ttft_s * ttft_scale,
+            tpot_s=tpot_slo_ms / 1000 if tpot_slo_ms else unloaded.tpot_s * tpot_scale,
+        )
+        click.echo(
+            f"unloaded TTFT {unloaded.ttft_s * 1000:.1f} ms, TPOT {unloaded.tpot_s * 1000:.2f} ms"
+            f" -> SLO TTFT {measured.ttft_s * 1000:.0f} ms, TPOT {measured.tpot_s * 1000:.1f} ms"
+        )
+        return measured
+
+    if fresh_engines:
+        # Each contender's whole sweep on its own fresh engine, one contender after another.
+        for contender in contenders:
+            log = workdir / f"{contender.name}.engine.log"
+            with EngineProcess(settings, python=engine_python, log_path=log) as engine:
+                warm_up(engine.url, corpus, enforce)
+                slo = slo or calibrate(engine)
+                engines[contender.name] = _facts(engine)
+                with ExitStack() as stack:
+                    url = _endpoint(contender, engine, slo, workdir, stack)
+                    warm_up(url, corpus, enforce)
+                    for rate, requests, arrivals in schedule:
+                        results[contender.name].append(
+                            cell(
+                                contender,
+                                url,
+                                engine.url,
+                                rate,
+                                requests,
+                                arrivals,
+                                slo,
+                                enforce,
+                                trace,
+                            )
+                        )
+    else:
+        # One engine, every contender's gateway alive at once; each rate is replayed against
+        # every contender in turn (order rotated per rate), so that what the other tenants of
+        # this machine do at any moment falls on all contenders alike.
+        log = workdir / "engine.log"
+        with (
+            EngineProcess(settings, python=engine_python, log_path=log) as engine,
+            ExitStack() as stack,
+        ):
+            warm_up(engine.url, corpus, enforce)
+            slo = calibrate(engine)
+            engines["shared"] = _facts(engine)
+            urls = {c.name: _endpoint(c, engine, slo, workdir, stack) for c in contenders}
+            for contender in contenders:
                 if contender.policy is not None:
-                    gateway_log = workdir / f"{contender.name}.gateway.log"
-                    url = stack.enter_context(gateway(contender.policy, engine, slo, gateway_log))
-                results[contender.name] = sweep(contender, url, engine.url, schedule, slo, enforce)
+                    warm_up(urls[contender.name], corpus, enforce)
+            if "vllm" in urls and "gateway-fcfs" in urls:
+                overhead = overhead_probe(
+                    urls["vllm"], urls["gateway-fcfs"], engine.url, corpus, probe_pairs
+                )
+                click.echo(f"gateway overhead (paired, fcfs): {overhead}")
+            for i, (rate, requests, arrivals) in enumerate(schedule):
+                turn = i % len(contenders)
+                for contender in contenders[turn:] + contenders[:turn]:
+                    results[contender.name].append(
+                        cell(
+                            contender,
+                            urls[contender.name],
+                            engine.url,
+                            rate,
+                            requests,
+                            arrivals,
+                            slo,
+                            enforce,
+                            trace,
+                        )
+                    )
     assert slo is not None and unloaded is not None
     add_ratios(results)
     lengths = [r.output_tokens for r in corpus.requests]
@@ -265,7 +395,9 @@ def main(
                 "max_num_seqs": max_num_seqs,
                 "dtype": settings.dtype,
             },
-            "per_contender": engines,
+            "prefix_caching": False,
+            "isolation": "engine per contender" if fresh_engines else "one engine, interleaved",
+            "started": engines,
         },
         "workload": {
             "prompts": "alpaca_eval/prompts.jsonl",
@@ -288,8 +420,9 @@ def main(
             "ttft_scale": ttft_scale,
             "tpot_scale": tpot_scale,
         },
+        "gateway_overhead_probe": overhead,
         "results": results,
-        "targets": targets(results),
+        "targets": targets(results, overhead),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(document, indent=2) + "\n")
