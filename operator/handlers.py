@@ -219,8 +219,8 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     def workload_event(
         type: str, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
     ) -> None:
-        """Mirror the owned Deployment's readiness into the parent's status; re-create it if
-        someone deleted it while the parent lives."""
+        """Mirror the replica Deployments' readiness into the parent's status; converge again
+        when one is deleted (re-created if the parent still wants that replica)."""
         owner = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
         if not owner or not type or not namespace:
             return

@@ -255,6 +255,8 @@ class LocalPod:
 
     def down(self) -> list[str]:
         """Stop the gateway, then the engine; return the names of those that were running."""
+        if not self.state_dir.exists():
+            return []  # never started: leave no trace (`goodput dev down` always asks)
         with exclusive(self.state_dir / "lock"):
             stopped = [name for name in (GATEWAY, ENGINE) if self._stop(name)]
         return stopped
@@ -397,11 +399,16 @@ class LocalPod:
             time.sleep(0.5)
 
     def _stop(self, name: str, timeout: float = 15.0) -> bool:
-        """Stop ``name``'s whole process group (vLLM's engine core is a child); True if it ran."""
+        """Stop ``name``'s whole process group (vLLM's engine core is a child); True if it ran.
+
+        A group whose leader died may still hold children (an engine core without its API
+        server); they are ours: the kernel does not reuse a pid while it names a live group.
+        """
         record = self.process(name)
         if record is None:
             return False
-        ran = record.alive()
+        recycled = not record.alive() and _start_ticks(record.pid) not in (-1, record.start_ticks)
+        ran = not recycled and (record.alive() or bool(group_members(record.pid)))
         if ran:
             _terminate_group(record.pid, timeout)
         self._pidfile(name).unlink(missing_ok=True)

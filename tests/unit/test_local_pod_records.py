@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,25 @@ def test_a_record_is_alive_only_for_the_process_it_names() -> None:
     assert group_members(process.pid) == []
 
 
+def test_down_stops_what_a_dead_leader_left_in_its_group(tmp_path: Path) -> None:
+    # Like an engine core whose API server died: the leader exits, its child runs on.
+    pod = LocalPod("p", root=tmp_path)
+    pod.state_dir.mkdir(parents=True)
+    pod._spawn("engine", ["sh", "-c", "sleep 60 & sleep 0.2"], os.environ, "f")
+    record = pod.process("engine")
+    assert record is not None
+    deadline = time.monotonic() + 10
+    while record.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not record.alive() and len(group_members(record.pid)) == 1
+    assert pod.down() == ["engine"]
+    assert group_members(record.pid) == [] and pod.process("engine") is None
+
+
 def test_unreadable_or_missing_pidfiles_mean_not_running(tmp_path: Path) -> None:
     pod = LocalPod("p", root=tmp_path)
     assert pod.process("engine") is None
+    assert pod.down() == [] and not pod.state_dir.exists()
     (pod.state_dir / "run").mkdir(parents=True)
     (pod.state_dir / "run" / "engine.pid").write_text("{not json")
     assert pod.process("engine") is None
