@@ -23,11 +23,18 @@ from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import StaleWrite
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import ModelMemory, ModelProfile
+from goodput.operator.rollout import (
+    ANNOTATION_NODE,
+    ANNOTATION_POD_SPEC,
+    OneServingReplicaAtATime,
+    ReplicaUpdate,
+    RolloutGate,
+    pod_spec_hash,
+)
 from goodput.operator.settings import WorkloadSettings
 
 ANNOTATION_TENSOR = "goodput.dev/tensor-parallel-size"
 ANNOTATION_PIPELINE = "goodput.dev/pipeline-parallel-size"
-ANNOTATION_NODE = "goodput.dev/node"  # the node the replica is pinned to, when the solver chose
 GIB = 1024**3
 Obj = dict[str, Any]
 
@@ -135,12 +142,20 @@ class Reconciler:
         settings: WorkloadSettings,
         logger: logging.Logger | None = None,
         inventory: GpuInventory | None = None,
+        rollout: RolloutGate | None = None,
     ) -> None:
         self.kube, self.selector, self.memory = kube, selector, memory
         self.metrics, self.settings = metrics, settings
         #: GPU nodes and pods, kept current by the handlers' watches (None: not watched).
         self.inventory = inventory
         self.log = logger or logging.getLogger("goodput.operator")
+        self.rollout: RolloutGate = rollout or OneServingReplicaAtATime()
+        #: "namespace/name" -> replica Deployments held back on an older pod template.
+        self.held: dict[str, int] = {}
+
+    def rolling(self, namespace: str, name: str) -> bool:
+        """Whether replicas wait for a rollout step (converge again when a replica changes)."""
+        return self.held.get(f"{namespace}/{name}", 0) > 0
 
     def converge(self, body: Mapping[str, Any]) -> Outcome:
         """Place an LLMDeployment and apply the owned objects that follow; what the status should
@@ -208,30 +223,49 @@ class Reconciler:
         """Apply the config, the Service and one Deployment per replica, then delete the
         Deployments of replicas the placement no longer has (scaled down, or from an older
         layout). Each replica's Deployment depends only on its own node, so an unchanged replica
-        is an idempotent no-op apply and its pod keeps running."""
+        is an idempotent no-op apply and its pod keeps running; a new pod template reaches
+        serving replicas as the rollout gate admits them."""
         meta = obj.metadata
         cm = gateway_config.config_map(obj)
         digest = gateway_config.config_hash(*cm["data"].values())
+        spec_hash = pod_spec_hash(workload.pod_template(obj, placement, self.settings, digest))
         slots: Sequence[tuple[int, str | None]] = placement.replica_nodes or [
             (i, None) for i in range(obj.spec.replicas)
         ]
         self.kube.apply(cm)
         self.kube.apply(service.service(obj))
-        wanted = set()
+        owned = [
+            d
+            for d in self.kube.list_deployments(meta.namespace, naming.selector_string(meta.name))
+            if _owned_by(d, meta.uid)
+        ]
+        current = {d["metadata"]["name"]: d for d in owned}
+        updates = []
         for replica, node in slots:
             dep = workload.deployment(obj, placement, self.settings, digest, replica, node)
             dep["metadata"]["annotations"] = {
                 ANNOTATION_TENSOR: str(placement.tensor),
                 ANNOTATION_PIPELINE: str(placement.pipeline),
+                ANNOTATION_POD_SPEC: spec_hash,
                 **({ANNOTATION_NODE: node} if node else {}),
             }
-            wanted.add(dep["metadata"]["name"])
-            self.kube.apply(dep)
-        for dep in self.kube.list_deployments(meta.namespace, naming.selector_string(meta.name)):
-            name = dep["metadata"]["name"]
-            if name not in wanted and _owned_by(dep, meta.uid):
-                self.log.info(f"{meta.namespace}/{meta.name}: deleting replica workload {name}")
-                self.kube.delete_deployment(meta.namespace, name)
+            updates.append(ReplicaUpdate(replica, dep, current.get(dep["metadata"]["name"])))
+        now, held = self.rollout.admit(updates)
+        for update in sorted(now, key=lambda u: u.replica):
+            self.kube.apply(update.desired)
+        key = f"{meta.namespace}/{meta.name}"
+        if held:
+            self.held[key] = len(held)
+            self.log.info(
+                f"{key}: rolling one replica at a time; waiting: "
+                + ", ".join(str(u.desired["metadata"]["name"]) for u in held)
+            )
+        else:
+            self.held.pop(key, None)
+        wanted = {u.desired["metadata"]["name"] for u in updates}
+        for name in sorted(set(current) - wanted):
+            self.log.info(f"{key}: deleting replica workload {name}")
+            self.kube.delete_deployment(meta.namespace, name)
 
     def status_of(
         self,
@@ -259,7 +293,9 @@ class Reconciler:
             current,
             generation,
             obj.spec.replicas,
-            status.WorkloadState.of_replicas(deployments, obj.spec.replicas),
+            status.WorkloadState.of_replicas(
+                deployments, obj.spec.replicas, self.held.get(f"{meta.namespace}/{meta.name}", 0)
+            ),
             now(),
             placed,
         )

@@ -260,6 +260,8 @@ def test_kubectl_scale_and_spec_changes_roll_the_workload(
         return True
 
     wait_for(rolled, what="the engine args to follow the spec")
+    # Serving replicas took the new template one after another.
+    assert "rolling one replica at a time; waiting: llama3-8b-r1" in operator.log.read_text()
     wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="Available after the rollout")
     obj = llmd(cluster, ns, "llama3-8b")
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]

@@ -296,3 +296,25 @@ def test_stale_workloads_are_deleted_only_when_owned() -> None:
     _, s = _run(r, kube)
     assert kube.deployments() == ["llama-copy", "llama-r0"] and kube.deleted == ["llama"]
     assert [p["replica"] for p in s["placement"]] == [0]
+
+
+def test_a_new_pod_template_rolls_serving_replicas_one_at_a_time() -> None:
+    kube = _kube(replicas=2)
+    r, _ = _reconciler(kube)
+    _run(r, kube)
+    kube.ready()
+    old = {n: copy.deepcopy(kube.deployment(n)) for n in kube.deployments()}
+    _, s = _run(r, kube, engine={"args": ["--max-num-seqs", "32"]})
+    assert kube.deployment("llama-r0") != old["llama-r0"], "the lowest replica rolls first"
+    assert kube.deployment("llama-r1") == old["llama-r1"], "the other keeps serving meanwhile"
+    assert r.rolling("ml", "llama") and s["phase"] == "Progressing"
+    _run(r, kube)  # the watch converges again: replica 0 has not served on the new spec yet
+    assert kube.deployment("llama-r1") == old["llama-r1"]
+    kube.ready()  # replica 0's new pod is ready
+    _run(r, kube)
+    assert kube.deployment("llama-r1") != old["llama-r1"] and not r.rolling("ml", "llama")
+    tpl = [kube.deployment(n)["spec"]["template"] for n in kube.deployments()]
+    assert all("32" in t["spec"]["containers"][0]["args"] for t in tpl)
+    kube.ready()
+    _, s = _run(r, kube)
+    assert s["phase"] == "Available" and s["ready"] == "2/2"

@@ -231,3 +231,10 @@ def test_slo_limit_is_the_tightest_of_tpot_first_token_and_the_configured_cap() 
     assert SloPolicy().concurrency_limit(0.05, 10.0, service) == 35
     assert SloPolicy(max_concurrency=8).concurrency_limit(0.05, 10.0, service) == 8
     assert FcfsPolicy().concurrency_limit(0.05, 1.0, service) is None
+
+
+def test_no_limit_when_even_one_request_at_a_time_misses() -> None:
+    model = ConcurrencyLatencyModel(min_samples=4)
+    for c in (1, 4, 8) * 4:
+        model.observe(c, 0.2 + 0.01 * c)  # 210 ms at one request against a 100 ms objective
+    assert model.max_concurrency(0.1, 1.0) is None  # holding requests back cannot help
