@@ -91,9 +91,10 @@ class Placement:
     pipeline: int
     nodes: tuple[str, ...]  # nodes of that product, for the status
     detail: str = ""
-    #: When set, the replicas' pods may run only on these nodes (one entry per replica; the
-    #: placement solver chose them). Empty: any node of ``gpu_product``.
-    pinned_nodes: tuple[str, ...] = ()
+    #: ``(replica id, node)`` for every replica when the placement solver chose the nodes: each
+    #: replica's pod may run only there. Empty: replicas ``0..replicas-1`` on any node of
+    #: ``gpu_product``.
+    replica_nodes: tuple[tuple[int, str], ...] = ()
     max_concurrency: int | None = None  # full-length sequences one replica's KV cache holds
 
     @property

@@ -219,8 +219,9 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     def workload_event(
         type: str, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
     ) -> None:
-        """Mirror the owned Deployment's readiness into the parent's status; re-create it if
-        someone deleted it while the parent lives."""
+        """Mirror the replica Deployments' readiness into the parent's status; converge again
+        when one is deleted (re-created if the parent still wants that replica) or while a
+        rollout holds replicas back (the next one rolls once this one serves)."""
         owner = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
         if not owner or not type or not namespace:
             return
@@ -229,6 +230,12 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
             if type == "DELETED":
                 logged(
                     f"re-creating {namespace}/{owner}",
+                    logger,
+                    lambda: converge_and_patch(namespace, owner),
+                )
+            elif r.rolling(namespace, owner):
+                logged(
+                    f"rolling {namespace}/{owner}",
                     logger,
                     lambda: converge_and_patch(namespace, owner),
                 )

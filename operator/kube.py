@@ -71,15 +71,23 @@ class Kube:
         items: list[Obj] = _json(response)["items"]
         return items
 
-    def get_deployment(self, namespace: str, name: str) -> Obj | None:
+    def list_deployments(self, namespace: str, selector: str) -> list[Obj]:
+        response = self.apps.list_namespaced_deployment(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[Obj] = _json(response)["items"]
+        return items
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        """Delete a Deployment; its ReplicaSets and pods are garbage-collected after it. Gone
+        already is fine."""
         try:
-            return _json(
-                self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+            self.apps.delete_namespaced_deployment(
+                name, namespace, propagation_policy="Background", _preload_content=False
             )
         except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+            if err.status != 404:
+                raise
 
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None:
         try:

@@ -1,8 +1,10 @@
 """Names, labels and owner references of the objects an LLMDeployment owns.
 
 Every owned object carries the recommended ``app.kubernetes.io/*`` labels plus
-``goodput.dev/deployment`` (the LLMDeployment's name), which is also the pods' selector: one key,
-immutable once the Deployment exists, and unique per namespace because LLMDeployment names are.
+``goodput.dev/deployment`` (the LLMDeployment's name), which is also the Service's selector: one
+key, unique per namespace because LLMDeployment names are. Each replica runs as its own Deployment
+``NAME-r<id>`` whose pods also carry ``goodput.dev/replica: <id>``; the id is the placement's
+replica index, stable while the replica lives (scaling down removes the highest ids).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from goodput.api.llmdeployment import API_VERSION, KIND
 
 LABEL_DEPLOYMENT = "goodput.dev/deployment"
+LABEL_REPLICA = "goodput.dev/replica"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -34,8 +37,13 @@ def labels(name: str, component: str = "server") -> dict[str, str]:
 
 
 def selector_labels(name: str) -> dict[str, str]:
-    """The pods' selector (Deployment and Service)."""
+    """All serving pods of the LLMDeployment (the Service's selector)."""
     return {LABEL_DEPLOYMENT: name}
+
+
+def replica_labels(name: str, replica: int) -> dict[str, str]:
+    """The pods of one replica (its Deployment's selector)."""
+    return {LABEL_DEPLOYMENT: name, LABEL_REPLICA: str(replica)}
 
 
 def selector_string(name: str) -> str:
@@ -43,8 +51,13 @@ def selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
 
 
-def workload_name(name: str) -> str:
-    return name
+def replica_workload_name(name: str, replica: int) -> str:
+    return f"{name}-r{replica}"
+
+
+def replica_workloads_selector(name: str) -> str:
+    """The label selector of the LLMDeployment's replica Deployments."""
+    return f"{LABEL_DEPLOYMENT}={name},{LABEL_REPLICA}"
 
 
 def service_name(name: str) -> str:

@@ -23,6 +23,14 @@ from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import StaleWrite
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import ModelMemory, ModelProfile
+from goodput.operator.rollout import (
+    ANNOTATION_NODE,
+    ANNOTATION_POD_SPEC,
+    OneServingReplicaAtATime,
+    ReplicaUpdate,
+    RolloutGate,
+    pod_spec_hash,
+)
 from goodput.operator.settings import WorkloadSettings
 
 ANNOTATION_TENSOR = "goodput.dev/tensor-parallel-size"
@@ -37,7 +45,8 @@ class KubeAPI(Protocol):
     def apply(self, obj: Mapping[str, Any]) -> Obj: ...
     def list_nodes(self) -> list[Obj]: ...
     def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
-    def get_deployment(self, namespace: str, name: str) -> Obj | None: ...
+    def list_deployments(self, namespace: str, selector: str) -> list[Obj]: ...
+    def delete_deployment(self, namespace: str, name: str) -> None: ...
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def patch_llmdeployment_status(
         self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
@@ -79,27 +88,46 @@ def _profile_status(profile: ModelProfile) -> dict[str, Any]:
     return out
 
 
-def replica_placement(pods: Sequence[Mapping[str, Any]], tensor: int, pipeline: int) -> list[Obj]:
-    """``status.placement``: one entry per bound pod (a replica is one pod for now)."""
-    bound = sorted(
-        (p for p in pods if (p.get("spec") or {}).get("nodeName")),
-        key=lambda p: str(p["metadata"]["name"]),
-    )
-    return [
-        {
-            "replica": i,
-            "nodes": [p["spec"]["nodeName"]],
-            "gpus": tensor * pipeline,
-            "tensor": tensor,
-            "pipeline": pipeline,
-        }
-        for i, p in enumerate(bound)
-    ]
+def replica_of(obj: Mapping[str, Any]) -> int | None:
+    """The replica id a Deployment or pod carries (``goodput.dev/replica``), if any."""
+    value = ((obj.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REPLICA)
+    return int(value) if value is not None and str(value).isdigit() else None
 
 
-def parallelism_of(deployment: Mapping[str, Any] | None) -> tuple[int, int]:
-    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
-    return int(annotations.get(ANNOTATION_TENSOR, 1)), int(annotations.get(ANNOTATION_PIPELINE, 1))
+def replica_placement(
+    deployments: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> list[Obj]:
+    """``status.placement``: one entry per replica Deployment, on the node it is pinned to (or,
+    unpinned, the node its pod is bound to; a replica on no node yet is left out)."""
+    bound: dict[int, str] = {}
+    for pod in pods:
+        replica, node = replica_of(pod), (pod.get("spec") or {}).get("nodeName")
+        if replica is not None and node and not pod["metadata"].get("deletionTimestamp"):
+            bound.setdefault(replica, str(node))
+    out = []
+    for dep in sorted(deployments, key=lambda d: replica_of(d) or 0):
+        replica = replica_of(dep)
+        annotations = dep["metadata"].get("annotations") or {}
+        node = annotations.get(ANNOTATION_NODE) or bound.get(replica or 0)
+        if replica is None or not node:
+            continue
+        tensor = int(annotations.get(ANNOTATION_TENSOR, 1))
+        pipeline = int(annotations.get(ANNOTATION_PIPELINE, 1))
+        out.append(
+            {
+                "replica": replica,
+                "nodes": [node],
+                "gpus": tensor * pipeline,
+                "tensor": tensor,
+                "pipeline": pipeline,
+            }
+        )
+    return out
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 class Reconciler:
@@ -114,12 +142,20 @@ class Reconciler:
         settings: WorkloadSettings,
         logger: logging.Logger | None = None,
         inventory: GpuInventory | None = None,
+        rollout: RolloutGate | None = None,
     ) -> None:
         self.kube, self.selector, self.memory = kube, selector, memory
         self.metrics, self.settings = metrics, settings
         #: GPU nodes and pods, kept current by the handlers' watches (None: not watched).
         self.inventory = inventory
         self.log = logger or logging.getLogger("goodput.operator")
+        self.rollout: RolloutGate = rollout or OneServingReplicaAtATime()
+        #: "namespace/name" -> replica Deployments held back on an older pod template.
+        self.held: dict[str, int] = {}
+
+    def rolling(self, namespace: str, name: str) -> bool:
+        """Whether replicas wait for a rollout step (converge again when a replica changes)."""
+        return self.held.get(f"{namespace}/{name}", 0) > 0
 
     def converge(self, body: Mapping[str, Any]) -> Outcome:
         """Place an LLMDeployment and apply the owned objects that follow; what the status should
@@ -184,25 +220,62 @@ class Reconciler:
         return Outcome(placed, fields, tuple(notices))
 
     def _apply(self, obj: LLMDeployment, placement: Placement) -> None:
+        """Apply the config, the Service and one Deployment per replica, then delete the
+        Deployments of replicas the placement no longer has (scaled down, or from an older
+        layout). Each replica's Deployment depends only on its own node, so an unchanged replica
+        is an idempotent no-op apply and its pod keeps running; a new pod template reaches
+        serving replicas as the rollout gate admits them."""
+        meta = obj.metadata
         cm = gateway_config.config_map(obj)
         digest = gateway_config.config_hash(*cm["data"].values())
-        dep = workload.deployment(obj, placement, self.settings, digest)
-        dep["metadata"]["annotations"] = {
-            ANNOTATION_TENSOR: str(placement.tensor),
-            ANNOTATION_PIPELINE: str(placement.pipeline),
-        }
+        spec_hash = pod_spec_hash(workload.pod_template(obj, placement, self.settings, digest))
+        slots: Sequence[tuple[int, str | None]] = placement.replica_nodes or [
+            (i, None) for i in range(obj.spec.replicas)
+        ]
         self.kube.apply(cm)
         self.kube.apply(service.service(obj))
-        self.kube.apply(dep)
+        owned = [
+            d
+            for d in self.kube.list_deployments(meta.namespace, naming.selector_string(meta.name))
+            if _owned_by(d, meta.uid)
+        ]
+        current = {d["metadata"]["name"]: d for d in owned}
+        updates = []
+        for replica, node in slots:
+            dep = workload.deployment(obj, placement, self.settings, digest, replica, node)
+            dep["metadata"]["annotations"] = {
+                ANNOTATION_TENSOR: str(placement.tensor),
+                ANNOTATION_PIPELINE: str(placement.pipeline),
+                ANNOTATION_POD_SPEC: spec_hash,
+                **({ANNOTATION_NODE: node} if node else {}),
+            }
+            updates.append(ReplicaUpdate(replica, dep, current.get(dep["metadata"]["name"])))
+        now, held = self.rollout.admit(updates)
+        for update in sorted(now, key=lambda u: u.replica):
+            self.kube.apply(update.desired)
+        key = f"{meta.namespace}/{meta.name}"
+        if held:
+            self.held[key] = len(held)
+            self.log.info(
+                f"{key}: rolling one replica at a time; waiting: "
+                + ", ".join(str(u.desired["metadata"]["name"]) for u in held)
+            )
+        else:
+            self.held.pop(key, None)
+        wanted = {u.desired["metadata"]["name"] for u in updates}
+        for name in sorted(set(current) - wanted):
+            self.log.info(f"{key}: deleting replica workload {name}")
+            self.kube.delete_deployment(meta.namespace, name)
 
     def status_of(
         self,
         parent: Mapping[str, Any],
-        deployment: Mapping[str, Any] | None,
+        deployments: Sequence[Mapping[str, Any]],
         outcome: Outcome | None = None,
     ) -> dict[str, Any] | None:
-        """The status fields for ``parent`` given its Deployment now and, after a convergence,
-        its outcome. None before the first convergence (nothing is known about placement)."""
+        """The status fields for ``parent`` given its replica Deployments now and, after a
+        convergence, its outcome. None before the first convergence (nothing is known about
+        placement)."""
         obj = LLMDeployment.model_validate(dict(parent))
         meta = obj.metadata
         current: Mapping[str, Any] = parent.get("status") or {}
@@ -220,16 +293,16 @@ class Reconciler:
             current,
             generation,
             obj.spec.replicas,
-            status.WorkloadState.of(deployment),
+            status.WorkloadState.of_replicas(
+                deployments, obj.spec.replicas, self.held.get(f"{meta.namespace}/{meta.name}", 0)
+            ),
             now(),
             placed,
         )
         if outcome is not None:
             new.update(outcome.fields)
-        if deployment is not None:
-            tensor, pipeline = parallelism_of(deployment)
-            pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
-            new["placement"] = replica_placement(pods, tensor, pipeline)
+        pods = self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
+        new["placement"] = replica_placement(deployments, pods)
         merged = {**current, **new}
         placed_ok = placed.status == "True"
         self._observe(
@@ -245,13 +318,20 @@ class Reconciler:
     ) -> dict[str, Any] | None:
         """Read-modify-write the status, guarded by the object's resourceVersion: the
         LLMDeployment handlers and the Deployment watch both write it, and neither may clobber
-        a newer view with an older one. Each try reads the Deployment afresh."""
+        a newer view with an older one. Each try reads the replica Deployments afresh."""
         for attempt in range(attempts):
             parent = self.kube.get_llmdeployment(namespace, name)
             if parent is None or parent["metadata"].get("deletionTimestamp"):
                 return None
-            deployment = self.kube.get_deployment(namespace, naming.workload_name(name))
-            new = self.status_of(parent, deployment, outcome)
+            uid = parent["metadata"].get("uid")
+            deployments = [
+                d
+                for d in self.kube.list_deployments(
+                    namespace, naming.replica_workloads_selector(name)
+                )
+                if _owned_by(d, uid) and not d["metadata"].get("deletionTimestamp")
+            ]
+            new = self.status_of(parent, deployments, outcome)
             current = parent.get("status") or {}
             if new is None or all(current.get(k) == v for k, v in new.items()):
                 return new

@@ -30,7 +30,8 @@ RETRYABLE_PLACEMENT_REASONS = frozenset({"NoMatchingGPUType", "InsufficientGPUs"
 
 @dataclass(frozen=True)
 class WorkloadState:
-    """What the owned Deployment reports."""
+    """What the owned Deployments report: one (``of``), or all replicas' together
+    (``of_replicas``)."""
 
     exists: bool
     replicas: int = 0  # pods, old and new
@@ -57,6 +58,25 @@ class WorkloadState:
             current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
             rollout_complete=progressing.get("reason") == "NewReplicaSetAvailable",
             deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
+        )
+
+    @classmethod
+    def of_replicas(
+        cls, deployments: Sequence[Mapping[str, Any]], desired: int, held: int = 0
+    ) -> WorkloadState:
+        """The replica Deployments as one workload: pods and ready pods add up, the rollout is
+        current and complete only when every replica's is, and one stalled replica stalls it.
+        ``held`` replicas still wait for the new pod template (not updated yet). With zero
+        replicas desired, none existing is the converged state."""
+        states = [cls.of(d) for d in deployments]
+        return cls(
+            exists=bool(states) or desired == 0,
+            replicas=sum(s.replicas for s in states),
+            ready=sum(s.ready for s in states),
+            updated=max(0, sum(s.updated for s in states) - held),
+            current=all(s.current for s in states),
+            rollout_complete=all(s.rollout_complete for s in states),
+            deadline_exceeded=any(s.deadline_exceeded for s in states),
         )
 
 

@@ -1,11 +1,14 @@
-"""The serving Deployment: per pod, the vLLM engine and the Goodput gateway in front of it.
+"""The serving Deployments: one per replica, each pod the vLLM engine and the Goodput gateway.
 
 The engine is the official ``vllm/vllm-openai`` image, unchanged, listening on 127.0.0.1:8000
 only; the gateway (``goodput serve``) is the pod's single port (8080) and owns its probes, since
 kubelet probes reach the pod IP and could not see a loopback-only engine anyway.
 
-Rollouts replace one pod at a time without surge (``maxSurge: 0``): a surge pod would need GPUs
-that a right-sized cluster does not have spare.
+One Deployment per replica (``replicas: 1``), pinned by required node affinity to the node the
+placement solver chose for it: adding, removing or moving one replica touches only its own
+Deployment, and a replica whose pod template is unchanged is never restarted. A rollout replaces
+the pod without surge (``maxSurge: 0``): a surge pod would need GPUs that a right-sized cluster
+does not have spare, and on a pinned node it could not fit anyway.
 """
 
 from __future__ import annotations
@@ -106,28 +109,30 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def node_selector_term(placement: Placement) -> dict[str, Any]:
-    """The GPU product, and the exact nodes when the placement solver chose them."""
+def node_selector_term(placement: Placement, node: str | None) -> dict[str, Any]:
+    """The GPU product, and the exact node when the placement solver chose one. The node is
+    matched by name (``matchFields``), not by the ``kubernetes.io/hostname`` label, which some
+    clouds set to something other than the Node's name."""
     term: dict[str, Any] = {
         "matchExpressions": [
             {"key": LABEL_PRODUCT, "operator": "In", "values": [placement.gpu_product]}
         ]
     }
-    if placement.pinned_nodes:
-        term["matchFields"] = [
-            {
-                "key": "metadata.name",
-                "operator": "In",
-                "values": sorted(set(placement.pinned_nodes)),
-            }
-        ]
+    if node:
+        term["matchFields"] = [{"key": "metadata.name", "operator": "In", "values": [node]}]
     return term
 
 
 def pod_template(
-    obj: LLMDeployment, placement: Placement, settings: WorkloadSettings, config_hash: str
+    obj: LLMDeployment,
+    placement: Placement,
+    settings: WorkloadSettings,
+    config_hash: str,
+    replica: int = 0,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """The pod template; ``config_hash`` rolls the pods when the gateway config changes."""
+    """One replica's pod template; ``config_hash`` rolls the pod when the gateway config
+    changes, ``node`` pins it."""
     spec, name = obj.spec, obj.metadata.name
     volumes = Volumes()
     args = engine_args(obj, placement, volumes)
@@ -159,7 +164,7 @@ def pod_template(
     }
     return {
         "metadata": {
-            "labels": naming.labels(name),
+            "labels": {**naming.labels(name), naming.LABEL_REPLICA: str(replica)},
             "annotations": {naming.ANNOTATION_CONFIG_HASH: config_hash},
         },
         "spec": {
@@ -169,7 +174,7 @@ def pod_template(
             "affinity": {
                 "nodeAffinity": {
                     "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [node_selector_term(placement)]
+                        "nodeSelectorTerms": [node_selector_term(placement, node)]
                     }
                 }
             },
@@ -191,25 +196,32 @@ def pod_template(
 
 
 def deployment(
-    obj: LLMDeployment, placement: Placement, settings: WorkloadSettings, config_hash: str
+    obj: LLMDeployment,
+    placement: Placement,
+    settings: WorkloadSettings,
+    config_hash: str,
+    replica: int = 0,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running ``spec.replicas`` serving pods."""
+    """The apps/v1 Deployment running replica ``replica`` (one pod), on ``node`` when given."""
     meta = obj.metadata
+    metadata = naming.object_meta(
+        naming.replica_workload_name(meta.name, replica), meta.namespace, meta.name, meta.uid
+    )
+    metadata["labels"][naming.LABEL_REPLICA] = str(replica)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": naming.object_meta(
-            naming.workload_name(meta.name), meta.namespace, meta.name, meta.uid
-        ),
+        "metadata": metadata,
         "spec": {
-            "replicas": obj.spec.replicas,
-            "selector": {"matchLabels": naming.selector_labels(meta.name)},
+            "replicas": 1,
+            "selector": {"matchLabels": naming.replica_labels(meta.name, replica)},
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
             "progressDeadlineSeconds": settings.progress_deadline_seconds,
             "revisionHistoryLimit": 3,
-            "template": pod_template(obj, placement, settings, config_hash),
+            "template": pod_template(obj, placement, settings, config_hash, replica, node),
         },
     }

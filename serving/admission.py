@@ -61,11 +61,13 @@ class AdmissionController:
         max_queue_length: int,
         max_queue_delay_s: float | None,
         best_effort_max_wait_s: float = 60.0,
+        first_token_share: float = 0.5,
     ) -> None:
         self._service = service
         self._overload = overload
         self._max_queue = max_queue_length
         self._max_delay = max_queue_delay_s
+        self._first_token_share = first_token_share
         self._best_effort_wait = (
             best_effort_max_wait_s if max_queue_delay_s is None else max_queue_delay_s
         )
@@ -94,7 +96,7 @@ class AdmissionController:
         if wait is None:
             return Verdict.ADMIT
         concurrency = min(view.limit or view.inflight + 1, view.inflight + 1)
-        first_token = now + wait + self._service.predict_first_token_s(concurrency)
+        first_token = now + wait + self._first_token_s(job, concurrency)
         late = first_token > job.ttft_deadline
         if not late and job.slo.e2e_s is not None:
             tpot = self._service.step.predict(concurrency) or job.slo.tpot_s
@@ -103,6 +105,17 @@ class AdmissionController:
         if not late:
             return Verdict.ADMIT
         return self._overloaded(wait)
+
+    def _first_token_s(self, job: Job, concurrency: float) -> float:
+        """Predicted dispatch-to-first-token time, capped at its share of the TTFT objective.
+
+        The cap bounds the cost of a wrong model: a request is declared doomed only once its
+        own queueing has used up the rest of its budget, never by the first-token model alone
+        (which on a busy machine once predicted every first token late and rejected requests
+        arriving at an idle gateway).
+        """
+        predicted = self._service.predict_first_token_s(concurrency)
+        return min(predicted, self._first_token_share * job.slo.ttft_s)
 
     def _overloaded(self, wait_s: float) -> Verdict:
         if self._overload == "best-effort":
@@ -132,6 +145,6 @@ class AdmissionController:
                 f"The request waited {waited:.1f} s, longer than the deployment's maximum "
                 "queue delay.",
             )
-        if now + self._service.predict_first_token_s(concurrency) > job.ttft_deadline:
+        if now + self._first_token_s(job, concurrency) > job.ttft_deadline:
             return self._overloaded(waited)
         return Verdict.ADMIT

@@ -88,12 +88,18 @@ class ConcurrencyLatencyModel:
         return self._fit.intercept_s + self._fit.slope_s * concurrency
 
     def max_concurrency(self, target_s: float, headroom: float) -> int | None:
-        """The largest concurrency whose predicted latency is within ``headroom·target_s``;
-        ``None`` while the model does not know (or latency does not grow with concurrency)."""
+        """The largest concurrency whose predicted latency is within ``headroom·target_s``.
+
+        ``None`` — no limit — while the model does not know, when latency does not grow with
+        concurrency, and when even one request at a time is predicted to miss: then holding
+        requests back cannot meet the target and would only add queueing and rejections (on a
+        shared CPU machine, noise from other processes did exactly this).
+        """
         if self._fit is None or self._fit.slope_s <= 0:
             return None
         budget = target_s * headroom - self._fit.intercept_s
-        return max(1, int(budget / self._fit.slope_s + 1e-9))
+        limit = int(budget / self._fit.slope_s + 1e-9)
+        return limit if limit >= 1 else None
 
 
 class Ewma:

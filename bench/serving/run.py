@@ -72,11 +72,10 @@ def warm_up(engine_url: str, corpus: Corpus, enforce: str) -> None:
 
 
 def measure_unloaded(engine_url: str, corpus: Corpus, count: int, enforce: str) -> SLO:
-    """TTFT and TPOT of requests sent one at a time (rate -> 0): their 25th percentiles.
+    """Median TTFT and TPOT of requests sent one at a time (rate -> 0).
 
-    Not the median: the other tenants of a shared machine only ever add latency, so a low
-    quantile estimates the engine's own speed, and the SLO derived from it stays comparable
-    between runs taken at different background loads.
+    The median of what this machine delivers with no load of ours: a low quantile (tried) lands
+    in a quiet moment of the other tenants and yields an SLO that even an idle engine misses.
     """
     requests = corpus.take(count, offset=len(corpus.requests) // 2)
     loose = SLO(ttft_s=3600.0, tpot_s=3600.0)

@@ -1,4 +1,4 @@
-"""Where heavy, rebuildable artefacts live (outside any checkout), and how builders share them.
+"""How builders of heavy, rebuildable artefacts (under ``paths.cache_root()``) share them.
 
 CI clones afresh but runs on the same machine right after a session, so an engine venv or a
 generated model built once under ``~/.cache/goodput`` is reused; a cold machine rebuilds it.
@@ -8,16 +8,9 @@ Two pytest sessions may build the same artefact at once, hence the inter-process
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-
-def cache_root() -> Path:
-    """``$GOODPUT_CACHE_DIR`` or ``~/.cache/goodput``."""
-    configured = os.environ.get("GOODPUT_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "goodput"
 
 
 @contextmanager

@@ -35,7 +35,8 @@ from types import TracebackType
 
 import httpx
 
-from goodput.dev.cache import cache_root, exclusive
+from goodput.dev.cache import exclusive
+from goodput.dev.paths import cache_root
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from goodput.dev.cache import cache_root, exclusive
+from goodput.dev.cache import exclusive
+from goodput.dev.paths import cache_root
 
 # Bump when the files written change in a way the parameters below do not capture.
 GENERATOR_VERSION = 1

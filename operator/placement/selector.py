@@ -2,12 +2,10 @@
 
 Each LLMDeployment is solved on its own against the live inventory, with every other pod's GPUs
 (other deployments' included) taken, and its current replicas as the previous plan, so a
-reconcile never moves a replica that is still valid. With ``pin_nodes`` the chosen nodes pin the
-pods (``Placement.pinned_nodes``); it is off by default because the operator runs all replicas
-from one Deployment, whose pod template would then change (and roll every pod) whenever one
-replica is added or moved. Per-replica workloads will make pinning the default.
+reconcile never moves a replica that is still valid. Every replica's node is part of the answer
+(``Placement.replica_nodes``): the operator runs each replica as its own Deployment pinned there.
 
-One Deployment runs one GPU type and one pod per replica, so a plan that mixes GPU types is
+An LLMDeployment runs one GPU type and one pod per replica, so a plan that mixes GPU types is
 solved again on its first type, and a plan whose replica spans nodes (pipeline stages) is
 reported, not applied, until multi-node serving exists. Models the profiler's catalog does not
 know go to the fallback selector.
@@ -63,7 +61,6 @@ class SolverSelector:
     fallback: GPUSelector
     inventory: GpuInventory | None = None
     solver: PlacementSolver = field(default_factory=PlacementSolver)
-    pin_nodes: bool = False
     memory: ModelMemory | None = None  # for status.profile.maxConcurrency
 
     def select(
@@ -104,7 +101,7 @@ class SolverSelector:
             pipeline=first.pipeline,
             nodes=tuple(sorted({n for r in decision.replicas for n in r.nodes})),
             detail=decision.reason,
-            pinned_nodes=tuple(r.nodes[0] for r in decision.replicas) if self.pin_nodes else (),
+            replica_nodes=tuple((r.replica, r.nodes[0]) for r in decision.replicas),
             max_concurrency=concurrency,
         )
 

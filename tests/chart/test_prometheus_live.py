@@ -9,6 +9,7 @@ finite sample, each dashboard variable must list values, and each rule must be h
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def drive_load(gateway: GatewayProcess, requests: int = 48, concurrency: int = 4
 def live_operator(
     cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalOperator]:
-    """The operator (standalone, admin credentials) reconciling the example LLMDeployment."""
+    """The operator (standalone, admin credentials); the test applies the example once Prometheus
+    scrapes, so that the reconciliations fall inside the observed window."""
     tmp = tmp_path_factory.mktemp("live-operator")
     args = [
         "operator", "run", "--all-namespaces", "--standalone",
@@ -123,7 +125,6 @@ def live_operator(
     )
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     operator.start()
-    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
     try:
         yield operator
     finally:
@@ -140,8 +141,15 @@ def has_finite_sample(result: list[dict[str, Any]]) -> bool:
     )
 
 
+def example_available(cluster: Any) -> bool:
+    name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
+    raw = cluster.kubectl("get", "llmd", name, "-n", NAMESPACE, "-o", "json", check=False)
+    conditions = json.loads(raw).get("status", {}).get("conditions", []) if raw.strip() else []
+    return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+
 def test_every_panel_and_rule_evaluates_on_live_metrics(
-    vllm_engine: Any, live_operator: LocalOperator, tmp_path: Path
+    cluster: Any, vllm_engine: Any, live_operator: LocalOperator, tmp_path: Path
 ) -> None:
     rules = yaml.safe_load((CHART / "rules" / "goodput.rules.yaml").read_text())
     with GatewayProcess(vllm_engine.url, vllm_engine.model_name, tmp_path / "gateway.log") as gw:
@@ -160,7 +168,14 @@ def test_every_panel_and_rule_evaluates_on_live_metrics(
             while not all(prometheus.targets_up().values()) or len(prometheus.targets_up()) < 2:
                 assert time.monotonic() < deadline, prometheus.targets_up()
                 time.sleep(0.5)
+            cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
             drive_load(gw)
+            deadline = time.monotonic() + 120
+            while not example_available(cluster):
+                assert time.monotonic() < deadline, (
+                    f"example not Available:\n{live_operator.tail()}"
+                )
+                time.sleep(1)
             time.sleep(5)  # a few more scrapes and rule evaluations after the last request
             end = time.time()
 

@@ -152,6 +152,28 @@ def pods(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
     return [p for p in out["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
+def replica_workloads(cluster: LocalCluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
+    """The LLMDeployment's replica Deployments by name."""
+    out = get(cluster, ns, "deployments", "-l", f"goodput.dev/deployment={name}")
+    return {
+        d["metadata"]["name"]: d for d in out["items"] if not d["metadata"].get("deletionTimestamp")
+    }
+
+
+def pods_on_planned_nodes(cluster: LocalCluster, ns: str, name: str) -> dict[int, str] | None:
+    """Replica -> node once every replica in ``status.placement`` has exactly one live pod,
+    bound to the node planned for it; else None."""
+    placement = (llmd(cluster, ns, name).get("status") or {}).get("placement") or []
+    planned = {p["replica"]: p["nodes"][0] for p in placement}
+    bound: dict[int, list[str]] = {}
+    for pod in pods(cluster, ns, name):
+        replica = int(pod["metadata"]["labels"]["goodput.dev/replica"])
+        bound.setdefault(replica, []).append(pod["spec"].get("nodeName") or "")
+    if not planned or {r: [n] for r, n in planned.items()} != bound:
+        return None
+    return planned
+
+
 def test_example_becomes_available_on_matching_gpu_nodes(
     cluster: LocalCluster, ns: str, operator: OperatorProcess
 ) -> None:
@@ -169,9 +191,11 @@ def test_example_becomes_available_on_matching_gpu_nodes(
     node = get(cluster, ns, "node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100
     assert st["placement"][0]["nodes"] == [pod["spec"]["nodeName"]]
+    assert pod["metadata"]["labels"]["goodput.dev/replica"] == "0"
     # Owned objects, owner references, labels.
+    assert list(replica_workloads(cluster, ns, "llama3-8b")) == ["llama3-8b-r0"]
     for kind, name in (
-        ("deployment", "llama3-8b"),
+        ("deployment", "llama3-8b-r0"),
         ("service", "llama3-8b"),
         ("configmap", "llama3-8b-gateway"),
     ):
@@ -200,15 +224,21 @@ def test_example_becomes_available_on_matching_gpu_nodes(
 def test_kubectl_scale_and_spec_changes_roll_the_workload(
     cluster: LocalCluster, ns: str, operator: OperatorProcess
 ) -> None:
+    (first,) = pods(cluster, ns, "llama3-8b")
     cluster.kubectl("scale", "llmd", "llama3-8b", "-n", ns, "--replicas=2")
     wait_for(
-        lambda: get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 2,
-        what="the Deployment to follow kubectl scale",
+        lambda: (
+            sorted(replica_workloads(cluster, ns, "llama3-8b")) == ["llama3-8b-r0", "llama3-8b-r1"]
+        ),
+        what="a second replica Deployment to follow kubectl scale",
     )
     wait_for(
         lambda: llmd(cluster, ns, "llama3-8b")["status"].get("ready") == "2/2",
         what="2/2 ready",
     )
+    wait_for(lambda: pods_on_planned_nodes(cluster, ns, "llama3-8b"), what="pods on plan")
+    uids = {p["metadata"]["uid"] for p in pods(cluster, ns, "llama3-8b")}
+    assert first["metadata"]["uid"] in uids, "scaling up left the first replica's pod alone"
     scale = json.loads(
         cluster.kubectl(
             "get",
@@ -223,14 +253,19 @@ def test_kubectl_scale_and_spec_changes_roll_the_workload(
     cluster.kubectl("patch", "llmd", "llama3-8b", "-n", ns, "--type=merge", "-p", json.dumps(patch))
 
     def rolled() -> bool:
-        dep = get(cluster, ns, "deployment", "llama3-8b")
-        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        return "32" in args and args[args.index("--max-model-len") + 1] == "4096"
+        for dep in replica_workloads(cluster, ns, "llama3-8b").values():
+            args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+            if "32" not in args or args[args.index("--max-model-len") + 1] != "4096":
+                return False
+        return True
 
     wait_for(rolled, what="the engine args to follow the spec")
+    # Serving replicas took the new template one after another.
+    assert "rolling one replica at a time; waiting: llama3-8b-r1" in operator.log.read_text()
     wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="Available after the rollout")
     obj = llmd(cluster, ns, "llama3-8b")
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    wait_for(lambda: pods_on_planned_nodes(cluster, ns, "llama3-8b"), what="pods on plan")
     for pod in pods(cluster, ns, "llama3-8b"):
         assert "--max-num-seqs" in pod["spec"]["containers"][0]["args"]
 
@@ -283,7 +318,7 @@ def test_unknown_gpu_type_is_reported_not_retried_noisily(
     assert placed["reason"] == "NoMatchingGPUType"
     assert "B200" in placed["message"] and H100 in placed["message"]
     assert llmd(cluster, ns, "wants-b200")["status"]["phase"] == "Pending"
-    assert get(cluster, ns, "deployment", "wants-b200") is None
+    assert replica_workloads(cluster, ns, "wants-b200") == {}
     time.sleep(5)  # node heartbeats go on; the refusal is not re-announced
     events = get(cluster, ns, "events", "--field-selector", "involvedObject.name=wants-b200")
     warnings = [e for e in events["items"] if e["reason"] == "NoMatchingGPUType"]
@@ -297,16 +332,21 @@ def test_restart_converges_without_duplicates(
     operator.stop()
     cluster.kubectl("scale", "llmd", "llama3-8b", "-n", ns, "--replicas=1")
     time.sleep(2)
-    assert get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 2, "nobody acted"
+    assert len(replica_workloads(cluster, ns, "llama3-8b")) == 2, "nobody acted"
+    kept = get(cluster, ns, "deployment", "llama3-8b-r0")
     operator.start()
     wait_for(
-        lambda: get(cluster, ns, "deployment", "llama3-8b")["spec"]["replicas"] == 1,
-        what="the restarted operator to converge",
+        lambda: list(replica_workloads(cluster, ns, "llama3-8b")) == ["llama3-8b-r0"],
+        what="the restarted operator to delete the scaled-down replica",
     )
     wait_for(lambda: len(pods(cluster, ns, "llama3-8b")) == 1, what="one pod")
     wait_for(phase_is(cluster, ns, "llama3-8b", "Available"), what="Available after restart")
     managed = "goodput.dev/deployment=llama3-8b"
     assert len(get(cluster, ns, "deployments", "-l", managed)["items"]) == 1
+    after = get(cluster, ns, "deployment", "llama3-8b-r0")
+    assert after["metadata"]["uid"] == kept["metadata"]["uid"]
+    assert after["metadata"]["generation"] == kept["metadata"]["generation"], "not rolled"
+    assert pods_on_planned_nodes(cluster, ns, "llama3-8b")
     assert len(get(cluster, ns, "services", "-l", managed)["items"]) == 1
     assert len(get(cluster, ns, "configmaps", "-l", managed)["items"]) == 1
 
@@ -327,9 +367,22 @@ def test_every_example_is_accepted_and_placed(
             return obj if c and c["status"] == "True" else None
 
         obj = wait_for(placed, what=f"{name} placed")
-        dep = wait_for(lambda name=name: get(cluster, ns, "deployment", name), what="workload")
-        gpus = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert int(gpus["nvidia.com/gpu"]) * doc["spec"].get("replicas", 1) == obj["status"]["gpus"]
+        replicas = doc["spec"].get("replicas", 1)
+        deps = wait_for(
+            lambda name=name, replicas=replicas: (
+                len(workloads := replica_workloads(cluster, ns, name)) == replicas and workloads
+            ),
+            what="one workload per replica",
+        )
+        gpus = sum(
+            int(
+                d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+                    "nvidia.com/gpu"
+                ]
+            )
+            for d in deps.values()
+        )
+        assert gpus == obj["status"]["gpus"]
 
 
 def test_delete_garbage_collects_owned_objects(

@@ -1,8 +1,9 @@
 """Placement decisions on the real local control plane's heterogeneous simulated fleet.
 
 The operator runs as a subprocess watching its own namespace; the real kube-scheduler binds the
-pods. The default fleet (goodput/dev/fleets/default.yaml) has H100 and H200 (8 per node), A100
-40 GB (8), L4 and A10G (4) nodes over three zones.
+pods, each replica's to the node the solver planned for it. The default fleet
+(goodput/dev/fleets/default.yaml) has H100 and H200 (8 per node), A100 40 GB (8), L4 and A10G (4)
+nodes over three zones; the node-loss test adds (and deletes) L40S nodes of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmdeployment.yaml"
+LLAMA_8B = {
+    "name": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "architecture": "llama-3-8b",
+    "maxModelLen": 4096,
+}
 T = TypeVar("T")
 
 
@@ -88,6 +94,42 @@ def placed(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c["type"] == "Placed"), None)
 
 
+def get(cluster: LocalCluster, ns: str, *what: str) -> Any:
+    out = cluster.kubectl("get", *what, "-n", ns, "-o", "json", check=False)
+    return json.loads(out) if out.strip() else None
+
+
+def on_plan(cluster: LocalCluster, ns: str, name: str) -> dict[int, tuple[str, str]] | None:
+    """Replica -> (pod UID, node) once every replica of ``status.placement`` has exactly one
+    live pod, bound by kube-scheduler to the node planned for it; else None."""
+    placement = (get(cluster, ns, "llmdeployment", name).get("status") or {}).get("placement")
+    planned = {p["replica"]: p["nodes"] for p in placement or ()}
+    live = [
+        p
+        for p in get(cluster, ns, "pods", "-l", f"goodput.dev/deployment={name}")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    bound: dict[int, list[tuple[str, str]]] = {}
+    for pod in live:
+        replica = int(pod["metadata"]["labels"]["goodput.dev/replica"])
+        bound.setdefault(replica, []).append((pod["metadata"]["uid"], pod["spec"].get("nodeName")))
+    if not planned or sorted(planned) != sorted(bound):
+        return None
+    if any(len(bound[r]) != 1 or [bound[r][0][1]] != nodes for r, nodes in planned.items()):
+        return None
+    return {r: pods[0] for r, pods in bound.items()}
+
+
+def workloads(cluster: LocalCluster, ns: str, name: str) -> dict[str, tuple[str, int]]:
+    """Replica Deployment name -> (uid, generation)."""
+    out = get(cluster, ns, "deployments", "-l", f"goodput.dev/deployment={name}")
+    return {
+        d["metadata"]["name"]: (d["metadata"]["uid"], d["metadata"]["generation"])
+        for d in out["items"]
+        if not d["metadata"].get("deletionTimestamp")
+    }
+
+
 def test_the_solver_chooses_gpus_and_the_scheduler_binds_pods_there(
     cluster: LocalCluster, ns: str
 ) -> None:
@@ -110,6 +152,90 @@ def test_the_solver_chooses_gpus_and_the_scheduler_binds_pods_there(
     for node in wait_for(bound, what="two bound pods"):
         labels = json.loads(cluster.kubectl("get", "node", node, "-o", "json"))["metadata"]
         assert labels["labels"]["nvidia.com/gpu.product"] == "NVIDIA-L4"
+    where = wait_for(lambda: on_plan(cluster, ns, "small"), what="pods on the planned nodes")
+    assert sorted(where) == [0, 1] and len({node for _, node in where.values()}) == 2
+    assert sorted(workloads(cluster, ns, "small")) == ["small-r0", "small-r1"]
+
+
+def test_kubectl_scale_adds_and_removes_only_that_replicas_workload(
+    cluster: LocalCluster, ns: str
+) -> None:
+    before = wait_for(lambda: on_plan(cluster, ns, "small"), what="pods on the planned nodes")
+    deps = workloads(cluster, ns, "small")
+    cluster.kubectl("scale", "llmd", "small", "-n", ns, "--replicas=3")
+    up = wait_for(
+        lambda: (w := on_plan(cluster, ns, "small")) and len(w) == 3 and w,
+        what="a third replica on its planned node",
+    )
+    assert {r: up[r] for r in before} == before, "the running replicas' pods are untouched"
+    now = workloads(cluster, ns, "small")
+    assert sorted(now) == ["small-r0", "small-r1", "small-r2"]
+    assert {k: now[k] for k in deps} == deps, "their Deployments are unchanged"
+    cluster.kubectl("scale", "llmd", "small", "-n", ns, "--replicas=2")
+    wait_for(
+        lambda: sorted(workloads(cluster, ns, "small")) == ["small-r0", "small-r1"],
+        what="the third replica's Deployment deleted",
+    )
+    assert wait_for(lambda: (w := on_plan(cluster, ns, "small")) and len(w) == 2 and w) == before
+    assert workloads(cluster, ns, "small") == deps
+
+
+@pytest.fixture
+def own_gpu_nodes(cluster: LocalCluster) -> Iterator[list[str]]:
+    """Three simulated L40S nodes (one per zone, 4 GPUs each) with the dev fleet's labels and
+    kwok annotation, so the test may delete one without disturbing the shared fleet. They carry
+    no ``goodput.dev/fleet`` label: ``goodput dev`` reconciling its fleet leaves them alone."""
+    from goodput.dev.fleet import FLEET_LABEL, POOL_LABEL, Fleet, NodePool, node_manifest
+
+    fleet = Fleet.load("default")
+    pool = NodePool.model_validate(
+        {
+            "name": "l40s",
+            "gpu": {"product": "NVIDIA-L40S", "memoryMiB": 46068, "family": "ada-lovelace",
+                    "computeCapability": "8.9"},
+            "gpusPerNode": 4, "interconnect": "pcie", "count": 3,
+            "zones": ["local-1a", "local-1b", "local-1c"], "nodesPerRack": 1,
+            "instanceType": "sim.l40s.4x", "cpu": 48, "memoryGiB": 384,
+        }
+    )  # fmt: skip
+    tag = uuid.uuid4().hex[:5]
+    names = []
+    for i, zone in enumerate(pool.zones):
+        name = f"pin-{tag}-l40s-{i}"
+        node = node_manifest(fleet, pool, name=name, zone=zone, rack=f"{zone}-{name}", domain=name)
+        for label in (FLEET_LABEL, POOL_LABEL):
+            node["metadata"]["labels"].pop(label)
+        cluster.kubectl("create", "-f", "-", stdin=json.dumps(node))
+        names.append(name)
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
+    yield names
+    cluster.kubectl("delete", "node", *names, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_deleting_a_node_re_places_only_the_replica_on_it(
+    cluster: LocalCluster, ns: str, own_gpu_nodes: list[str]
+) -> None:
+    apply(cluster, ns, "mover", model=LLAMA_8B, replicas=2, resources={"gpuTypes": ["L40S"]})
+    before = wait_for(lambda: on_plan(cluster, ns, "mover"), what="pods on the planned nodes")
+    assert sorted(before) == [0, 1]
+    nodes = [node for _, node in before.values()]
+    assert len(set(nodes)) == 2 and set(nodes) <= set(own_gpu_nodes), before
+    deps = workloads(cluster, ns, "mover")
+    lost_uid, lost = before[1]
+    cluster.kubectl("delete", "node", lost)
+
+    def moved() -> dict[int, tuple[str, str]] | None:
+        where = on_plan(cluster, ns, "mover")
+        return where if where and where[1][1] != lost else None
+
+    after = wait_for(moved, timeout=180, what="replica 1 re-placed on a live node")
+    assert after[0] == before[0], "the other replica's pod is untouched (same UID, same node)"
+    assert after[1][1] in own_gpu_nodes and after[1][0] != lost_uid
+    now = workloads(cluster, ns, "mover")
+    assert now["mover-r0"] == deps["mover-r0"], "the other replica's Deployment is unchanged"
+    assert now["mover-r1"][0] == deps["mover-r1"][0], "the moved replica's Deployment is updated"
+    assert now["mover-r1"][1] > deps["mover-r1"][1]
 
 
 def test_a_model_no_node_holds_gets_a_multi_node_plan(cluster: LocalCluster, ns: str) -> None:

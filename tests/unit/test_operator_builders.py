@@ -98,8 +98,9 @@ def test_deployment_pod_shape() -> None:
         gateway_image="g:1",
         tolerations=(parse_toleration("kwok=fake:NoSchedule"),),
     )
-    dep = workload.deployment(obj, _placement(2), settings, "cafe")
+    dep = workload.deployment(obj, _placement(2), settings, "cafe", replica=2, node="gpu-7")
     meta, spec = dep["metadata"], dep["spec"]
+    assert meta["name"] == "llama-r2"
     assert meta["ownerReferences"][0] == {
         "apiVersion": "goodput.dev/v1alpha1",
         "kind": "LLMDeployment",
@@ -110,11 +111,16 @@ def test_deployment_pod_shape() -> None:
     }
     assert meta["labels"][naming.LABEL_MANAGED_BY] == "goodput"
     assert meta["labels"][naming.LABEL_DEPLOYMENT] == "llama"
-    assert spec["replicas"] == 3
-    assert spec["selector"]["matchLabels"] == {naming.LABEL_DEPLOYMENT: "llama"}
+    assert meta["labels"][naming.LABEL_REPLICA] == "2"
+    assert spec["replicas"] == 1, "one Deployment per replica"
+    assert spec["selector"]["matchLabels"] == {
+        naming.LABEL_DEPLOYMENT: "llama",
+        naming.LABEL_REPLICA: "2",
+    }
     pod = spec["template"]
     assert pod["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] == "cafe"
     assert pod["metadata"]["labels"][naming.LABEL_DEPLOYMENT] == "llama"
+    assert pod["metadata"]["labels"][naming.LABEL_REPLICA] == "2"
     engine, gateway = _containers(dep)["engine"], _containers(dep)["gateway"]
     assert engine["image"] == "e:1" and gateway["image"] == "g:1"
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -130,6 +136,14 @@ def test_deployment_pod_shape() -> None:
     assert term["nodeSelectorTerms"][0]["matchExpressions"] == [
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100]}
     ]
+    assert term["nodeSelectorTerms"][0]["matchFields"] == [
+        {"key": "metadata.name", "operator": "In", "values": ["gpu-7"]}
+    ]
+    unpinned = workload.deployment(obj, _placement(2), settings, "cafe")["spec"]["template"]
+    (any_node,) = unpinned["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert "matchFields" not in any_node, "no node chosen: any node of the GPU type"
     tolerations = pod["spec"]["tolerations"]
     assert {"key": "kwok", "operator": "Equal", "value": "fake", "effect": "NoSchedule"} in (
         tolerations

@@ -30,6 +30,7 @@ class FakeKube:
         self.parents: dict[tuple[str, str], dict[str, Any]] = {}
         self.status_writes = 0
         self.conflicts = 0
+        self.deleted: list[str] = []
 
     def add_parent(self, body: dict[str, Any]) -> None:
         body["metadata"]["resourceVersion"] = "1"
@@ -55,13 +56,34 @@ class FakeKube:
         return self.nodes
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Replica 0's pod is bound to gpu-0, replica 1's is pending."""
+        bound = {"metadata": {"name": "llama-r0-abc", "labels": {naming.LABEL_REPLICA: "0"}}}
+        pending = {"metadata": {"name": "llama-r1-def", "labels": {naming.LABEL_REPLICA: "1"}}}
+        return [{**bound, "spec": {"nodeName": "gpu-0"}}, {**pending, "spec": {}}]
+
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Deployments matching a selector of ``key=value`` and ``key`` (exists) terms."""
+        terms = [t.partition("=") for t in selector.split(",")]
         return [
-            {"metadata": {"name": "llama-abc"}, "spec": {"nodeName": "gpu-0"}},
-            {"metadata": {"name": "llama-def"}, "spec": {}},
+            copy.deepcopy(obj)
+            for (kind, ns, _), obj in sorted(self.objects.items())
+            if kind == "Deployment"
+            and ns == namespace
+            and all(
+                k in obj["metadata"]["labels"] and (not eq or obj["metadata"]["labels"][k] == v)
+                for k, eq, v in terms
+            )
         ]
 
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.objects.get(("Deployment", namespace, name)))
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+        self.objects.pop(("Deployment", namespace, name), None)
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return self.objects[("Deployment", "ml", name)]
+
+    def deployments(self) -> list[str]:
+        return sorted(k[2] for k in self.objects if k[0] == "Deployment")
 
     def get_llmdeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.parents.get((namespace, name)))
@@ -80,15 +102,17 @@ class FakeKube:
         stored["metadata"]["resourceVersion"] = str(int(stored["metadata"]["resourceVersion"]) + 1)
         self.status_writes += 1
 
-    def ready(self, replicas: int) -> None:
-        dep = self.objects[("Deployment", "ml", "llama")]
-        dep["status"] = {
-            "observedGeneration": dep["metadata"]["generation"],
-            "replicas": replicas,
-            "readyReplicas": replicas,
-            "updatedReplicas": replicas,
-            "conditions": [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}],
-        }
+    def ready(self) -> None:
+        """Every replica Deployment's pod is up to date and ready."""
+        for name in self.deployments():
+            dep = self.deployment(name)
+            dep["status"] = {
+                "observedGeneration": dep["metadata"]["generation"],
+                "replicas": 1,
+                "readyReplicas": 1,
+                "updatedReplicas": 1,
+                "conditions": [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}],
+            }
 
 
 def _reconciler(kube: FakeKube) -> tuple[Reconciler, OperatorMetrics]:
@@ -123,7 +147,8 @@ def test_converge_applies_owned_objects_and_reports_placement() -> None:
     r, metrics = _reconciler(kube)
     outcome, s = _run(r, kube)
     kinds = sorted(k[0] for k in kube.objects)
-    assert kinds == ["ConfigMap", "Deployment", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Service"]
+    assert kube.deployments() == ["llama-r0", "llama-r1"], "one Deployment per replica"
     assert s["observedGeneration"] == 1
     assert s["gpuType"] == H100 and s["gpus"] == 2
     assert s["selector"] == f"{naming.LABEL_DEPLOYMENT}=llama"
@@ -147,11 +172,11 @@ def test_converging_twice_is_idempotent_and_quiet() -> None:
     r, _ = _reconciler(kube)
     _, first = _run(r, kube)
     first = copy.deepcopy(first)
-    dep_before = copy.deepcopy(kube.objects[("Deployment", "ml", "llama")])
+    dep_before = copy.deepcopy(kube.deployment("llama-r0"))
     writes = kube.status_writes
     outcome, second = _run(r, kube)
-    assert kube.objects[("Deployment", "ml", "llama")] == dep_before
-    assert len(kube.objects) == 3
+    assert kube.deployment("llama-r0") == dep_before
+    assert len(kube.objects) == 3 and kube.deleted == []
     assert outcome.notices == ()
     assert kube.status_writes == writes, "an unchanged status is not written again"
     assert second["conditions"] == first["conditions"]
@@ -161,9 +186,9 @@ def test_spec_change_rolls_the_pods_through_the_config_hash() -> None:
     kube = _kube()
     r, _ = _reconciler(kube)
     _run(r, kube)
-    tpl = kube.objects[("Deployment", "ml", "llama")]["spec"]["template"]
+    tpl = kube.deployment("llama-r0")["spec"]["template"]
     _run(r, kube, scheduling={"policy": "fcfs"})
-    tpl2 = kube.objects[("Deployment", "ml", "llama")]["spec"]["template"]
+    tpl2 = kube.deployment("llama-r0")["spec"]["template"]
     key = naming.ANNOTATION_CONFIG_HASH
     assert tpl["metadata"]["annotations"][key] != tpl2["metadata"]["annotations"][key]
     assert kube.parent()["status"]["observedGeneration"] == 2
@@ -188,7 +213,7 @@ def test_workload_readiness_flows_into_the_parent_status() -> None:
     kube = _kube()
     r, metrics = _reconciler(kube)
     _run(r, kube)
-    kube.ready(1)
+    kube.ready()
     new = r.store_status("ml", "llama")
     assert new is not None and new["phase"] == "Available" and new["ready"] == "1/1"
     assert kube.parent()["status"]["phase"] == "Available"
@@ -213,7 +238,7 @@ def test_a_concurrent_write_is_not_clobbered() -> None:
     outcome = r.converge(kube.parent())
     stale = kube.get_llmdeployment("ml", "llama")
     _run(r, kube)  # first status
-    kube.ready(1)
+    kube.ready()
     r.store_status("ml", "llama")  # the watch: Available
     assert stale is not None
     real_get = kube.get_llmdeployment
@@ -222,3 +247,74 @@ def test_a_concurrent_write_is_not_clobbered() -> None:
     r.store_status("ml", "llama", outcome)
     assert kube.conflicts == 1, "the stale write was refused, then retried on a fresh read"
     assert kube.parent()["status"]["phase"] == "Available"
+
+
+def test_scaling_touches_only_the_added_or_removed_replicas() -> None:
+    kube = _kube(replicas=2)
+    r, _ = _reconciler(kube)
+    _run(r, kube)
+    kube.ready()
+    r0 = copy.deepcopy(kube.deployment("llama-r0"))
+    _, s = _run(r, kube, replicas=3)
+    assert kube.deployments() == ["llama-r0", "llama-r1", "llama-r2"]
+    assert kube.deployment("llama-r0") == r0, "an existing replica is not rolled"
+    assert s["phase"] == "Progressing" and s["ready"] == "2/3"
+    _, s = _run(r, kube, replicas=1)
+    assert kube.deployments() == ["llama-r0"] and sorted(kube.deleted) == ["llama-r1", "llama-r2"]
+    assert kube.deployment("llama-r0") == r0
+    assert s["phase"] == "Available" and s["ready"] == "1/1" and s["replicas"] == 1
+    assert [p["replica"] for p in s["placement"]] == [0]
+
+
+def test_scaled_to_zero_has_no_workloads_and_says_so() -> None:
+    kube = _kube(replicas=1)
+    r, _ = _reconciler(kube)
+    _run(r, kube)
+    _, s = _run(r, kube, replicas=0)
+    assert kube.deployments() == [] and s["phase"] == "Pending"
+    assert s["placement"] == [] and "scaled to zero" in s["message"]
+
+
+def test_stale_workloads_are_deleted_only_when_owned() -> None:
+    """The single Deployment of the older layout goes; a look-alike someone else owns stays."""
+    kube = _kube()
+    old = {
+        "kind": "Deployment",
+        "metadata": {
+            "name": "llama",
+            "namespace": "ml",
+            "labels": naming.labels("llama"),
+            "ownerReferences": [naming.owner_reference("llama", "uid-1")],
+        },
+        "spec": {"replicas": 1},
+    }
+    foreign = copy.deepcopy(old)
+    foreign["metadata"].update(name="llama-copy", ownerReferences=[])
+    kube.apply(old)
+    kube.apply(foreign)
+    r, _ = _reconciler(kube)
+    _, s = _run(r, kube)
+    assert kube.deployments() == ["llama-copy", "llama-r0"] and kube.deleted == ["llama"]
+    assert [p["replica"] for p in s["placement"]] == [0]
+
+
+def test_a_new_pod_template_rolls_serving_replicas_one_at_a_time() -> None:
+    kube = _kube(replicas=2)
+    r, _ = _reconciler(kube)
+    _run(r, kube)
+    kube.ready()
+    old = {n: copy.deepcopy(kube.deployment(n)) for n in kube.deployments()}
+    _, s = _run(r, kube, engine={"args": ["--max-num-seqs", "32"]})
+    assert kube.deployment("llama-r0") != old["llama-r0"], "the lowest replica rolls first"
+    assert kube.deployment("llama-r1") == old["llama-r1"], "the other keeps serving meanwhile"
+    assert r.rolling("ml", "llama") and s["phase"] == "Progressing"
+    _run(r, kube)  # the watch converges again: replica 0 has not served on the new spec yet
+    assert kube.deployment("llama-r1") == old["llama-r1"]
+    kube.ready()  # replica 0's new pod is ready
+    _run(r, kube)
+    assert kube.deployment("llama-r1") != old["llama-r1"] and not r.rolling("ml", "llama")
+    tpl = [kube.deployment(n)["spec"]["template"] for n in kube.deployments()]
+    assert all("32" in t["spec"]["containers"][0]["args"] for t in tpl)
+    kube.ready()
+    _, s = _run(r, kube)
+    assert s["phase"] == "Available" and s["ready"] == "2/2"

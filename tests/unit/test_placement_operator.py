@@ -20,7 +20,7 @@ from goodput.operator.inventory import GpuInventory
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
 from goodput.operator.placement.selector import SolverSelector
-from goodput.operator.reconcile import Reconciler
+from goodput.operator.reconcile import Reconciler, replica_placement
 from goodput.operator.settings import WorkloadSettings
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -67,9 +67,9 @@ def pod(name: str, node_name: str, gpus: int, owner: str | None = None) -> dict[
     }
 
 
-def selector(pods: Sequence[dict[str, Any]] = (), *, pin: bool = True) -> SolverSelector:
+def selector(pods: Sequence[dict[str, Any]] = ()) -> SolverSelector:
     inventory = GpuInventory.from_objects(FLEET, pods)
-    return SolverSelector(FirstFitSelector(EstimatedMemory()), inventory, pin_nodes=pin)
+    return SolverSelector(FirstFitSelector(EstimatedMemory()), inventory)
 
 
 def select(
@@ -89,7 +89,7 @@ def test_solver_places_replicas_on_exact_nodes_across_zones() -> None:
     out = select(selector(), replicas=2, resources={"gpuTypes": ["H100"]})
     assert isinstance(out, Placement)
     assert (out.gpu_product, out.tensor, out.pipeline) == (H100, 1, 1)
-    assert sorted(out.pinned_nodes) == ["h100-a1", "h100-b"]  # one per zone
+    assert out.replica_nodes == ((0, "h100-a1"), (1, "h100-b"))  # one per zone
     assert "2 replicas" in out.detail and "spread over 2 zones" in out.detail
 
 
@@ -134,13 +134,13 @@ def test_running_replicas_stay_and_only_a_lost_node_is_replaced() -> None:
     assert isinstance(first, Placement)
     status = [
         {"replica": i, "nodes": [n], "gpus": 1, "tensor": 1, "pipeline": 1}
-        for i, n in enumerate(first.pinned_nodes)
+        for i, n in first.replica_nodes
     ]
     again = select(
         selector(), replicas=2, placement=status, gpu_type=H100, resources={"gpuTypes": ["H100"]}
     )
-    assert isinstance(again, Placement) and again.pinned_nodes == first.pinned_nodes
-    lost = first.pinned_nodes[1]
+    assert isinstance(again, Placement) and again.replica_nodes == first.replica_nodes
+    lost = first.replica_nodes[1][1]
     remaining = [n for n in FLEET if n["metadata"]["name"] != lost]
     after = select(
         selector(),
@@ -151,18 +151,21 @@ def test_running_replicas_stay_and_only_a_lost_node_is_replaced() -> None:
         resources={"gpuTypes": ["H100"]},
     )
     assert isinstance(after, Placement)
-    assert after.pinned_nodes[0] == first.pinned_nodes[0]
-    assert lost not in after.pinned_nodes and "moved replicas [1]" in after.detail
+    assert after.replica_nodes[0] == first.replica_nodes[0]
+    assert after.replica_nodes[1][0] == 1 and after.replica_nodes[1][1] != lost
+    assert "moved replicas [1]" in after.detail
 
 
 def test_unknown_model_falls_back_to_first_fit() -> None:
     out = select(selector(), model={"name": "acme/secret-model-7B"})
-    assert isinstance(out, Placement) and out.pinned_nodes == ()
+    assert isinstance(out, Placement) and out.replica_nodes == ()
 
 
 class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nodes = FLEET
+        self.deleted: list[str] = []
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         stored = copy.deepcopy(dict(obj))
@@ -170,13 +173,18 @@ class FakeKube:
         return stored
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        return FLEET
+        return self.nodes
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return []
 
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get(("Deployment", name))
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        found = sorted(self.objects.items())
+        return [copy.deepcopy(obj) for (kind, _), obj in found if kind == "Deployment"]
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+        del self.objects[("Deployment", name)]
 
     def get_llmdeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
@@ -186,20 +194,53 @@ class FakeKube:
     ) -> None:
         return None
 
+    def pinned(self) -> dict[str, list[str]]:
+        """Each replica Deployment's node affinity: its GPU product and its node."""
+        out = {}
+        for (kind, name), obj in sorted(self.objects.items()):
+            if kind != "Deployment":
+                continue
+            (term,) = obj["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+                "requiredDuringSchedulingIgnoredDuringExecution"
+            ]["nodeSelectorTerms"]
+            out[name] = term["matchExpressions"][0]["values"] + term["matchFields"][0]["values"]
+        return out
 
-def test_reconciler_applies_the_solver_plan_as_pod_affinity() -> None:
-    kube = FakeKube()
+
+def _reconciler(kube: FakeKube) -> Reconciler:
     memory = EstimatedMemory()
-    sel = SolverSelector(FirstFitSelector(memory), pin_nodes=True, memory=memory)  # no watches
-    r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
+    sel = SolverSelector(FirstFitSelector(memory), memory=memory)  # no watches
+    return Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings())
+
+
+def test_reconciler_pins_each_replica_workload_to_its_planned_node() -> None:
+    kube = FakeKube()
+    r = _reconciler(kube)
     out = r.converge(make_body(replicas=2, resources={"gpuTypes": ["H100"]}))
     assert out.placed.status == "True" and "spread over 2 zones" in out.placed.message
     assert out.fields["profile"]["maxConcurrency"] >= 1
-    template = kube.objects[("Deployment", "llama")]["spec"]["template"]
-    (term,) = template["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ]["nodeSelectorTerms"]
-    assert term["matchFields"] == [
-        {"key": "metadata.name", "operator": "In", "values": ["h100-a1", "h100-b"]}
+    assert kube.pinned() == {"llama-r0": [H100, "h100-a1"], "llama-r1": [H100, "h100-b"]}
+    deployments = kube.list_deployments("ml", "")
+    assert replica_placement(deployments, []) == [
+        {"replica": 0, "nodes": ["h100-a1"], "gpus": 1, "tensor": 1, "pipeline": 1},
+        {"replica": 1, "nodes": ["h100-b"], "gpus": 1, "tensor": 1, "pipeline": 1},
     ]
-    assert term["matchExpressions"][0]["values"] == [H100]
+
+
+def test_a_lost_node_changes_only_its_replicas_workload() -> None:
+    kube = FakeKube()
+    r = _reconciler(kube)
+    body = make_body(replicas=2, resources={"gpuTypes": ["H100"]})
+    r.converge(body)
+    before = copy.deepcopy(kube.objects)
+    body["status"] = {
+        "gpuType": H100,
+        "placement": replica_placement(kube.list_deployments("ml", ""), []),
+    }
+    r.converge(body)
+    assert kube.objects == before, "a converged plan changes nothing"
+    kube.nodes = [n for n in FLEET if n["metadata"]["name"] != "h100-b"]
+    out = r.converge(body)
+    assert "moved replicas [1]" in out.placed.message
+    assert kube.objects[("Deployment", "llama-r0")] == before[("Deployment", "llama-r0")]
+    assert kube.pinned()["llama-r1"][1] != "h100-b" and kube.deleted == []

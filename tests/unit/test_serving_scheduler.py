@@ -231,3 +231,25 @@ def test_slo_limit_is_the_tightest_of_tpot_first_token_and_the_configured_cap() 
     assert SloPolicy().concurrency_limit(0.05, 10.0, service) == 35
     assert SloPolicy(max_concurrency=8).concurrency_limit(0.05, 10.0, service) == 8
     assert FcfsPolicy().concurrency_limit(0.05, 1.0, service) is None
+
+
+def test_no_limit_when_even_one_request_at_a_time_misses() -> None:
+    model = ConcurrencyLatencyModel(min_samples=4)
+    for c in (1, 4, 8) * 4:
+        model.observe(c, 0.2 + 0.01 * c)  # 210 ms at one request against a 100 ms objective
+    assert model.max_concurrency(0.1, 1.0) is None  # holding requests back cannot help
+
+
+def test_the_first_token_model_alone_never_rejects_a_request_at_an_idle_gateway() -> None:
+    service = ServiceModel()
+    for c in (1, 4, 8) * 4:
+        service.first_token.observe(c, 5.0 + 0.1 * c)  # a (noisy) model: first tokens take 5 s
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=10, max_queue_delay_s=None
+    )
+    j = job("j", 100.0, 50)  # TTFT objective 1 s
+    idle = QueueView(queue_length=0, ahead=0, inflight=0, free_slots=None, limit=None)
+    assert admission.on_arrival(j, idle, 100.0) is Verdict.ADMIT
+    assert admission.check_waiting(j, 100.4, 1) is Verdict.ADMIT  # within half the budget
+    with pytest.raises(Rejection):
+        admission.check_waiting(j, 100.6, 1)  # waited past what the first token needs
