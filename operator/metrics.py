@@ -24,6 +24,19 @@ from goodput.operator.gpu_selection import GPUNode
 
 PHASES: tuple[str, ...] = get_args(Phase)
 
+# Every ``handler`` label value the operator uses. Their series exist from start-up at zero, so
+# the first reconciliation after a scrape is an increase that ``rate()`` can see; a series born
+# at 1 would show no rate until the second one.
+HANDLERS: tuple[str, ...] = (
+    "llmdeployment_create",
+    "llmdeployment_update",
+    "llmdeployment_resume",
+    "retry_placement",
+    "replace_lost_node",
+    "workload_event",
+)
+RESULTS: tuple[str, ...] = ("success", "error")
+
 
 @dataclass(frozen=True)
 class DeploymentFacts:
@@ -70,12 +83,18 @@ class OperatorMetrics:
         )
         for phase in PHASES:
             self.deployments.labels(phase=phase).set(0)
+        for handler in HANDLERS:
+            self.duration.labels(handler=handler)
+            for result in RESULTS:
+                self.reconciliations.labels(handler=handler, result=result)
         self._facts: dict[str, DeploymentFacts] = {}
         self._lock = Lock()
 
     @contextmanager
     def reconciling(self, handler: str) -> Iterator[None]:
         """Count and time one handler run; an exception counts as an error and propagates."""
+        if handler not in HANDLERS:
+            raise ValueError(f"unknown handler label {handler!r}: add it to HANDLERS")
         start = time.perf_counter()
         try:
             yield
