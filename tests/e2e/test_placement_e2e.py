@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from goodput.dev.cluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-pytest.importorskip("goodput.dev.cluster", reason="goodput.dev.cluster is not available yet")
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmdeployment.yaml"
 LLAMA_8B = {
