@@ -326,8 +326,12 @@ class EngineProcess:
         env.update(self.settings.extra_env)
         return env
 
-    def start(self, timeout: float = 300.0) -> EngineFacts:
-        """Start the server and wait until ``/health`` answers; return the engine's facts."""
+    def start(self, timeout: float = 600.0) -> EngineFacts:
+        """Start the server and wait until ``/health`` answers; return the engine's facts.
+
+        The default wait is generous: a cold start compiles the model (4+ minutes on two busy
+        cores), and a second engine on the machine shares the core vLLM pins its worker to.
+        """
         if self._process is not None:
             raise RuntimeError("the engine is already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
