@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 from loadgen import SLO
 
-from goodput.dev.engine import EngineProcess, free_port
+from goodput.dev.engine import EngineProcess
+from goodput.dev.processes import free_port
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx
 
 from goodput.dev.cache import exclusive
 from goodput.dev.paths import cache_root
+from goodput.dev.processes import free_port
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
@@ -217,13 +217,6 @@ class EngineFacts:
     def kv_cache_tokens(self) -> int:
         """Tokens the KV cache holds across all running requests."""
         return self.block_size * self.num_blocks
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 _CACHE_INFO = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)

@@ -210,6 +210,14 @@ def _processes() -> Iterable[tuple[int, list[str]]]:
         yield int(entry.name), [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick), for a server about to start."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

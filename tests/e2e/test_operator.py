@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import yaml
+
+from goodput.dev.processes import free_port
 
 if TYPE_CHECKING:
     from goodput.dev.cluster import LocalCluster
@@ -45,19 +46,12 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 90, what: str = "co
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class OperatorProcess:
     """``python -m goodput operator run`` against the cluster, logging to a file."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

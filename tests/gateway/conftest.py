@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,16 +12,11 @@ import pytest
 import uvicorn
 
 from goodput.api.gateway_config import GatewayConfig
+from goodput.dev.processes import free_port
 from goodput.serving.app import create_app
 from goodput.serving.gateway import Gateway
 
 from .fake_engine import FakeEngine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,16 +21,11 @@ import openai
 import pytest
 
 from goodput.dev.engine import EngineProcess, EngineSettings
+from goodput.dev.processes import free_port
 
 pytestmark = pytest.mark.engine
 
 MODEL = "tiny-llama"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -39,7 +33,7 @@ def serve(
     engine_url: str, workdir: Path, **config: Any
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``goodput serve`` with a config file, as the operator runs it; yields (url, process)."""
-    port = _free_port()
+    port = free_port()
     document = {
         "deployment": "it",
         "servedModelName": MODEL,

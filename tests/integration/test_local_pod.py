@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from goodput.dev.cli import dev
 from goodput.dev.cluster import LocalCluster
-from goodput.dev.engine import free_port
 from goodput.dev.local_pod import ENGINE, GATEWAY, LocalPod, PodSpec, UpResult, group_members
+from goodput.dev.processes import free_port
 
 pytestmark = pytest.mark.engine
 
