@@ -140,6 +140,10 @@ def test_client_disconnect_aborts_the_engine_request(
     chunks = iter(stream)
     next(chunks)
     next(chunks)
+    # vLLM's running gauge trails the first streamed tokens; wait (briefly) until it shows ours.
+    seen = time.monotonic() + 5
+    while engine_running(vllm_engine.url) != 1 and time.monotonic() < seen:
+        time.sleep(0.05)
     assert engine_running(vllm_engine.url) == 1
     stream.close()
     deadline = time.monotonic() + 15
