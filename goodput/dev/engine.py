@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -378,6 +378,23 @@ class EngineProcess:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the engine (SIGSTOP to its process group) for the block, then let it go on.
+
+        A stalled engine on demand: requests it holds stay in flight for exactly as long as a
+        test needs, whatever the machine's speed, while the gateway in front keeps answering.
+        """
+        if self._process is None:
+            raise RuntimeError("the engine is not running")
+        group = self._process.pid
+        os.killpg(group, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # stopped inside the block
+                os.killpg(group, signal.SIGCONT)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left after ``timeout``."""
