@@ -50,6 +50,8 @@ class QueueView:
     inflight: int
     free_slots: int | None
     limit: int | None
+    slots_free_in_s: tuple[float, ...] = ()
+    """When each running request is expected to end, soonest first."""
 
 
 class AdmissionController:
@@ -73,15 +75,24 @@ class AdmissionController:
         )
 
     def predicted_wait_s(self, view: QueueView) -> float | None:
-        """Time until a slot frees for a request with ``view.ahead`` requests ahead of it:
-        slots free at ``limit / mean service time`` per second."""
-        if view.free_slots is not None and view.ahead < view.free_slots:
+        """Time until a slot frees for a request with ``view.ahead`` requests ahead of it.
+
+        The k-th slot to free (k = requests ahead + 1 - free slots, counting slots taken beyond
+        a lowered limit as negative) frees when the k-th running request ends; past the running
+        ones, slots free at ``limit / mean service time`` per second. ``None``: unknown.
+        """
+        if view.limit is None:
+            return 0.0 if view.free_slots is None else None
+        k = view.ahead + 1 - (view.limit - view.inflight)
+        if k <= 0:
             return 0.0
+        ends = view.slots_free_in_s
+        if k <= len(ends):
+            return ends[k - 1]
         service_s = self._service.service_s.value
-        if view.limit is None or service_s is None:
+        if service_s is None:
             return None
-        free = view.free_slots or 0
-        return (view.ahead - free + 1) * service_s / view.limit
+        return (ends[-1] if ends else 0.0) + (k - len(ends)) * service_s / view.limit
 
     def on_arrival(self, job: Job, view: QueueView, now: float) -> Verdict:
         """Admit, demote, or raise ``Rejection``."""

@@ -63,7 +63,7 @@ class Dispatcher:
         if not slos:
             return None
         return self.policy.concurrency_limit(
-            min(s.tpot_s for s in slos), min(s.ttft_s for s in slos), self.service
+            min(s.tpot_s for s in slos), min(s.ttft_s for s in slos), self.service, self.clock()
         )
 
     # -- arrival -------------------------------------------------------------------------------
@@ -93,7 +93,16 @@ class Dispatcher:
             inflight=len(self._running),
             free_slots=free,
             limit=limit,
+            slots_free_in_s=self._slots_free_in_s(job.slo.tpot_s),
         )
+
+    def _slots_free_in_s(self, default_step_s: float) -> tuple[float, ...]:
+        """When each running request is expected to end, soonest first: its expected remaining
+        tokens at the current step time (the TPOT objective until a step time is known)."""
+        if not self._running:
+            return ()
+        step = self.service.step_time_s(len(self._running), self.clock()) or default_step_s
+        return tuple(sorted(self.policy.remaining_tokens(j) * step for j in self._running))
 
     @staticmethod
     def _valid(seq: int, job: Job) -> bool:
@@ -168,8 +177,24 @@ class Dispatcher:
     def mark_first_token(self, job: Job) -> None:
         now = self.clock()
         job.first_token_at = now
+        job.last_token_at = now
         self._advance_area(now)
         job.concurrency_area_at_first_token = self._area
+
+    def on_tokens(self, job: Job, count: int) -> None:
+        """``count`` output tokens of ``job`` were just relayed: the first marks its first
+        token; after it, the time since the previous ones is a live sample of the step time."""
+        if count <= 0:
+            return
+        if job.first_token_at is None:
+            self.mark_first_token(job)
+            job.generated_tokens += count
+            return
+        now = self.clock()
+        if job.last_token_at is not None and job.state is JobState.RUNNING:
+            self.service.live.observe(len(self._running), (now - job.last_token_at) / count, now)
+        job.last_token_at = now
+        job.generated_tokens += count
 
     def release(
         self,

@@ -35,6 +35,8 @@ class Job:
     dispatched_at: float | None = None
     concurrency_at_dispatch: int = 0
     first_token_at: float | None = None
+    last_token_at: float | None = None
+    generated_tokens: int = 0
     heap_seq: int = -1
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     concurrency_area_at_first_token: float = 0.0

@@ -38,10 +38,25 @@ class SchedulingPolicy(Protocol):
         the job waits (the queue is a heap); it may use absolute times such as deadlines."""
         ...
 
-    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
+    def remaining_tokens(self, job: Job) -> float:
+        """Output tokens a running job is expected still to generate."""
+        ...
+
+    def concurrency_limit(
+        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+    ) -> int | None:
         """How many requests the engine may run at once, given the tightest TPOT and TTFT
         objectives among them; ``None`` for no limit."""
         ...
+
+
+def _remaining(job: Job, expected: float, pessimistic: float) -> float:
+    """Tokens still to come: the expectation less what was generated; once a job has outlived
+    its expected length, half the way to the pessimistic one (it is at least that long)."""
+    done = job.generated_tokens
+    if done < expected:
+        return expected - done
+    return max((pessimistic - done) / 2.0, 1.0)
 
 
 class FcfsPolicy:
@@ -59,7 +74,12 @@ class FcfsPolicy:
     def order_key(self, job: Job) -> tuple[float, ...]:
         return (job.arrival,)
 
-    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
+    def remaining_tokens(self, job: Job) -> float:
+        return _remaining(job, job.prediction.p50, job.prediction.p90)
+
+    def concurrency_limit(
+        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+    ) -> int | None:
         return None
 
 
@@ -83,12 +103,10 @@ class SloPolicy:
         *,
         slack_weight: float = 1.0,
         tpot_headroom: float = 0.9,
-        first_token_share: float = 0.5,
         max_concurrency: int | None = None,
     ) -> None:
         self._slack_weight = slack_weight
         self._headroom = tpot_headroom
-        self._first_token_share = first_token_share
         self._max_concurrency = max_concurrency
 
     def expected_output_tokens(self, job: Job) -> float:
@@ -106,16 +124,18 @@ class SloPolicy:
             cost_s + self._slack_weight * job.ttft_deadline,
         )
 
-    def concurrency_limit(self, tpot_s: float, ttft_s: float, service: ServiceModel) -> int | None:
-        # Decode steps within the TPOT objective, and a new request's first token within a
-        # share of the TTFT objective (the rest is the budget for waiting in the queue).
+    def remaining_tokens(self, job: Job) -> float:
+        return _remaining(job, self.expected_output_tokens(job), job.prediction.p90)
+
+    def concurrency_limit(
+        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+    ) -> int | None:
+        # As many as keep decode steps within the TPOT objective (with headroom), measured live.
+        # TTFT is not a batch limit: it is protected by ordering and admission, since a request's
+        # first token comes one step after it is sent, and a step is within the TPOT objective.
         limits = [
             limit
-            for limit in (
-                service.step.max_concurrency(tpot_s, self._headroom),
-                service.first_token.max_concurrency(ttft_s, self._first_token_share),
-                self._max_concurrency,
-            )
+            for limit in (service.tpot_limit(tpot_s, self._headroom, now), self._max_concurrency)
             if limit is not None
         ]
         return min(limits) if limits else None
@@ -135,6 +155,11 @@ class OraclePolicy(SloPolicy):
         if job.oracle_output_tokens is not None:
             return float(job.prompt_tokens + job.oracle_output_tokens)
         return job.prompt_tokens + job.prediction.p90
+
+    def remaining_tokens(self, job: Job) -> float:
+        if job.oracle_output_tokens is not None:
+            return max(job.oracle_output_tokens - job.generated_tokens, 1.0)
+        return super().remaining_tokens(job)
 
 
 def make_policy(name: PolicyName, *, max_concurrency: int | None = None) -> SchedulingPolicy:

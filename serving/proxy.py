@@ -165,6 +165,7 @@ class ProxyExchange(Response):
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         self._started = True
         pending = b""
+        fresh = 0
         try:
             async for chunk in upstream.chunks():
                 pending += chunk
@@ -180,11 +181,14 @@ class ProxyExchange(Response):
                                 continue
                         finish_reason = _finish_reason(parsed) or finish_reason
                     if _is_token_event(event):
-                        tokens += 1
-                        last_token_at = gw.dispatcher.clock()
-                        if job.first_token_at is None:
-                            gw.dispatcher.mark_first_token(job)
+                        fresh += 1
                     out.append(event)
+                if fresh:
+                    # Once per chunk, not per event: the events of one read arrived together.
+                    gw.dispatcher.on_tokens(job, fresh)
+                    tokens += fresh
+                    fresh = 0
+                    last_token_at = job.last_token_at or gw.dispatcher.clock()
                 if out:
                     await send(
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}

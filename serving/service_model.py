@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from goodput.serving.step_monitor import StepTimeMonitor
+
 
 @dataclass(frozen=True, slots=True)
 class LinearFit:
@@ -125,6 +127,19 @@ class ServiceModel:
         self.step = ConcurrencyLatencyModel()
         self.first_token = ConcurrencyLatencyModel()
         self.service_s = Ewma(0.05)
+        self.live = StepTimeMonitor()
+
+    def step_time_s(self, concurrency: float, now: float) -> float | None:
+        """Time per output token at ``concurrency``: measured live from streamed tokens, else
+        the line through finished requests' TPOTs (non-streamed traffic); ``None`` if unknown."""
+        live = self.live.estimate(concurrency, now)
+        return live if live is not None else self.step.predict(concurrency)
+
+    def tpot_limit(self, tpot_s: float, headroom: float, now: float) -> int | None:
+        """The largest batch that keeps time per token within ``headroom·tpot_s``."""
+        if self.live.profile(now):
+            return self.live.max_concurrency(tpot_s, headroom, now)
+        return self.step.max_concurrency(tpot_s, headroom)
 
     def predict_first_token_s(self, concurrency: float) -> float:
         """Dispatch to first token at ``concurrency``; 0 before anything is known."""

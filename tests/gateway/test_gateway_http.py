@@ -146,7 +146,8 @@ def test_metrics_follow_the_contract(gateway_for: GatewayFactory) -> None:
 
 
 def test_queue_full_answers_429_with_retry_after(gateway_for: GatewayFactory) -> None:
-    gateway, url = gateway_for(maxQueueLength=1)
+    # A TTFT objective the queued request can meet: this tests the queue bound.
+    gateway, url = gateway_for(maxQueueLength=1, slo={"ttftMs": 600_000, "tpotMs": 200})
     # Teach the dispatcher a limit of one request at a time.
     for _ in range(10):
         gateway.service.step.observe(1.0, 0.15)

@@ -16,6 +16,7 @@ from goodput.serving.length_estimate import LengthPrediction, OnlineLengthEstima
 from goodput.serving.policies import FcfsPolicy, OraclePolicy, SloPolicy
 from goodput.serving.service_model import ConcurrencyLatencyModel, ServiceModel
 from goodput.serving.slo import RequestSLO
+from goodput.serving.step_monitor import StepTimeMonitor
 
 
 class Clock:
@@ -27,13 +28,17 @@ class Clock:
 
 
 SLO = RequestSLO(ttft_s=1.0, tpot_s=0.1, e2e_s=None, priority="default", rank=0)
+# A TTFT objective no queue here can miss: for tests of order and holding, not of admission.
+PATIENT = RequestSLO(ttft_s=1000.0, tpot_s=0.1, e2e_s=None, priority="default", rank=0)
 
 
-def job(rid: str, arrival: float, p50: float, *, oracle: int | None = None) -> Job:
+def job(
+    rid: str, arrival: float, p50: float, *, oracle: int | None = None, slo: RequestSLO = SLO
+) -> Job:
     return Job(
         request_id=rid,
         arrival=arrival,
-        slo=SLO,
+        slo=slo,
         prompt_tokens=10,
         prediction=LengthPrediction(p50, p50 * 2),
         oracle_output_tokens=oracle,
@@ -160,7 +165,7 @@ def make_dispatcher(policy: SloPolicy | FcfsPolicy, clock: Clock) -> Dispatcher:
 async def test_dispatcher_holds_jobs_beyond_the_learned_limit_and_serves_shortest_first() -> None:
     clock = Clock()
     d = make_dispatcher(SloPolicy(), clock)
-    jobs = [job(f"j{i}", clock.now, p) for i, p in enumerate((300, 300, 200, 10, 100))]
+    jobs = [job(f"j{i}", clock.now, p, slo=PATIENT) for i, p in enumerate((300, 300, 200, 10, 100))]
     for j in jobs:
         d.submit(j)
     assert d.concurrency_limit() == 2
@@ -177,7 +182,7 @@ async def test_dispatcher_holds_jobs_beyond_the_learned_limit_and_serves_shortes
 async def test_dispatcher_drops_a_waiting_job_once_its_ttft_is_lost() -> None:
     clock = Clock()
     d = make_dispatcher(SloPolicy(), clock)
-    running = [job(f"r{i}", clock.now, 100) for i in range(2)]
+    running = [job(f"r{i}", clock.now, 5) for i in range(2)]  # end in 0.45 s: admit
     for j in running:
         d.submit(j)
     late = job("late", clock.now, 50)
@@ -195,8 +200,8 @@ async def test_cancelled_waiting_job_leaves_the_queue_and_fcfs_never_holds() -> 
     clock = Clock()
     d = make_dispatcher(SloPolicy(), clock)
     for i in range(2):
-        d.submit(job(f"r{i}", clock.now, 100))
-    waiting = job("w", clock.now, 10)
+        d.submit(job(f"r{i}", clock.now, 100, slo=PATIENT))
+    waiting = job("w", clock.now, 10, slo=PATIENT)
     d.submit(waiting)
     d.release(waiting)  # the client went away while it waited
     assert d.queue_depth == 0 and d.inflight == 2
@@ -222,15 +227,99 @@ def test_learned_predictor_adapter_reads_the_prompt_and_learns_online() -> None:
     assert predictor.predict("What is 2+2?", 8, None).p50 < question.p50
 
 
-def test_slo_limit_is_the_tightest_of_tpot_first_token_and_the_configured_cap() -> None:
+def test_slo_limit_is_the_tighter_of_the_tpot_limit_and_the_configured_cap() -> None:
     service = ServiceModel()
     for c in (1, 5, 10, 20) * 3:
         service.step.observe(c, 0.01 + 0.001 * c)  # TPOT 0.05 s * 0.9 -> 35 requests
-        service.first_token.observe(c, 0.1 + 0.02 * c)  # TTFT 1 s * 0.5 -> 20 requests
-    assert SloPolicy().concurrency_limit(0.05, 1.0, service) == 20
-    assert SloPolicy().concurrency_limit(0.05, 10.0, service) == 35
-    assert SloPolicy(max_concurrency=8).concurrency_limit(0.05, 10.0, service) == 8
-    assert FcfsPolicy().concurrency_limit(0.05, 1.0, service) is None
+    assert SloPolicy().concurrency_limit(0.05, 1.0, service, 0.0) == 35
+    assert SloPolicy(max_concurrency=8).concurrency_limit(0.05, 1.0, service, 0.0) == 8
+    assert FcfsPolicy().concurrency_limit(0.05, 1.0, service, 0.0) is None
+
+
+def feed(monitor: StepTimeMonitor, levels: dict[int, float], now: float = 0.0) -> None:
+    for c, per_token in levels.items():
+        for _ in range(30):
+            monitor.observe(c, per_token, now)
+
+
+def test_live_step_monitor_limit_interpolates_explores_and_forgets() -> None:
+    m = StepTimeMonitor(min_samples=24, max_age_s=60.0)
+    assert m.max_concurrency(0.01, 1.0, 0.0) is None  # nothing measured: no limit
+    feed(m, {1: 0.003, 2: 0.004, 3: 0.005})
+    assert m.max_concurrency(0.01, 1.0, 0.0) == 4  # all fast: one more, to measure it
+    feed(m, {8: 0.013})
+    # 3 is fast (5 ms), 8 slow (13 ms): the 10 ms objective is crossed at 3 + 5/8*5 = 6.1
+    assert m.max_concurrency(0.01, 1.0, 0.0) == 6
+    assert m.estimate(5, 0.0) == pytest.approx(0.005 + 2 * 0.008 / 5)
+    # Samples are forgotten after max_age_s, so a level judged slow gets tried again.
+    assert m.max_concurrency(0.01, 1.0, 61.0) is None
+
+
+def test_live_step_monitor_is_robust_to_a_noisy_level_and_to_slow_small_batches() -> None:
+    m = StepTimeMonitor(min_samples=24)
+    feed(m, {2: 0.004, 3: 0.003, 4: 0.009})  # 3 faster than 2: noise, pooled with 2
+    assert m.profile(0.0)[2] == m.profile(0.0)[3] == pytest.approx(0.0035)
+    only_big = StepTimeMonitor(min_samples=24)
+    feed(only_big, {16: 0.032})  # only seen at 16, 2 ms per token per request
+    assert only_big.max_concurrency(0.01, 1.0, 0.0) == 5  # proportional: 16 * 10/32
+    one = StepTimeMonitor(min_samples=24)
+    feed(one, {1: 0.02})
+    assert one.max_concurrency(0.01, 1.0, 0.0) is None  # even alone too slow: holding won't help
+
+
+async def test_streamed_tokens_teach_the_dispatcher_its_batch_limit() -> None:
+    clock = Clock()
+    d = Dispatcher(
+        SloPolicy(),
+        AdmissionController(
+            ServiceModel(), overload="reject", max_queue_length=10, max_queue_delay_s=None
+        ),
+        ServiceModel(),
+        EngineBudget(),
+        clock=clock,
+    )
+    jobs = [job(f"j{i}", clock.now, 100, slo=PATIENT) for i in range(4)]
+    for j in jobs:
+        d.submit(j)
+    assert d.inflight == 4  # nothing known yet: nothing held
+    for j in jobs:
+        d.on_tokens(j, 1)  # first tokens
+    for _ in range(10):
+        clock.now += 0.2  # 4 running, a token every 0.2 s each: 0.2 s per token
+        for j in jobs:
+            d.on_tokens(j, 1)
+    assert jobs[0].generated_tokens == 11
+    # TPOT objective 0.1 s, headroom 0.9: at 4 running, 0.2 s per token -> 4 * 0.09/0.2 = 1
+    assert d.concurrency_limit() == 1
+    extra = job("x", clock.now, 10, slo=PATIENT)
+    d.submit(extra)
+    assert extra.state is JobState.WAITING
+
+
+def test_the_wait_is_predicted_from_when_running_requests_end() -> None:
+    service = ServiceModel()
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=10, max_queue_delay_s=None
+    )
+    # Limit 2, both running; they end in 0.3 s and 5 s. One request ahead of ours.
+    view = QueueView(
+        queue_length=1, ahead=1, inflight=2, free_slots=0, limit=2, slots_free_in_s=(0.3, 5.0)
+    )
+    assert admission.predicted_wait_s(view) == 5.0  # the first slot goes to the one ahead
+    first = QueueView(
+        queue_length=0, ahead=0, inflight=2, free_slots=0, limit=2, slots_free_in_s=(0.3, 5.0)
+    )
+    assert admission.predicted_wait_s(first) == 0.3
+    j = job("j", 100.0, 50)  # TTFT objective 1 s
+    assert admission.on_arrival(j, first, 100.0) is Verdict.ADMIT
+    with pytest.raises(Rejection) as late:
+        admission.on_arrival(j, view, 100.0)
+    assert late.value.retry_after_s == 5.0
+    oracle = OraclePolicy()
+    running = job("r", 0.0, 10, oracle=300)
+    running.generated_tokens = 100
+    assert oracle.remaining_tokens(running) == 200
+    assert SloPolicy().remaining_tokens(running) == pytest.approx(max((20 - 100) / 2, 1.0))
 
 
 def test_no_limit_when_even_one_request_at_a_time_misses() -> None:

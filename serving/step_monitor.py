@@ -1,0 +1,138 @@
+"""The engine's decode-step time at each batch size, measured live from the token stream.
+
+Every streamed token the gateway relays is a sample of the engine's step time: the gap between
+two token events of one stream, divided by the tokens they carried, is the time per output token
+at the batch the engine was running. Kept per concurrency level, these samples answer the
+question the scheduler asks — "how many requests can run at once and still meet the TPOT
+objective?" — within seconds of start-up and without a model of the hardware, and they follow
+the engine when its speed changes (another tenant on the machine, a longer prompt mix).
+
+Why not a line fitted through per-request TPOTs (``service_model``): a finished request's TPOT
+averages over the whole of its life, while the batch changed under it many times; and a request
+reports once, seconds late. Here a second of traffic gives hundreds of samples, each at one
+known batch size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Level:
+    samples: deque[tuple[float, float]]  # (time seen, seconds per token)
+    total: float = 0.0
+
+    def add(self, at: float, per_token_s: float) -> None:
+        if len(self.samples) == self.samples.maxlen:
+            self.total -= self.samples[0][1]
+        self.samples.append((at, per_token_s))
+        self.total += per_token_s
+
+    def expire(self, before: float) -> None:
+        while self.samples and self.samples[0][0] < before:
+            self.total -= self.samples.popleft()[1]
+
+    @property
+    def mean(self) -> float:
+        return self.total / len(self.samples)
+
+
+class StepTimeMonitor:
+    """Recent mean time per output token at each concurrency level, and the batch limit it
+    implies for a TPOT objective.
+
+    ``window`` samples per level (the mean, not the median: the objective is on each request's
+    mean TPOT, so stalls count); samples older than ``max_age_s`` are forgotten, so a level judged
+    too slow once is tried again later. Levels with fewer than ``min_samples`` are unknown. The
+    means are made non-decreasing in the batch size (a bigger batch is never faster; what looks
+    faster is noise), and the limit may exceed the largest level known to be fast enough by one:
+    that is how the monitor learns the next level.
+    """
+
+    def __init__(
+        self, *, window: int = 256, min_samples: int = 24, max_age_s: float = 60.0
+    ) -> None:
+        self._window = window
+        self._min_samples = min_samples
+        self._max_age_s = max_age_s
+        self._levels: dict[int, _Level] = {}
+
+    def observe(self, concurrency: int, per_token_s: float, now: float) -> None:
+        """One stream's time per token since its previous event, with ``concurrency`` running."""
+        if concurrency < 1 or not 0.0 < per_token_s < 60.0:
+            return
+        level = self._levels.get(concurrency)
+        if level is None:
+            level = self._levels[concurrency] = _Level(deque(maxlen=self._window))
+        level.add(now, per_token_s)
+
+    def profile(self, now: float) -> dict[int, float]:
+        """Concurrency -> mean seconds per token, for the levels known now (non-decreasing)."""
+        horizon = now - self._max_age_s
+        known: dict[int, float] = {}
+        for c in sorted(self._levels):
+            level = self._levels[c]
+            level.expire(horizon)
+            if len(level.samples) >= self._min_samples:
+                known[c] = level.mean
+        # Pool adjacent violators: the least-squares non-decreasing fit of the level means.
+        blocks: list[tuple[float, int, list[int]]] = []  # (mean, weight, levels)
+        for c, mean in known.items():
+            blocks.append((mean, 1, [c]))
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                (m2, w2, c2), (m1, w1, c1) = blocks.pop(), blocks.pop()
+                blocks.append(((m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, c1 + c2))
+        return {c: mean for mean, _, levels in blocks for c in levels}
+
+    def estimate(self, concurrency: float, now: float) -> float | None:
+        """Seconds per token at ``concurrency``: the known level, or a line through the nearest
+        known ones (proportional to the batch below the smallest); ``None`` if none is known."""
+        profile = self.profile(now)
+        if not profile:
+            return None
+        levels = sorted(profile)
+        if concurrency in profile:
+            return profile[int(concurrency)]
+        below = [c for c in levels if c < concurrency]
+        above = [c for c in levels if c > concurrency]
+        if not below:
+            return profile[above[0]] * concurrency / above[0]
+        lo = below[-1]
+        if above:
+            hi = above[0]
+        elif len(below) > 1:
+            lo, hi = below[-2], below[-1]
+        else:
+            return profile[lo] * concurrency / lo
+        slope = (profile[hi] - profile[lo]) / (hi - lo)
+        return profile[lo] + slope * (concurrency - lo)
+
+    def max_concurrency(self, target_s: float, headroom: float, now: float) -> int | None:
+        """The largest batch expected to keep time per token within ``headroom·target_s``.
+
+        ``None`` (no limit) while nothing is known, or when one request at a time is known to be
+        too slow (holding requests back cannot help then). Between a fast-enough level and the
+        next known slow one, the crossing is interpolated; past the largest known level, one
+        more is allowed (that is how the next level gets measured); below the smallest known
+        level, when even that one is slow, time per token is taken as proportional to the batch.
+        """
+        profile = self.profile(now)
+        if not profile:
+            return None
+        budget = target_s * headroom
+        fast = [c for c, mean in profile.items() if mean <= budget]
+        if not fast:
+            lowest = min(profile)
+            if lowest == 1:
+                return None
+            return max(1, min(lowest - 1, int(lowest * budget / profile[lowest] + 1e-9)))
+        best = max(fast)
+        slower = [c for c in profile if c > best]
+        if not slower:
+            return best + 1
+        slow = min(slower)
+        rise = profile[slow] - profile[best]
+        crossing = best + (budget - profile[best]) / rise * (slow - best) if rise > 0 else best
+        return max(best, min(slow - 1, int(crossing)))
