@@ -16,12 +16,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from goodput.dev.processes import free_port
+
+from .waiting import wait_for
 
 if TYPE_CHECKING:
     from goodput.dev.cluster import LocalCluster
@@ -32,18 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CRD = ROOT / "crds" / "llmdeployment.yaml"
 H100 = "NVIDIA-H100-80GB-HBM3"
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 90, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class OperatorProcess:

@@ -13,14 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+from .waiting import wait_for
 
 if TYPE_CHECKING:
     from goodput.dev.cluster import LocalCluster
@@ -33,18 +34,6 @@ LLAMA_8B = {
     "architecture": "llama-3-8b",
     "maxModelLen": 4096,
 }
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 120, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
