@@ -230,6 +230,18 @@ def cell(
     is_flag=True,
     help="A fresh engine per contender, sweeps one after another (slower; exposed to drift).",
 )
+@click.option(
+    "--model-layers",
+    default=TinyLlamaSpec.num_layers,
+    show_default=True,
+    help="Layers of the random-weight model (more: a slower decode step).",
+)
+@click.option(
+    "--model-hidden",
+    default=TinyLlamaSpec.hidden_size,
+    show_default=True,
+    help="Hidden size of the random-weight model (MLP 4x, 64-wide heads).",
+)
 @click.option("--probe-pairs", default=30, show_default=True, help="Paired overhead probes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
@@ -257,6 +269,8 @@ def main(
     kv_cache_mib: int,
     max_num_seqs: int,
     fresh_engines: bool,
+    model_layers: int,
+    model_hidden: int,
     probe_pairs: int,
     seed: int,
     out_path: Path,
@@ -274,7 +288,15 @@ def main(
         raise click.ClickException(f"shared data not found at {data} (set GOODPUT_SHARED_DIR)")
 
     engine_python = EngineEnv().ensure()
-    spec = TinyLlamaSpec()
+    # The default is the tests' tiny model. A bigger one slows the decode step towards a real
+    # model's on a GPU, so that vLLM's API server keeps pace with it (see "held streams").
+    spec = TinyLlamaSpec(
+        num_layers=model_layers,
+        hidden_size=model_hidden,
+        intermediate_size=4 * model_hidden,
+        num_attention_heads=max(1, model_hidden // 64),
+        num_key_value_heads=max(1, model_hidden // 64),
+    )
     model_dir = ensure_tiny_model(spec)
     corpus = Corpus.load(
         data,
