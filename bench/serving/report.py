@@ -26,6 +26,7 @@ def summarize(outcomes: Sequence[Outcome], slo: SLO, rate: float) -> dict[str, A
     tokens = sum(o.tokens for o in outcomes)
     start = min(o.sent_at for o in outcomes)
     end = max(o.done_at for o in outcomes)
+    unheld = [o for o in outcomes if not o.held]
     return {
         "rate": rate,
         "requests": n,
@@ -44,6 +45,10 @@ def summarize(outcomes: Sequence[Outcome], slo: SLO, rate: float) -> dict[str, A
         "client_tokens": tokens,
         "wall_s": end - start,
         "sample_errors": sorted({o.error for o in outcomes if o.error})[:3],
+        # Streams the engine delivered in one piece at their end (see docs/bench-serving.md,
+        # "held streams"), and the attainment of the others: the engine's artefact set aside.
+        "held_streams": len(outcomes) - len(unheld),
+        "attainment_unheld": sum(o.met(slo) for o in unheld) / len(unheld) if unheld else None,
     }
 
 

@@ -180,7 +180,8 @@ def cell(
         f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
         f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
         f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
-        f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  errors {row['errors']}"
+        f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  errors {row['errors']}  "
+        f"held {row['held_streams']}"
     )
     return row
 
