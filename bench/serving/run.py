@@ -174,7 +174,10 @@ def cell(
             handle.write(json.dumps(record) + "\n")
     # Tokens the engine generated, against what clients received: the cost of aborting at the
     # true length, and of anything else the engine ran for nobody.
-    row["engine_tokens"] = int(after["generation_tokens_total"] - before["generation_tokens_total"])
+    generated = after["generation_tokens_total"] - before["generation_tokens_total"]
+    # Without vLLM's statistics there is no counter to read (and the engine is idle once every
+    # max_tokens-bounded stream has ended, so wait_idle has nothing to wait for).
+    row["engine_tokens"] = int(generated) if generated else None
     click.echo(
         f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
         f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
@@ -243,6 +246,13 @@ def cell(
     show_default=True,
     help="Hidden size of the random-weight model (MLP 4x, 64-wide heads).",
 )
+@click.option(
+    "--engine-stats/--no-engine-stats",
+    default=False,
+    show_default=True,
+    help="vLLM's per-step statistics (/metrics). On, its API server falls behind the tiny "
+    "model's fast steps and holds whole streams to their end (docs/bench-serving.md).",
+)
 @click.option("--probe-pairs", default=30, show_default=True, help="Paired overhead probes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
@@ -272,6 +282,7 @@ def main(
     fresh_engines: bool,
     model_layers: int,
     model_hidden: int,
+    engine_stats: bool,
     probe_pairs: int,
     seed: int,
     out_path: Path,
@@ -316,6 +327,7 @@ def main(
         max_num_seqs=max_num_seqs,
         # Every contender replays the same prompts: no contender may find another's prefixes.
         extra_args=("--no-enable-prefix-caching",),
+        log_stats=engine_stats,
     )
     schedule = []
     for i, rate in enumerate(rate_list):
@@ -423,6 +435,7 @@ def main(
                 "kv_cache_mib": kv_cache_mib,
                 "max_num_seqs": max_num_seqs,
                 "dtype": settings.dtype,
+                "log_stats": settings.log_stats,
             },
             "prefix_caching": False,
             "isolation": "engine per contender" if fresh_engines else "one engine, interleaved",

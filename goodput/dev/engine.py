@@ -196,6 +196,10 @@ class EngineSettings:
     max_num_seqs: int = 64
     dtype: str = "auto"  # vLLM's CPU platform picks bfloat16
     scheduling_policy: str = "fcfs"  # or "priority"
+    # vLLM's per-step statistics (its /metrics). Off, the API server does less per step: with the
+    # tiny model's ~1.7 ms steps on 2 cores, the statistics alone made it fall behind the engine
+    # and hold whole streams until their end (docs/bench-serving.md, "held streams").
+    log_stats: bool = True
     served_model_name: str | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -207,16 +211,31 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class EngineFacts:
-    """What the running engine reports about itself."""
+    """What the running engine reports about itself. Block size and count come from its
+    /metrics; with statistics off only the token capacity is known (from its log)."""
 
-    block_size: int
-    num_blocks: int
+    block_size: int | None
+    num_blocks: int | None
     startup_seconds: float
+    logged_kv_tokens: int | None = None
 
     @property
     def kv_cache_tokens(self) -> int:
         """Tokens the KV cache holds across all running requests."""
-        return self.block_size * self.num_blocks
+        if self.block_size is not None and self.num_blocks is not None:
+            return self.block_size * self.num_blocks
+        return self.logged_kv_tokens or 0
+
+
+_KV_TOKENS_LOGGED = re.compile(r"KV cache size: ([\d,]+) tokens")
+
+
+def parse_logged_kv_tokens(log_text: str) -> int:
+    """The KV-cache capacity vLLM logs at start-up (``... KV cache size: 16,384 tokens``)."""
+    match = _KV_TOKENS_LOGGED.search(log_text)
+    if match is None:
+        raise ValueError("the engine's log does not state its KV cache size")
+    return int(match.group(1).replace(",", ""))
 
 
 _CACHE_INFO = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)
@@ -294,6 +313,8 @@ class EngineProcess:
         ]
         if s.served_model_name:
             args += ["--served-model-name", s.served_model_name]
+        if not s.log_stats:
+            args.append("--disable-log-stats")
         return args + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
@@ -341,12 +362,17 @@ class EngineProcess:
             )
         try:
             self._wait_healthy(started + timeout)
-            metrics = httpx.get(f"{self.url}/metrics", timeout=10).text
-            block_size, num_blocks = parse_cache_config(metrics)
+            elapsed = round(time.monotonic() - started, 1)
+            if self.settings.log_stats:
+                metrics = httpx.get(f"{self.url}/metrics", timeout=10).text
+                block_size, num_blocks = parse_cache_config(metrics)
+                self._facts = EngineFacts(block_size, num_blocks, elapsed)
+            else:
+                tokens = parse_logged_kv_tokens(self.log_path.read_text(errors="replace"))
+                self._facts = EngineFacts(None, None, elapsed, logged_kv_tokens=tokens)
         except BaseException:
             self.stop()
             raise
-        self._facts = EngineFacts(block_size, num_blocks, round(time.monotonic() - started, 1))
         return self._facts
 
     def _wait_healthy(self, deadline: float) -> None:

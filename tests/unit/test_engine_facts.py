@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from goodput.dev.engine import EngineFacts, parse_cache_config
+from goodput.dev.engine import EngineFacts, parse_cache_config, parse_logged_kv_tokens
 
 
 def test_cache_config_is_read_from_the_info_metric() -> None:
@@ -21,3 +21,15 @@ def test_cache_config_is_read_from_the_info_metric() -> None:
 def test_missing_cache_metric_is_an_error() -> None:
     with pytest.raises(ValueError, match="cache_config_info"):
         parse_cache_config("vllm:num_requests_running 0.0\n")
+
+
+def test_kv_capacity_is_read_from_the_log_when_statistics_are_off() -> None:
+    line = (
+        "(EngineCore pid=21133) INFO 11-21 14:57:58 [kv_cache_utils.py:2327] CPU KV cache size: "
+        "16,384 tokens, Maximum concurrency for 2,048 tokens per request: 8.00x\n"
+    )
+    assert parse_logged_kv_tokens("noise\n" + line) == 16_384
+    assert EngineFacts(None, None, 1.0, logged_kv_tokens=16_384).kv_cache_tokens == 16_384
+    assert EngineFacts(16, 1024, 1.0).kv_cache_tokens == 16_384
+    with pytest.raises(ValueError, match="KV cache size"):
+        parse_logged_kv_tokens("no such line")
