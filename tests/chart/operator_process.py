@@ -8,12 +8,14 @@ the permissions the chart's RBAC grants, and nothing it listens on leaves the lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -66,6 +68,25 @@ class LocalOperator:
         self.kubeconfig = kubeconfig
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def as_installed(
+        cls, cluster: Any, statefulset: str, namespace: str, workdir: Path, token_duration: str
+    ) -> LocalOperator:
+        """The operator of an installed release, not yet started: its StatefulSet's container
+        arguments, authenticated by a ``token_duration`` token of its own ServiceAccount."""
+        sts = json.loads(
+            cluster.kubectl("get", "statefulset", statefulset, "-n", namespace, "-o", "json")
+        )
+        pod = sts["spec"]["template"]["spec"]
+        token = cluster.kubectl(
+            "create", "token", pod["serviceAccountName"], "-n", namespace,
+            f"--duration={token_duration}",
+        ).strip()  # fmt: skip
+        kubeconfig = service_account_kubeconfig(
+            cluster.kubeconfig, token, workdir / "sa.kubeconfig"
+        )
+        return cls(pod["containers"][0]["args"], kubeconfig, workdir / "operator.log")
 
     def start(self, timeout: float = 60) -> None:
         # Both the flag and the variable: kopf's own login reads only $KUBECONFIG.

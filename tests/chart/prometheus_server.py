@@ -15,25 +15,23 @@ import yaml
 from .operator_process import free_port
 
 
-def promtool() -> str:
-    """Debian's promtool (package `prometheus`, installed by .ci/run); skip clearly without it."""
-    found = shutil.which("promtool")
+def _debian_prometheus_tool(name: str) -> str:
+    """A binary of Debian's ``prometheus`` package (installed by .ci/run); skip clearly without."""
+    found = shutil.which(name)
     if found is None:
         pytest.skip(
-            "promtool not found: install Debian's `prometheus` package "
+            f"{name} not found: install Debian's `prometheus` package "
             "(apt-get install -y prometheus; .ci/run does this)"
         )
     return found
+
+
+def promtool() -> str:
+    return _debian_prometheus_tool("promtool")
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        pytest.skip(
-            "prometheus not found: install Debian's `prometheus` package "
-            "(apt-get install -y prometheus; .ci/run does this)"
-        )
-    return found
+    return _debian_prometheus_tool("prometheus")
 
 
 class PrometheusServer:

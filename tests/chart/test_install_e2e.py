@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from .helm_chart import CHART, REPO
-from .operator_process import LocalOperator, service_account_kubeconfig
+from .operator_process import LocalOperator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -70,13 +70,7 @@ def release(cluster: Any) -> Iterator[Any]:
 def operator(release: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOperator]:
     cluster = release
     tmp = tmp_path_factory.mktemp("operator")
-    sts = get(cluster, "statefulset", OPERATOR, "-n", NAMESPACE)
-    pod = sts["spec"]["template"]["spec"]
-    token = cluster.kubectl(
-        "create", "token", pod["serviceAccountName"], "-n", NAMESPACE, "--duration=2h"
-    ).strip()
-    kubeconfig = service_account_kubeconfig(cluster.kubeconfig, token, tmp / "sa.kubeconfig")
-    local = LocalOperator(pod["containers"][0]["args"], kubeconfig, tmp / "operator.log")
+    local = LocalOperator.as_installed(cluster, OPERATOR, NAMESPACE, tmp, token_duration="2h")
     local.start()
     try:
         yield local
@@ -186,13 +180,9 @@ def test_single_namespace_release_reconciles_with_a_role(
         name = f"{release}-goodput"
         assert get(cluster, "role", f"{name}-operator", "-n", team) is not None
         assert get(cluster, "kopfpeering", name, "-n", team) is not None
-        sts = get(cluster, "statefulset", f"{name}-operator", "-n", namespace)
-        pod = sts["spec"]["template"]["spec"]
-        token = cluster.kubectl(
-            "create", "token", pod["serviceAccountName"], "-n", namespace, "--duration=1h"
-        ).strip()
-        kubeconfig = service_account_kubeconfig(cluster.kubeconfig, token, tmp / "sa.kubeconfig")
-        local = LocalOperator(pod["containers"][0]["args"], kubeconfig, tmp / "operator.log")
+        local = LocalOperator.as_installed(
+            cluster, f"{name}-operator", namespace, tmp, token_duration="1h"
+        )
         local.start()
         cluster.kubectl("apply", "-n", team, "-f", str(EXAMPLE))
         example = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]

@@ -14,25 +14,17 @@ from kubernetes.utils import parse_quantity
 from goodput.dev.cluster import LocalCluster
 from goodput.dev.fleet import Fleet
 
+from . import waiting
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 T = TypeVar("T")
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-def wait_for(
-    probe: Callable[[], T | None],
-    timeout: float = 60,
-    what: str = "condition",
-    explain: Callable[[], str] = lambda: "",
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{explain()}")
+def wait_for(probe: Callable[[], T | None], what: str, **kwargs: Any) -> T:
+    """The shared helper at this module's bound: 60 s (no operator here, only the cluster)."""
+    return waiting.wait_for(probe, timeout=60, what=what, **kwargs)
 
 
 def describe(cluster: LocalCluster, namespace: str) -> str:

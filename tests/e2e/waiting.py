@@ -9,8 +9,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 180, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail with its last answer.
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float = 180,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with its last answer and, if
+    given, ``explain()`` (why it may not have happened: pods, events).
 
     Generous by default: on a loaded 2-core CI machine (a vLLM engine busy-polling both cores)
     a first reconcile plus kwok's pod lifecycle has taken over 90 s.
@@ -22,4 +28,5 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 180, what: str = "c
         if last:
             return last
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r}){detail}")

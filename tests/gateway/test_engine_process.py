@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from goodput.dev.processes import free_port
 from goodput.serving.engine_process import EngineProcess
-
-from .conftest import free_port
 
 
 def test_an_engine_that_exits_early_is_reported() -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from .conftest import free_port
+from goodput.dev.processes import free_port
+
 from .fake_engine import FakeEngine
 
 

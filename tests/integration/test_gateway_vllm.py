@@ -75,10 +75,15 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def metric_sum(exposition: str, name: str) -> float:
+    """Sum of a metric's samples across labels, from Prometheus exposition text."""
+    samples = re.findall(rf"^{re.escape(name)}(?:\{{.*\}})? (\S+)$", exposition, re.M)
+    return sum(float(v) for v in samples)
+
+
 def engine_metric(engine_url: str, name: str) -> float:
     """Sum of an engine (vLLM) or gateway metric's samples across labels."""
-    text = httpx.get(f"{engine_url}/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{.*\}})? (\S+)$", text, re.M))
+    return metric_sum(httpx.get(f"{engine_url}/metrics").text, name)
 
 
 def wait_until(check: Any, timeout: float = 30.0) -> bool:
@@ -88,6 +93,8 @@ def wait_until(check: Any, timeout: float = 30.0) -> bool:
         time.sleep(0.2)  # not faster: each read of vLLM's /metrics costs its API server CPU
     return bool(check())
 
+
+QUEUE_DEPTH = "goodput_queue_depth"
 
 # Longest output the tiny model's context (2048) leaves for a one-word prompt: seconds of decoding
 # on any CPU, so a test that cancels after the first chunks cannot race the end of the request.
@@ -207,7 +214,7 @@ def test_overload_answers_429_with_retry_after(vllm_engine: EngineProcess, tmp_p
             with vllm_engine.paused():  # the running request cannot end while we look
                 waiting = asyncio.create_task(long_stream())
                 deadline = time.monotonic() + 60
-                while gauge(await metrics.get(f"{url}/metrics"), "goodput_queue_depth") != 1:
+                while metric_sum((await metrics.get(f"{url}/metrics")).text, QUEUE_DEPTH) != 1:
                     assert time.monotonic() < deadline and not waiting.done()
                     await asyncio.sleep(0.05)
                 with pytest.raises(openai.RateLimitError) as limited:
@@ -227,10 +234,6 @@ def test_overload_answers_429_with_retry_after(vllm_engine: EngineProcess, tmp_p
             await c.close()
 
         asyncio.run(scenario())
-
-
-def gauge(response: httpx.Response, name: str) -> float:
-    return sum(map(float, re.findall(rf"^{name}\{{.*\}} (\S+)$", response.text, re.M)))
 
 
 def test_sigterm_drains_in_flight_requests(vllm_engine: EngineProcess, tmp_path: Path) -> None:
