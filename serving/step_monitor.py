@@ -15,6 +15,7 @@ known batch size.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -58,6 +59,10 @@ class StepTimeMonitor:
         self._min_samples = min_samples
         self._max_age_s = max_age_s
         self._levels: dict[int, _Level] = {}
+        # One dispatch decision asks for the profile several times (limit, wait, admission):
+        # it is recomputed only after new samples, or once the oldest sample has aged out.
+        self._version = 0
+        self._cached: tuple[int, float, dict[int, float]] | None = None
 
     def observe(self, concurrency: int, per_token_s: float, now: float) -> None:
         """One stream's time per token since its previous event, with ``concurrency`` running."""
@@ -67,9 +72,14 @@ class StepTimeMonitor:
         if level is None:
             level = self._levels[concurrency] = _Level(deque(maxlen=self._window))
         level.add(now, per_token_s)
+        self._version += 1
 
     def profile(self, now: float) -> dict[int, float]:
         """Concurrency -> mean seconds per token, for the levels known now (non-decreasing)."""
+        if self._cached is not None:
+            version, valid_until, cached = self._cached
+            if version == self._version and now < valid_until:
+                return cached
         horizon = now - self._max_age_s
         known: dict[int, float] = {}
         for c in sorted(self._levels):
@@ -84,7 +94,11 @@ class StepTimeMonitor:
             while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
                 (m2, w2, c2), (m1, w1, c1) = blocks.pop(), blocks.pop()
                 blocks.append(((m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, c1 + c2))
-        return {c: mean for mean, _, levels in blocks for c in levels}
+        profile = {c: mean for mean, _, levels in blocks for c in levels}
+        oldest = min((lv.samples[0][0] for lv in self._levels.values() if lv.samples), default=None)
+        valid_until = math.inf if oldest is None else oldest + self._max_age_s
+        self._cached = (self._version, valid_until, profile)
+        return profile
 
     def estimate(self, concurrency: float, now: float) -> float | None:
         """Seconds per token at ``concurrency``: the known level, or a line through the nearest
