@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -210,12 +211,34 @@ def _processes() -> Iterable[tuple[int, list[str]]]:
         yield int(entry.name), [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (the kernel's pick), for a server about to start."""
+    """A loopback port nothing uses now, for a server about to start.
+
+    Outside the kernel's ephemeral range: a port from it (the kernel's own pick) can be taken by
+    the source port of any outgoing connection before the server binds it, or again between a
+    server's restarts (a CI run lost a restarted gateway's port that way). Random, so that
+    concurrent callers rarely collide; the kernel's pick only if no range outside is usable.
+    """
+    low, high = _ephemeral_ports()
+    ranges = [(lo, hi) for lo, hi in ((10000, low - 1), (high + 1, 65535)) if hi - lo >= 1000]
+    for _ in range(200 if ranges else 0):
+        lo, hi = ranges[secrets.randbelow(len(ranges))]
+        port = lo + secrets.randbelow(hi - lo + 1)
+        if port_free(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
