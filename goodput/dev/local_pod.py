@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from goodput.dev.engine import (
     platform_problem,
 )
 from goodput.dev.paths import cache_root
+from goodput.dev.processes import port_free
 from goodput.dev.tiny_model import ensure_tiny_model
 
 Progress = Callable[[str], None]
@@ -415,15 +415,11 @@ class LocalPod:
         return ran
 
     def _check_port_free(self, port: int, name: str) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                raise PodError(
-                    f"127.0.0.1:{port} (for the {name}) is taken by a process this pod did not "
-                    f"start; stop it or choose another port"
-                ) from None
+        if not port_free(port):
+            raise PodError(
+                f"127.0.0.1:{port} (for the {name}) is taken by a process this pod did not "
+                f"start; stop it or choose another port"
+            )
 
     def _tail(self, name: str, lines: int = 30) -> str:
         try:
