@@ -40,7 +40,7 @@ from goodput.dev.engine import (
     platform_problem,
 )
 from goodput.dev.paths import cache_root
-from goodput.dev.processes import port_free
+from goodput.dev.processes import port_free, port_owner
 from goodput.dev.tiny_model import ensure_tiny_model
 
 Progress = Callable[[str], None]
@@ -414,12 +414,16 @@ class LocalPod:
         self._pidfile(name).unlink(missing_ok=True)
         return ran
 
-    def _check_port_free(self, port: int, name: str) -> None:
-        if not port_free(port):
-            raise PodError(
-                f"127.0.0.1:{port} (for the {name}) is taken by a process this pod did not "
-                f"start; stop it or choose another port"
-            )
+    def _check_port_free(self, port: int, name: str, grace_s: float = 10.0) -> None:
+        """Fail clearly if ``port`` stays taken (a process just stopped may need a moment)."""
+        deadline = time.monotonic() + grace_s
+        while not port_free(port):
+            if time.monotonic() > deadline:
+                raise PodError(
+                    f"127.0.0.1:{port} (for the {name}) is taken by a process this pod did not "
+                    f"start ({port_owner(port)}); stop it or choose another port"
+                )
+            time.sleep(0.2)
 
     def _tail(self, name: str, lines: int = 30) -> str:
         try:

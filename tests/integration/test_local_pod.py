@@ -116,11 +116,12 @@ def test_a_dead_gateway_is_replaced_and_the_engine_kept(
     engine, gateway = pod.process(ENGINE), pod.process(GATEWAY)
     assert engine is not None and gateway is not None
     os.killpg(gateway.pid, signal.SIGKILL)
-    # SIGKILL is asynchronous: the gateway is dead (the premise) only once it is gone, and until
-    # then its listening socket still holds the port the replacement needs.
-    gone_by = time.monotonic() + 10
-    while gateway.alive() and time.monotonic() < gone_by:
+    # SIGKILL is asynchronous: the gateway is dead (the premise) only once its whole group is
+    # gone, and until then its listening socket still holds the port the replacement needs.
+    gone_by = time.monotonic() + 30
+    while (gateway.alive() or group_members(gateway.pid)) and time.monotonic() < gone_by:
         time.sleep(0.05)
+    assert not gateway.alive() and not group_members(gateway.pid)
     result = pod.up()
     assert result.reused == {ENGINE}
     assert pod.process(ENGINE) == engine

@@ -267,6 +267,22 @@ def test_live_step_monitor_is_robust_to_a_noisy_level_and_to_slow_small_batches(
     assert one.max_concurrency(0.01, 1.0, 0.0) is None  # even alone too slow: holding won't help
 
 
+def test_live_step_monitor_ignores_stalls_and_the_bursts_after_them() -> None:
+    m = StepTimeMonitor(min_samples=24)
+    # 4 running at 5 ms per token, with a prefill chunk doubling one step in ten: mean 5.5 ms.
+    for i in range(200):
+        m.observe(4, 0.010 if i % 10 == 0 else 0.005, 0.0)
+    assert m.profile(0.0)[4] == pytest.approx(0.0055)
+    # The engine stalls 5 s (frozen, swapped out): one sample per stream; then the held-back
+    # tokens arrive together. A plain mean would read 5.5 ms as ~30 ms and halve the batch.
+    for _ in range(4):
+        m.observe(4, 5.0, 1.0)
+    for _ in range(40):
+        m.observe(4, 0.00001, 1.0)
+    assert m.profile(1.0)[4] == pytest.approx(0.0055, rel=0.05)
+    assert m.max_concurrency(0.01, 0.9, 1.0) >= 4
+
+
 async def test_streamed_tokens_teach_the_dispatcher_its_batch_limit() -> None:
     clock = Clock()
     d = Dispatcher(
