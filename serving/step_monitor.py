@@ -23,39 +23,52 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class _Level:
     samples: deque[tuple[float, float]]  # (time seen, seconds per token)
-    total: float = 0.0
 
     def add(self, at: float, per_token_s: float) -> None:
-        if len(self.samples) == self.samples.maxlen:
-            self.total -= self.samples[0][1]
         self.samples.append((at, per_token_s))
-        self.total += per_token_s
 
     def expire(self, before: float) -> None:
         while self.samples and self.samples[0][0] < before:
-            self.total -= self.samples.popleft()[1]
+            self.samples.popleft()
 
-    @property
-    def mean(self) -> float:
-        return self.total / len(self.samples)
+    def typical_mean(self, spread: float) -> float:
+        """Mean of the samples within ``spread``x of their median, either way.
+
+        Two kinds of sample say nothing about the batch: a stall (the engine paused, swapped out
+        or its API server fell behind, seconds per token) and the burst that follows it (tokens
+        held back, then delivered together, microseconds apart). Each would drag a plain mean
+        far off; the common slow steps a batch really causes (a prefill chunk riding along, a
+        few times the usual step) stay within the band and count.
+        """
+        values = sorted(v for _, v in self.samples)
+        median = values[len(values) // 2]
+        kept = [v for v in values if median / spread <= v <= median * spread]
+        return sum(kept) / len(kept)
 
 
 class StepTimeMonitor:
     """Recent mean time per output token at each concurrency level, and the batch limit it
     implies for a TPOT objective.
 
-    ``window`` samples per level (the mean, not the median: the objective is on each request's
-    mean TPOT, so stalls count); samples older than ``max_age_s`` are forgotten, so a level judged
-    too slow once is tried again later. Levels with fewer than ``min_samples`` are unknown. The
-    means are made non-decreasing in the batch size (a bigger batch is never faster; what looks
-    faster is noise), and the limit may exceed the largest level known to be fast enough by one:
-    that is how the monitor learns the next level.
+    ``window`` samples per level, summarised by their mean (the objective is on each request's
+    mean TPOT, so the slower steps a batch causes count) over those within ``spread``x of the
+    median (a stall or a burst is not the batch's doing). Samples older than ``max_age_s`` are
+    forgotten, so a level judged too slow once is tried again later. Levels with fewer than
+    ``min_samples`` are unknown. The means are made non-decreasing in the batch size (a bigger
+    batch is never faster; what looks faster is noise), and the limit may exceed the largest
+    level known to be fast enough by one: that is how the monitor learns the next level.
     """
 
     def __init__(
-        self, *, window: int = 256, min_samples: int = 24, max_age_s: float = 60.0
+        self,
+        *,
+        window: int = 256,
+        min_samples: int = 24,
+        max_age_s: float = 60.0,
+        spread: float = 8.0,
     ) -> None:
         self._window = window
+        self._spread = spread
         self._min_samples = min_samples
         self._max_age_s = max_age_s
         self._levels: dict[int, _Level] = {}
@@ -86,7 +99,7 @@ class StepTimeMonitor:
             level = self._levels[c]
             level.expire(horizon)
             if len(level.samples) >= self._min_samples:
-                known[c] = level.mean
+                known[c] = level.typical_mean(self._spread)
         # Pool adjacent violators: the least-squares non-decreasing fit of the level means.
         blocks: list[tuple[float, int, list[int]]] = []  # (mean, weight, levels)
         for c, mean in known.items():
