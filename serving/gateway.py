@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from prometheus_client import CollectorRegistry
@@ -62,6 +63,7 @@ class Gateway:
             model=config.served_model_name,
             queue_depth=lambda: self.dispatcher.queue_depth,
             inflight=lambda: self.dispatcher.inflight,
+            concurrency_limit=self._concurrency_limit,
             attainment=self.attainment,
         )
         self.request_log = request_log
@@ -81,6 +83,14 @@ class Gateway:
         self.active_exchanges = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _concurrency_limit(self) -> float:
+        """The policy's batch limit for the deployment's own SLO (NaN: unlimited)."""
+        slo = self.config.slo
+        limit = self.policy.concurrency_limit(
+            slo.tpot_ms / 1000, slo.ttft_ms / 1000, self.service, time.monotonic()
+        )
+        return math.nan if limit is None else float(limit)
 
     def _engine_polled(self, snapshot: EngineSnapshot) -> None:
         self.metrics.engine_polled(snapshot)

@@ -4,6 +4,7 @@ Helm chart's dashboards and alerts (see docs/serving.md); every series carries `
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class GatewayMetrics:
         model: str,
         queue_depth: Callable[[], float],
         inflight: Callable[[], float],
+        concurrency_limit: Callable[[], float] = lambda: math.nan,
         attainment: RollingAttainment,
     ) -> None:
         self._base = {"deployment": deployment, "model": model}
@@ -126,6 +128,11 @@ class GatewayMetrics:
         gauge("goodput_inflight_requests", "Requests dispatched to the engine.").set_function(
             inflight
         )
+        gauge(
+            "goodput_concurrency_limit",
+            "Most requests the scheduler lets the engine run at once now, for the deployment's "
+            "SLO (learned from the token stream); NaN while unlimited.",
+        ).set_function(concurrency_limit)
         gauge(
             "goodput_slo_attainment_ratio",
             f"Fraction of requests in the last {attainment.window_s:.0f} s that met their SLO.",

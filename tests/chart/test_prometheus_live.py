@@ -49,10 +49,14 @@ class GatewayProcess:
         self.model = model
         self.log = log
         # A lenient SLO: the CPU engine must meet it for most requests so that met_slo exists.
+        # A concurrency cap, as a deployment may set: the batch-limit series is then defined
+        # even while the learned limit is not (vLLM may deliver a whole stream at once, which
+        # teaches the step-time monitor nothing).
         self.argv = [
             sys.executable, "-m", "goodput", "serve", "--engine-url", engine_url,
             "--host", "127.0.0.1", "--port", str(self.port), "--deployment", DEPLOYMENT,
             "--served-model-name", model, "--ttft-ms", "5000", "--tpot-ms", "1000",
+            "--max-concurrency", "32",
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
