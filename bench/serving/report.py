@@ -79,6 +79,12 @@ def add_ratios(results: dict[str, list[dict[str, Any]]]) -> None:
                     else round(row["ttft_p50_ms"] - ref["ttft_p50_ms"], 2)
                 ),
             }
+            if "rounds" in row and "rounds" in ref:
+                # The same ratio within each round: its spread is the run's own noise estimate.
+                row["vs_vllm"]["goodput_by_round"] = [
+                    _ratio(mine["goodput_rps"], theirs["goodput_rps"])
+                    for mine, theirs in zip(row["rounds"], ref["rounds"], strict=True)
+                ]
 
 
 def targets(

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import click
 import httpx
 import numpy as np
 from contenders import CONTENDERS, Contender, gateway
-from loadgen import SLO, replay
+from loadgen import SLO, Outcome, replay
 from report import add_ratios, plot, summarize, targets
 from workload import Corpus, Request, arrival_times, shared_data_dir, trace_gaps
 
@@ -148,19 +148,29 @@ def _endpoint(
     return stack.enter_context(gateway(contender.policy, engine, slo, log))
 
 
+@dataclass(frozen=True)
+class Replay:
+    """One contender's replay of one rate in one round: its summary row and every outcome."""
+
+    round: int
+    row: dict[str, Any]
+    outcomes: list[Outcome]
+
+
 def cell(
     contender: Contender,
     url: str,
     engine_url: str,
+    round_: int,
     rate: float,
     requests: list[Request],
     arrivals: list[float],
     slo: SLO,
     enforce: str,
     trace: Path,
-) -> dict[str, Any]:
-    """Replay one rate's requests against one contender; its summary row. Every request's
-    outcome is appended to ``trace`` (JSON lines) for analysis beyond the summary."""
+) -> Replay:
+    """Replay one rate's requests against one contender. Every request's outcome is appended
+    to ``trace`` (JSON lines) for analysis beyond the summary."""
     before = engine_counters(engine_url)
     outcomes = asyncio.run(
         replay(url, MODEL_NAME, requests, arrivals, slo, enforce=enforce, oracle=contender.oracle)
@@ -170,7 +180,10 @@ def cell(
     row = summarize(outcomes, slo, rate)
     with trace.open("a") as handle:
         for o in outcomes:
-            record = {"contender": contender.name, "rate": rate, **asdict(o), "met": o.met(slo)}
+            record = {
+                "contender": contender.name, "round": round_, "rate": rate,
+                **asdict(o), "met": o.met(slo),
+            }  # fmt: skip
             handle.write(json.dumps(record) + "\n")
     # Tokens the engine generated, against what clients received: the cost of aborting at the
     # true length, and of anything else the engine ran for nobody.
@@ -179,14 +192,30 @@ def cell(
     # max_tokens-bounded stream has ended, so wait_idle has nothing to wait for).
     row["engine_tokens"] = int(generated) if generated else None
     click.echo(
-        f"{contender.name:15s} rate {rate:5.2f}  n={row['requests']:3d}  "
+        f"{contender.name:15s} round {round_} rate {rate:5.2f}  n={row['requests']:3d}  "
         f"attain {row['attainment']:6.1%}  goodput {row['goodput_rps']:5.2f}/s  "
         f"TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
         f"TPOT p50 {row['tpot_p50_ms']} p99 {row['tpot_p99_ms']} ms  "
         f"{row['throughput_tps']:.0f} tok/s  rejected {row['rejected']}  errors {row['errors']}  "
         f"held {row['held_streams']}"
     )
+    return Replay(round_, row, outcomes)
+
+
+def pool(replays: list[Replay], slo: SLO, rate: float) -> dict[str, Any]:
+    """One rate's row over all its rounds: counts and percentiles over every outcome,
+    throughput as tokens over the rounds' summed wall time, and each round's own row."""
+    row = summarize([o for r in replays for o in r.outcomes], slo, rate)
+    wall = sum(r.row["wall_s"] for r in replays)
+    row["wall_s"] = wall
+    row["throughput_tps"] = row["client_tokens"] / wall if wall > 0 else 0.0
+    engine_tokens = [r.row["engine_tokens"] for r in replays]
+    row["engine_tokens"] = None if None in engine_tokens else sum(engine_tokens)
+    row["rounds"] = [{key: r.row[key] for key in ROUND_KEYS} | {"round": r.round} for r in replays]
     return row
+
+
+ROUND_KEYS = ("requests", "met_slo", "attainment", "goodput_rps", "rejected", "held_streams")
 
 
 @click.command()
@@ -254,6 +283,12 @@ def cell(
     "model's fast steps and holds whole streams to their end (docs/bench-serving.md).",
 )
 @click.option("--probe-pairs", default=30, show_default=True, help="Paired overhead probes.")
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    help="Replay every rate this many times, each with its own requests and arrivals.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--out",
@@ -284,6 +319,7 @@ def main(
     model_hidden: int,
     engine_stats: bool,
     probe_pairs: int,
+    rounds: int,
     seed: int,
     out_path: Path,
 ) -> None:
@@ -329,16 +365,21 @@ def main(
         extra_args=("--no-enable-prefix-caching",),
         log_stats=engine_stats,
     )
+    # Each round replays every rate with its own requests and arrival draws; a rate's result
+    # pools its rounds, and the per-round ratios show how far one draw can be trusted.
     schedule = []
-    for i, rate in enumerate(rate_list):
-        count = int(min(max_requests, max(min_requests, round(rate * seconds_per_rate))))
-        requests = corpus.take(count, offset=i * max_requests)
-        schedule.append((rate, requests, arrival_times(gaps, count, rate, seed + i).tolist()))
+    for r in range(rounds):
+        for i, rate in enumerate(rate_list):
+            count = int(min(max_requests, max(min_requests, round(rate * seconds_per_rate))))
+            cell_index = r * len(rate_list) + i
+            requests = corpus.take(count, offset=cell_index * max_requests)
+            arrivals = arrival_times(gaps, count, rate, seed + cell_index).tolist()
+            schedule.append((r, rate, requests, arrivals))
 
     workdir = Path(tempfile.mkdtemp(prefix="goodput-bench-serving-"))
     trace = workdir / "requests.jsonl"
     click.echo(f"logs and per-request outcomes ({trace.name}) in {workdir}")
-    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+    replays: dict[str, dict[float, list[Replay]]] = {c.name: {} for c in contenders}
     engines: dict[str, dict[str, Any]] = {}
     overhead: dict[str, Any] | None = None
     slo: SLO | None = None
@@ -368,12 +409,13 @@ def main(
                 with ExitStack() as stack:
                     url = _endpoint(contender, engine, slo, workdir, stack)
                     warm_up(url, corpus, enforce)
-                    for rate, requests, arrivals in schedule:
-                        results[contender.name].append(
+                    for round_, rate, requests, arrivals in schedule:
+                        replays[contender.name].setdefault(rate, []).append(
                             cell(
                                 contender,
                                 url,
                                 engine.url,
+                                round_,
                                 rate,
                                 requests,
                                 arrivals,
@@ -403,14 +445,15 @@ def main(
                     urls["vllm"], urls["gateway-fcfs"], engine.url, corpus, probe_pairs
                 )
                 click.echo(f"gateway overhead (paired, fcfs): {overhead}")
-            for i, (rate, requests, arrivals) in enumerate(schedule):
+            for i, (round_, rate, requests, arrivals) in enumerate(schedule):
                 turn = i % len(contenders)
                 for contender in contenders[turn:] + contenders[:turn]:
-                    results[contender.name].append(
+                    replays[contender.name].setdefault(rate, []).append(
                         cell(
                             contender,
                             urls[contender.name],
                             engine.url,
+                            round_,
                             rate,
                             requests,
                             arrivals,
@@ -420,6 +463,10 @@ def main(
                         )
                     )
     assert slo is not None and unloaded is not None
+    results = {
+        name: [pool(cells, slo, rate) for rate, cells in by_rate.items()]
+        for name, by_rate in replays.items()
+    }
     add_ratios(results)
     lengths = [r.output_tokens for r in corpus.requests]
     document = {
@@ -451,6 +498,7 @@ def main(
             "arrivals": "traces/azure_llm_2023_conv.csv inter-arrival gaps, rescaled per rate",
             "length_enforcement": enforce,
             "seed": seed,
+            "rounds": rounds,
         },
         "unloaded": {
             "ttft_ms": round(unloaded.ttft_s * 1000, 2),
