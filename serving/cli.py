@@ -58,6 +58,11 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option("--e2e-ms", type=float, help="End-to-end objective.")
 @click.option("--max-queue-length", type=int)
 @click.option("--max-concurrency", type=int, help="Cap on requests sent to the engine at once.")
+@click.option(
+    "--kv-cache-tokens",
+    type=int,
+    help="The engine's KV-cache capacity in tokens, if its /metrics does not report it.",
+)
 @click.option("--engine-cmd", help="Start this engine command and stop it on exit (local use).")
 @click.option("--engine-ready-timeout", default=600.0, show_default=True, type=float)
 @click.option(
@@ -106,6 +111,7 @@ def serve(
     e2e_ms: float | None,
     max_queue_length: int | None,
     max_concurrency: int | None,
+    kv_cache_tokens: int | None,
     engine_cmd: str | None,
     engine_ready_timeout: float,
     request_log: str | None,
@@ -137,6 +143,7 @@ def serve(
             "servedModelName": served_model_name,
             "maxQueueLength": max_queue_length,
             "maxConcurrency": max_concurrency,
+            "kvCacheTokens": kv_cache_tokens,
             "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
         },
     )

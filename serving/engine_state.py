@@ -94,8 +94,9 @@ def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
 class EngineBudget:
     """What may still be sent to the engine: KV capacity minus the gateway's in-flight tokens."""
 
-    def __init__(self, *, kv_headroom: float = 0.95) -> None:
+    def __init__(self, *, kv_headroom: float = 0.95, kv_capacity_tokens: int | None = None) -> None:
         self._headroom = kv_headroom
+        self._configured_capacity = kv_capacity_tokens
         self.snapshot = EngineSnapshot(up=False)
         self.inflight_requests = 0
         self.inflight_tokens = 0.0
@@ -109,9 +110,10 @@ class EngineBudget:
         self.inflight_tokens = max(0.0, self.inflight_tokens - tokens)
 
     def kv_fits(self, tokens: float) -> bool:
-        """Whether ``tokens`` more fit in the engine's KV cache. An idle engine always takes a
-        request: one too large for the cache is the engine's to reject, not the queue's to hold."""
-        capacity = self.snapshot.kv_capacity_tokens
+        """Whether ``tokens`` more fit in the engine's KV cache (its reported capacity, else the
+        configured one; unknown: no limit). An idle engine always takes a request: one too large
+        for the cache is the engine's to reject, not the queue's to hold."""
+        capacity = self.snapshot.kv_capacity_tokens or self._configured_capacity
         if capacity is None or self.inflight_requests == 0:
             return True
         return self.inflight_tokens + tokens <= capacity * self._headroom

@@ -45,7 +45,7 @@ class Gateway:
             config.predictor, model_key=config.served_model_name
         )
         self.service = ServiceModel()
-        self.budget = EngineBudget()
+        self.budget = EngineBudget(kv_capacity_tokens=config.kv_cache_tokens)
         self.policy = make_policy(config.policy, max_concurrency=config.max_concurrency)
         self.admission = AdmissionController(
             self.service,

@@ -58,6 +58,9 @@ def gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Ite
         "--tpot-ms", f"{slo.tpot_s * 1000:.2f}",
         "--log-level", "warning",
     ]  # fmt: skip
+    if engine.facts.kv_cache_tokens:
+        # vLLM without statistics does not report its KV capacity; the gateway needs it.
+        command += ["--kv-cache-tokens", str(engine.facts.kv_cache_tokens)]
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         # Outside the checkout: ``python -m`` puts the working directory on sys.path, and the

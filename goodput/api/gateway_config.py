@@ -67,6 +67,13 @@ class GatewayConfig(BaseModel):
         description="Most requests the slo/oracle policies send the engine at once (e.g. the "
         "profiler's capacity); the gateway also learns a limit and uses the smaller.",
     )
+    kv_cache_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        alias="kvCacheTokens",
+        description="The engine's KV-cache capacity in tokens, for an engine whose /metrics does "
+        "not report it (vLLM run with --disable-log-stats); the engine's own figure wins.",
+    )
     priority_classes: list[PriorityClass] = Field(
         default_factory=lambda: [PriorityClass(name="default")], alias="priorityClasses"
     )
