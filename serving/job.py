@@ -34,6 +34,10 @@ class Job:
     # Filled in by the dispatcher.
     dispatched_at: float | None = None
     concurrency_at_dispatch: int = 0
+    # Prompt tokens prefilled together with this one's: its own, those of requests dispatched
+    # before it still awaiting their first token, and those dispatched after it until its own
+    # first token came. What its first token waits for.
+    prefill_tokens: float = 0.0
     first_token_at: float | None = None
     last_token_at: float | None = None
     generated_tokens: int = 0

@@ -126,6 +126,10 @@ class ServiceModel:
     def __init__(self) -> None:
         self.step = ConcurrencyLatencyModel()
         self.first_token = ConcurrencyLatencyModel()
+        # Dispatch to first token against the prompt tokens prefilling at once (its own and
+        # those of requests dispatched before it that have no first token yet): an engine runs
+        # the prefills of a burst together, so each new one delays every first token pending.
+        self.prefill = ConcurrencyLatencyModel()
         self.service_s = Ewma(0.05)
         self.live = StepTimeMonitor()
 
@@ -141,6 +145,10 @@ class ServiceModel:
             return self.live.max_concurrency(tpot_s, headroom, now)
         return self.step.max_concurrency(tpot_s, headroom)
 
+    def predict_prefill_s(self, prompt_tokens: float) -> float | None:
+        """Dispatch to first token with ``prompt_tokens`` prefilling at once; ``None``: unknown."""
+        return self.prefill.predict(prompt_tokens)
+
     def predict_first_token_s(self, concurrency: float) -> float:
         """Dispatch to first token at ``concurrency``; 0 before anything is known."""
         return self.first_token.predict(concurrency) or 0.0
@@ -153,9 +161,11 @@ class ServiceModel:
         first_token_after_dispatch_s: float | None,
         tpot_s: float | None,
         service_s: float,
+        prefill_tokens: float = 0.0,
     ) -> None:
         if first_token_after_dispatch_s is not None:
             self.first_token.observe(concurrency_at_dispatch, first_token_after_dispatch_s)
+            self.prefill.observe(prefill_tokens, first_token_after_dispatch_s)
         if tpot_s is not None:
             self.step.observe(concurrency, tpot_s)
         self.service_s.observe(service_s)

@@ -358,3 +358,39 @@ def test_the_first_token_model_alone_never_rejects_a_request_at_an_idle_gateway(
     assert admission.check_waiting(j, 100.4, 1) is Verdict.ADMIT  # within half the budget
     with pytest.raises(Rejection):
         admission.check_waiting(j, 100.6, 1)  # waited past what the first token needs
+
+
+async def test_a_burst_is_prefilled_in_groups_that_keep_first_tokens_in_time() -> None:
+    """Prefill time learned as 20 ms + 1 ms per prompt token prefilling together; TTFT objective
+    500 ms. Nine 100-token prompts sent at once would all get their first token at 920 ms: the
+    dispatcher sends four (first tokens at 420 ms), holds the fifth (it would make them late:
+    520 ms), and sends the next group once their first tokens are in."""
+    clock = Clock()
+    service = ServiceModel()
+    for tokens in (50, 100, 200, 400, 800, 100, 300, 600):
+        service.prefill.observe(tokens, 0.020 + 0.001 * tokens)
+    assert service.predict_prefill_s(200) == pytest.approx(0.22)
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=20, max_queue_delay_s=None
+    )
+    d = Dispatcher(SloPolicy(), admission, service, EngineBudget(), clock=clock)
+    slo = RequestSLO(ttft_s=0.5, tpot_s=0.1, e2e_s=None, priority="default", rank=0)
+    burst = [job(f"b{i}", clock.now, 50, slo=slo) for i in range(9)]
+    for j in burst:
+        j.prompt_tokens = 100
+        d.submit(j)
+    assert d.inflight == 4 and d.queue_depth == 5
+    # Each one's prefill shares the steps with all four: what it learns from is 400 tokens.
+    assert [j.prefill_tokens for j in burst[:4]] == [400, 400, 400, 400]
+    clock.now += 0.12
+    d.on_tokens(burst[0], 1)
+    assert d.inflight == 4  # three still pending: the fifth would make the last of them late
+    for j in burst[1:4]:
+        d.on_tokens(j, 1)
+    # The group's first tokens came early (120 ms): three more fit before the 500 ms deadline.
+    assert d.inflight == 7 and [j.prefill_tokens for j in burst[4:7]] == [300, 300, 300]
+    # A pass-through policy sends everything at once, as the engine alone would.
+    fcfs = Dispatcher(FcfsPolicy(), admission, service, EngineBudget(), clock=clock)
+    for i in range(9):
+        fcfs.submit(job(f"f{i}", clock.now, 50, slo=slo))
+    assert fcfs.inflight == 9
