@@ -56,7 +56,8 @@ class StepTimeMonitor:
     forgotten, so a level judged too slow once is tried again later. Levels with fewer than
     ``min_samples`` are unknown. The means are made non-decreasing in the batch size (a bigger
     batch is never faster; what looks faster is noise), and the limit may exceed the largest
-    level known to be fast enough by one: that is how the monitor learns the next level.
+    level known to be fast enough (up to twice it, along the measured trend): that is how the
+    monitor learns the next levels.
     """
 
     def __init__(
@@ -141,9 +142,13 @@ class StepTimeMonitor:
 
         ``None`` (no limit) while nothing is known, or when one request at a time is known to be
         too slow (holding requests back cannot help then). Between a fast-enough level and the
-        next known slow one, the crossing is interpolated; past the largest known level, one
-        more is allowed (that is how the next level gets measured); below the smallest known
-        level, when even that one is slow, time per token is taken as proportional to the batch.
+        next known slow one, the crossing is interpolated. Past the largest known level (all
+        fast), the line through the two largest known levels is followed to its crossing, but
+        at most to twice that level (at least one more): a batch limit that grew one request at
+        a time made bursts wait at a low load — with 2 requests measured, the third of a burst
+        was predicted to wait for a running one to end and was rejected, on an engine that runs
+        twelve within the objective. Below the smallest known level, when even that one is
+        slow, time per token is taken as proportional to the batch.
         """
         profile = self.profile(now)
         if not profile:
@@ -158,8 +163,22 @@ class StepTimeMonitor:
         best = max(fast)
         slower = [c for c in profile if c > best]
         if not slower:
-            return best + 1
+            return max(best + 1, min(2 * best, self._extrapolate(profile, best, budget)))
         slow = min(slower)
         rise = profile[slow] - profile[best]
         crossing = best + (budget - profile[best]) / rise * (slow - best) if rise > 0 else best
         return max(best, min(slow - 1, int(crossing)))
+
+    @staticmethod
+    def _extrapolate(profile: dict[int, float], top: int, budget: float) -> int:
+        """Where the line through the two largest known levels reaches ``budget`` (through the
+        origin with one level: time per token proportional to the batch, the pessimistic case)."""
+        below = [c for c in profile if c < top]
+        if below:
+            low = max(below)
+            slope = (profile[top] - profile[low]) / (top - low)
+        else:
+            slope = profile[top] / top
+        if slope <= 0:
+            return 2 * top
+        return int(top + (budget - profile[top]) / slope + 1e-9)

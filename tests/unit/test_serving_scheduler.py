@@ -246,7 +246,9 @@ def test_live_step_monitor_limit_interpolates_explores_and_forgets() -> None:
     m = StepTimeMonitor(min_samples=24, max_age_s=60.0)
     assert m.max_concurrency(0.01, 1.0, 0.0) is None  # nothing measured: no limit
     feed(m, {1: 0.003, 2: 0.004, 3: 0.005})
-    assert m.max_concurrency(0.01, 1.0, 0.0) == 4  # all fast: one more, to measure it
+    # All fast: along the trend (1 ms per request: 10 ms at 8), at most twice the largest known.
+    assert m.max_concurrency(0.01, 1.0, 0.0) == 6
+    assert m.max_concurrency(0.007, 1.0, 0.0) == 5  # the trend crosses 7 ms at 5
     feed(m, {8: 0.013})
     # 3 is fast (5 ms), 8 slow (13 ms): the 10 ms objective is crossed at 3 + 5/8*5 = 6.1
     assert m.max_concurrency(0.01, 1.0, 0.0) == 6
