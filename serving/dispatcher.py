@@ -58,15 +58,20 @@ class Dispatcher:
     def inflight(self) -> int:
         return len(self._running)
 
-    def concurrency_limit(self, job: Job | None = None) -> int | None:
-        """The policy's limit for the running set plus ``job``, under their tightest SLOs."""
+    def concurrency_limit(self, job: Job | None = None, *, explore: bool = True) -> int | None:
+        """The policy's limit for the running set plus ``job``, under their tightest SLOs
+        (``explore=False``: only what the measurements show; see the policy)."""
         slos = [j.slo for j in self._running]
         if job is not None:
             slos.append(job.slo)
         if not slos:
             return None
         return self.policy.concurrency_limit(
-            min(s.tpot_s for s in slos), min(s.ttft_s for s in slos), self.service, self.clock()
+            min(s.tpot_s for s in slos),
+            min(s.ttft_s for s in slos),
+            self.service,
+            self.clock(),
+            explore=explore,
         )
 
     # -- arrival -------------------------------------------------------------------------------
@@ -88,7 +93,9 @@ class Dispatcher:
     def _view(self, job: Job) -> QueueView:
         key = self.policy.order_key(job)
         ahead = sum(1 for k, seq, j in self._heap if k < key and self._valid(seq, j))
-        limit = self.concurrency_limit(job)
+        # Judged by the measured limit only: a request is not turned away for a limit that is
+        # a step of exploration; it waits instead, until the next level is measured.
+        limit = self.concurrency_limit(job, explore=False)
         free = None if limit is None else max(0, limit - len(self._running))
         return QueueView(
             queue_length=self._waiting,

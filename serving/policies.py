@@ -43,10 +43,17 @@ class SchedulingPolicy(Protocol):
         ...
 
     def concurrency_limit(
-        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+        self,
+        tpot_s: float,
+        ttft_s: float,
+        service: ServiceModel,
+        now: float,
+        *,
+        explore: bool = True,
     ) -> int | None:
         """How many requests the engine may run at once, given the tightest TPOT and TTFT
-        objectives among them; ``None`` for no limit."""
+        objectives among them; ``None`` for no limit. ``explore=False``: only a limit the
+        measurements show, not one that is a step of learning (what admission judges by)."""
         ...
 
 
@@ -78,7 +85,13 @@ class FcfsPolicy:
         return _remaining(job, job.prediction.p50, job.prediction.p90)
 
     def concurrency_limit(
-        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+        self,
+        tpot_s: float,
+        ttft_s: float,
+        service: ServiceModel,
+        now: float,
+        *,
+        explore: bool = True,
     ) -> int | None:
         return None
 
@@ -128,14 +141,23 @@ class SloPolicy:
         return _remaining(job, self.expected_output_tokens(job), job.prediction.p90)
 
     def concurrency_limit(
-        self, tpot_s: float, ttft_s: float, service: ServiceModel, now: float
+        self,
+        tpot_s: float,
+        ttft_s: float,
+        service: ServiceModel,
+        now: float,
+        *,
+        explore: bool = True,
     ) -> int | None:
         # As many as keep decode steps within the TPOT objective (with headroom), measured live.
         # TTFT is not a batch limit: it is protected by ordering and admission, since a request's
         # first token comes one step after it is sent, and a step is within the TPOT objective.
         limits = [
             limit
-            for limit in (service.tpot_limit(tpot_s, self._headroom, now), self._max_concurrency)
+            for limit in (
+                service.tpot_limit(tpot_s, self._headroom, now, explore=explore),
+                self._max_concurrency,
+            )
             if limit is not None
         ]
         return min(limits) if limits else None

@@ -139,10 +139,13 @@ class ServiceModel:
         live = self.live.estimate(concurrency, now)
         return live if live is not None else self.step.predict(concurrency)
 
-    def tpot_limit(self, tpot_s: float, headroom: float, now: float) -> int | None:
-        """The largest batch that keeps time per token within ``headroom·tpot_s``."""
+    def tpot_limit(
+        self, tpot_s: float, headroom: float, now: float, *, explore: bool = True
+    ) -> int | None:
+        """The largest batch that keeps time per token within ``headroom·tpot_s`` (with
+        ``explore=False``, only where a measured level shows it; see ``StepTimeMonitor``)."""
         if self.live.profile(now):
-            return self.live.max_concurrency(tpot_s, headroom, now)
+            return self.live.max_concurrency(tpot_s, headroom, now, explore=explore)
         return self.step.max_concurrency(tpot_s, headroom)
 
     def predict_prefill_s(self, prompt_tokens: float) -> float | None:

@@ -137,8 +137,17 @@ class StepTimeMonitor:
         slope = (profile[hi] - profile[lo]) / (hi - lo)
         return profile[lo] + slope * (concurrency - lo)
 
-    def max_concurrency(self, target_s: float, headroom: float, now: float) -> int | None:
+    def max_concurrency(
+        self, target_s: float, headroom: float, now: float, *, explore: bool = True
+    ) -> int | None:
         """The largest batch expected to keep time per token within ``headroom·target_s``.
+
+        With ``explore=False`` only a limit the measurements show is returned: ``None`` while
+        every measured level is fast enough. Admission asks for that one — a request must not be
+        turned away for a limit that is only a step of exploration (with two requests measured
+        at a third of the objective, the third request of a burst was rejected at 1 req/s);
+        dispatch uses the exploring one, so the queue waits at most until the next level is
+        measured (a fraction of a second of traffic).
 
         ``None`` (no limit) while nothing is known, or when one request at a time is known to be
         too slow (holding requests back cannot help then). Between a fast-enough level and the
@@ -163,6 +172,8 @@ class StepTimeMonitor:
         best = max(fast)
         slower = [c for c in profile if c > best]
         if not slower:
+            if not explore:
+                return None
             return max(best + 1, min(2 * best, self._extrapolate(profile, best, budget)))
         slow = min(slower)
         rise = profile[slow] - profile[best]

@@ -396,3 +396,28 @@ async def test_a_burst_is_prefilled_in_groups_that_keep_first_tokens_in_time() -
     for i in range(9):
         fcfs.submit(job(f"f{i}", clock.now, 50, slo=slo))
     assert fcfs.inflight == 9
+
+
+async def test_a_limit_that_is_only_exploration_queues_but_never_rejects() -> None:
+    """Measured: 1 and 2 at a run are fast (3 and 4 ms per token, objective 100 ms): the limit
+    explores to 4. The fifth request of a burst waits for the next level to be measured rather
+    than being turned away because the four running ones will take seconds to end."""
+    clock = Clock()
+    service = ServiceModel()
+    feed(service.live, {1: 0.003, 2: 0.004}, clock.now)
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=20, max_queue_delay_s=None
+    )
+    d = Dispatcher(SloPolicy(), admission, service, EngineBudget(), clock=clock)
+    assert d.concurrency_limit() is None
+    burst = [job(f"b{i}", clock.now, 500) for i in range(5)]
+    for j in burst:
+        d.submit(j)
+    assert d.concurrency_limit(burst[0]) == 4
+    assert d.concurrency_limit(burst[0], explore=False) is None
+    assert d.inflight == 4 and d.queue_depth == 1 and burst[4].state is JobState.WAITING
+    # Once a slow level is measured, the limit is real and admission judges by it.
+    feed(service.live, {4: 0.2}, clock.now)
+    assert d.concurrency_limit(burst[0], explore=False) is not None
+    with pytest.raises(Rejection):
+        d.submit(job("late", clock.now, 500))
