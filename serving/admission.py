@@ -107,7 +107,7 @@ class AdmissionController:
         if wait is None:
             return Verdict.ADMIT
         concurrency = min(view.limit or view.inflight + 1, view.inflight + 1)
-        first_token = now + wait + self._first_token_s(job, concurrency)
+        first_token = now + wait + self.first_token_s(job, concurrency)
         late = first_token > job.ttft_deadline
         if not late and job.slo.e2e_s is not None:
             tpot = self._service.step.predict(concurrency) or job.slo.tpot_s
@@ -117,7 +117,7 @@ class AdmissionController:
             return Verdict.ADMIT
         return self._overloaded(wait)
 
-    def _first_token_s(self, job: Job, concurrency: float) -> float:
+    def first_token_s(self, job: Job, concurrency: float) -> float:
         """Predicted dispatch-to-first-token time, capped at its share of the TTFT objective.
 
         The cap bounds the cost of a wrong model: a request is declared doomed only once its
@@ -156,6 +156,6 @@ class AdmissionController:
                 f"The request waited {waited:.1f} s, longer than the deployment's maximum "
                 "queue delay.",
             )
-        if now + self._first_token_s(job, concurrency) > job.ttft_deadline:
+        if now + self.first_token_s(job, concurrency) > job.ttft_deadline:
             return self._overloaded(waited)
         return Verdict.ADMIT

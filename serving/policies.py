@@ -50,10 +50,13 @@ class SchedulingPolicy(Protocol):
         now: float,
         *,
         explore: bool = True,
+        urgent: bool = False,
     ) -> int | None:
         """How many requests the engine may run at once, given the tightest TPOT and TTFT
         objectives among them; ``None`` for no limit. ``explore=False``: only a limit the
-        measurements show, not one that is a step of learning (what admission judges by)."""
+        measurements show, not one that is a step of learning (what admission judges by).
+        ``urgent``: the limit for a request that would miss its TTFT if it waited for a slot
+        (it may use the headroom kept for the TPOT objective)."""
         ...
 
 
@@ -92,6 +95,7 @@ class FcfsPolicy:
         now: float,
         *,
         explore: bool = True,
+        urgent: bool = False,
     ) -> int | None:
         return None
 
@@ -116,10 +120,12 @@ class SloPolicy:
         *,
         slack_weight: float = 1.0,
         tpot_headroom: float = 0.9,
+        urgent_tpot_headroom: float = 1.0,
         max_concurrency: int | None = None,
     ) -> None:
         self._slack_weight = slack_weight
         self._headroom = tpot_headroom
+        self._urgent_headroom = urgent_tpot_headroom
         self._max_concurrency = max_concurrency
 
     def expected_output_tokens(self, job: Job) -> float:
@@ -148,6 +154,7 @@ class SloPolicy:
         now: float,
         *,
         explore: bool = True,
+        urgent: bool = False,
     ) -> int | None:
         # As many as keep decode steps within the TPOT objective (with headroom), measured live.
         # TTFT is not a batch limit: it is protected by ordering and admission, since a request's
@@ -155,7 +162,12 @@ class SloPolicy:
         limits = [
             limit
             for limit in (
-                service.tpot_limit(tpot_s, self._headroom, now, explore=explore),
+                service.tpot_limit(
+                    tpot_s,
+                    self._urgent_headroom if urgent else self._headroom,
+                    now,
+                    explore=explore,
+                ),
                 self._max_concurrency,
             )
             if limit is not None

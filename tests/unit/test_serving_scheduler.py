@@ -421,3 +421,33 @@ async def test_a_limit_that_is_only_exploration_queues_but_never_rejects() -> No
     assert d.concurrency_limit(burst[0], explore=False) is not None
     with pytest.raises(Rejection):
         d.submit(job("late", clock.now, 500))
+
+
+async def test_a_request_whose_ttft_comes_due_may_use_the_tpot_headroom() -> None:
+    """Measured 10 ms per token at 2 running, 21 at 8, 30 at 12; objective 22 ms. Within 90% of
+    it (19.8 ms) the batch limit is 7, within the objective itself 8. With 7 running for
+    seconds more, a request that can wait keeps waiting; one that would miss its TTFT goes as
+    the 8th; a 9th has no slot even so, and is turned away."""
+    clock = Clock()
+    service = ServiceModel()
+    feed(service.live, {2: 0.010, 8: 0.021, 12: 0.030}, clock.now)
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=20, max_queue_delay_s=None
+    )
+    d = Dispatcher(SloPolicy(), admission, service, EngineBudget(), clock=clock)
+    tpot = 0.022
+    patient = RequestSLO(ttft_s=1000.0, tpot_s=tpot, e2e_s=None, priority="default", rank=0)
+    tight = RequestSLO(ttft_s=0.5, tpot_s=tpot, e2e_s=None, priority="default", rank=0)
+    running = [job(f"r{i}", clock.now, 500, slo=patient) for i in range(7)]
+    for j in running:
+        d.submit(j)
+    assert d.inflight == 7 and d.concurrency_limit() == 7
+    assert d.concurrency_limit(urgent=True) == 8
+    waits = job("waits", clock.now, 50, slo=patient)
+    d.submit(waits)
+    assert waits.state is JobState.WAITING  # 7 running ends in ~10 s: its deadline is far
+    due = job("due", clock.now, 50, slo=tight)
+    d.submit(due)
+    assert due.state is JobState.RUNNING and d.inflight == 8
+    with pytest.raises(Rejection):
+        d.submit(job("no-slot", clock.now, 50, slo=tight))
