@@ -45,6 +45,7 @@ class Dispatcher:
         # Dispatched, no first token yet: the prefills the engine is working through.
         self._prefilling: set[Job] = set()
         self._prefill_tokens = 0.0
+        self._prefill_ended_at = -float("inf")
         # Integral of the in-flight count over time: the mean batch a request decoded in.
         self._area = 0.0
         self._area_t = clock()
@@ -229,6 +230,8 @@ class Dispatcher:
         job.concurrency_at_dispatch = len(self._running)
         for pending in self._prefilling:
             pending.prefill_tokens += job.prompt_tokens
+        if not self._prefilling:
+            self.service.live.prefill_started(now)
         self._prefilling.add(job)
         self._prefill_tokens += job.prompt_tokens
         job.prefill_tokens = self._prefill_tokens
@@ -263,11 +266,17 @@ class Dispatcher:
         self._prefill_tokens = max(0.0, self._prefill_tokens - job.prompt_tokens)
         if not self._prefilling:
             self._prefill_tokens = 0.0  # no drift from float sums
+            self._prefill_ended_at = self.clock()
+            self.service.live.prefill_ended(self._prefill_ended_at)
         return True
 
     def on_tokens(self, job: Job, count: int) -> None:
         """``count`` output tokens of ``job`` were just relayed: the first marks its first
-        token; after it, the time since the previous ones is a live sample of the step time."""
+        token; after it, the time since the previous ones is a live sample of the decode step
+        time — unless a prefill ran meanwhile: prefills come with arrivals, and a batch size
+        that only bursts reach would otherwise be judged by the bursts' prefills (at 4 req/s
+        that set the limit so low that a fifth of the requests vLLM alone served in time were
+        turned away). The prefills' share of the time is accounted for separately."""
         if count <= 0:
             return
         if job.first_token_at is None:
@@ -275,7 +284,10 @@ class Dispatcher:
             job.generated_tokens += count
             return
         now = self.clock()
-        if job.last_token_at is not None and job.state is JobState.RUNNING:
+        decoding_only = not self._prefilling and self._prefill_ended_at <= (
+            job.last_token_at or now
+        )
+        if job.last_token_at is not None and job.state is JobState.RUNNING and decoding_only:
             self.service.live.observe(len(self._running), (now - job.last_token_at) / count, now)
         job.last_token_at = now
         job.generated_tokens += count

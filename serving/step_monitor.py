@@ -77,9 +77,38 @@ class StepTimeMonitor:
         # it is recomputed only after new samples, or once the oldest sample has aged out.
         self._version = 0
         self._cached: tuple[int, float, dict[int, float]] | None = None
+        # Periods during which the engine had prefills to do: (start, end or None while open).
+        self._prefill_periods: deque[tuple[float, float | None]] = deque()
+        self._started_at: float | None = None
+
+    def prefill_started(self, now: float) -> None:
+        """The engine has prompts to prefill (none had been pending)."""
+        self._started_at = now if self._started_at is None else self._started_at
+        self._prefill_periods.append((now, None))
+
+    def prefill_ended(self, now: float) -> None:
+        """Every pending prefill has produced its first token."""
+        if self._prefill_periods and self._prefill_periods[-1][1] is None:
+            self._prefill_periods[-1] = (self._prefill_periods[-1][0], now)
+
+    def prefill_share(self, now: float) -> float:
+        """Fraction of the recent past (``max_age_s``, or since the first prefill) in which the
+        engine had prefills to do: the part of every running request's time that went to
+        other requests' prompts, on top of its decode steps."""
+        if self._started_at is None:
+            return 0.0
+        horizon = now - self._max_age_s
+        while self._prefill_periods and (self._prefill_periods[0][1] or now) < horizon:
+            self._prefill_periods.popleft()
+        start = max(horizon, self._started_at)
+        if now <= start:
+            return 0.0
+        busy = sum(min(end or now, now) - max(begin, start) for begin, end in self._prefill_periods)
+        return max(0.0, min(1.0, busy / (now - start)))
 
     def observe(self, concurrency: int, per_token_s: float, now: float) -> None:
-        """One stream's time per token since its previous event, with ``concurrency`` running."""
+        """One stream's time per token since its previous event, with ``concurrency`` running
+        and no prefill in progress meanwhile (a decode step's time, not another prompt's)."""
         if concurrency < 1 or not 0.0 < per_token_s < 60.0:
             return
         level = self._levels.get(concurrency)
@@ -162,7 +191,10 @@ class StepTimeMonitor:
         profile = self.profile(now)
         if not profile:
             return None
-        budget = target_s * headroom
+        # The levels are decode steps alone; a request's time per token also carries the other
+        # requests' prefills that ran meanwhile. Counted at most as half (beyond that, holding
+        # new requests back is what shortens the prefills).
+        budget = target_s * headroom * (1.0 - min(0.5, self.prefill_share(now)))
         fast = [c for c, mean in profile.items() if mean <= budget]
         if not fast:
             lowest = min(profile)

@@ -451,3 +451,39 @@ async def test_a_request_whose_ttft_comes_due_may_use_the_tpot_headroom() -> Non
     assert due.state is JobState.RUNNING and d.inflight == 8
     with pytest.raises(Rejection):
         d.submit(job("no-slot", clock.now, 50, slo=tight))
+
+
+async def test_decode_steps_are_measured_apart_from_prefills_and_their_share_counted() -> None:
+    """Token gaps while a prompt was being prefilled are not decode steps of that batch: they
+    are left out of the level's mean, and the time prefills took is charged to the budget."""
+    clock = Clock()
+    service = ServiceModel()
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=20, max_queue_delay_s=None
+    )
+    d = Dispatcher(SloPolicy(), admission, service, EngineBudget(), clock=clock)
+    a, b = job("a", clock.now, 500, slo=PATIENT), job("b", clock.now, 500, slo=PATIENT)
+    d.submit(a)
+    clock.now += 0.05
+    d.on_tokens(a, 1)  # a's first token: nothing prefilling any more
+    for _ in range(30):
+        clock.now += 0.01
+        d.on_tokens(a, 1)  # 10 ms decode steps, alone
+    d.submit(b)  # b's prompt is prefilled while a decodes: a's next gap is 200 ms
+    clock.now += 0.2
+    d.on_tokens(a, 1)  # a gap with b's prefill in it: not a decode sample
+    d.on_tokens(b, 1)
+    for _ in range(30):
+        clock.now += 0.012
+        d.on_tokens(a, 1)
+        d.on_tokens(b, 1)
+    profile = service.live.profile(clock.now)
+    assert profile[1] == pytest.approx(0.010) and profile[2] == pytest.approx(0.012)
+    # 250 ms of the 0.91 s since the first prefill began had a prefill to do.
+    share = service.live.prefill_share(clock.now)
+    assert share == pytest.approx(0.25 / (clock.now - 100.0), rel=0.01)
+    # Objective 20 ms, 90% of it, less that share: 13.1 ms, so 2 running (12 ms) still fit;
+    # with a 16 ms objective (10.5 ms) only one does.
+    limit = service.live.max_concurrency(0.020, 0.9, clock.now, explore=False)
+    assert limit is None  # all measured levels fast: no measured limit
+    assert service.live.max_concurrency(0.016, 0.9, clock.now, explore=False) == 1
