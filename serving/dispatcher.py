@@ -189,17 +189,12 @@ class Dispatcher:
         for pending in self._prefilling:
             if pending.best_effort or pending.dispatched_at is None:
                 continue
-            alone, joined = (
-                predict(pending.prefill_tokens),
-                predict(pending.prefill_tokens + job.prompt_tokens),
-            )
+            alone = predict(pending.prefill_tokens)
+            joined = predict(pending.prefill_tokens + job.prompt_tokens)
             if alone is None or joined is None:
                 return True
-            if (
-                pending.dispatched_at + alone
-                <= pending.ttft_deadline
-                < pending.dispatched_at + joined
-            ):
+            start, deadline = pending.dispatched_at, pending.ttft_deadline
+            if start + alone <= deadline < start + joined:
                 return False
         return True
 
@@ -284,11 +279,14 @@ class Dispatcher:
             job.generated_tokens += count
             return
         now = self.clock()
-        decoding_only = not self._prefilling and self._prefill_ended_at <= (
-            job.last_token_at or now
-        )
-        if job.last_token_at is not None and job.state is JobState.RUNNING and decoding_only:
-            self.service.live.observe(len(self._running), (now - job.last_token_at) / count, now)
+        last = job.last_token_at
+        if (
+            last is not None
+            and job.state is JobState.RUNNING
+            and not self._prefilling
+            and self._prefill_ended_at <= last
+        ):
+            self.service.live.observe(len(self._running), (now - last) / count, now)
         job.last_token_at = now
         job.generated_tokens += count
 
