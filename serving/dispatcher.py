@@ -267,11 +267,9 @@ class Dispatcher:
 
     def on_tokens(self, job: Job, count: int) -> None:
         """``count`` output tokens of ``job`` were just relayed: the first marks its first
-        token; after it, the time since the previous ones is a live sample of the decode step
-        time — unless a prefill ran meanwhile: prefills come with arrivals, and a batch size
-        that only bursts reach would otherwise be judged by the bursts' prefills (at 4 req/s
-        that set the limit so low that a fifth of the requests vLLM alone served in time were
-        turned away). The prefills' share of the time is accounted for separately."""
+        token; after it, the time since the previous ones is a live sample of the step time at
+        the current batch — a decode step's, or, if another request's prompt was prefilled
+        meanwhile, a step that carried a prefill too (the monitor keeps them apart)."""
         if count <= 0:
             return
         if job.first_token_at is None:
@@ -280,13 +278,11 @@ class Dispatcher:
             return
         now = self.clock()
         last = job.last_token_at
-        if (
-            last is not None
-            and job.state is JobState.RUNNING
-            and not self._prefilling
-            and self._prefill_ended_at <= last
-        ):
-            self.service.live.observe(len(self._running), (now - last) / count, now)
+        if last is not None and job.state is JobState.RUNNING:
+            during_prefill = bool(self._prefilling) or self._prefill_ended_at > last
+            self.service.live.observe(
+                len(self._running), (now - last) / count, now, during_prefill=during_prefill
+            )
         job.last_token_at = now
         job.generated_tokens += count
 

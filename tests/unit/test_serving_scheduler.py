@@ -454,8 +454,8 @@ async def test_a_request_whose_ttft_comes_due_may_use_the_tpot_headroom() -> Non
 
 
 async def test_decode_steps_are_measured_apart_from_prefills_and_their_share_counted() -> None:
-    """Token gaps while a prompt was being prefilled are not decode steps of that batch: they
-    are left out of the level's mean, and the time prefills took is charged to the budget."""
+    """Token gaps while a prompt was being prefilled are kept apart from decode steps; a level's
+    time per token blends the two by the share of recent time that had a prefill to do."""
     clock = Clock()
     service = ServiceModel()
     admission = AdmissionController(
@@ -471,19 +471,37 @@ async def test_decode_steps_are_measured_apart_from_prefills_and_their_share_cou
         d.on_tokens(a, 1)  # 10 ms decode steps, alone
     d.submit(b)  # b's prompt is prefilled while a decodes: a's next gap is 200 ms
     clock.now += 0.2
-    d.on_tokens(a, 1)  # a gap with b's prefill in it: not a decode sample
+    d.on_tokens(a, 1)  # a with-prefill sample, kept apart
     d.on_tokens(b, 1)
     for _ in range(30):
         clock.now += 0.012
         d.on_tokens(a, 1)
         d.on_tokens(b, 1)
-    profile = service.live.profile(clock.now)
-    assert profile[1] == pytest.approx(0.010) and profile[2] == pytest.approx(0.012)
     # 250 ms of the 0.91 s since the first prefill began had a prefill to do.
     share = service.live.prefill_share(clock.now)
     assert share == pytest.approx(0.25 / (clock.now - 100.0), rel=0.01)
-    # Objective 20 ms, 90% of it, less that share: 13.1 ms, so 2 running (12 ms) still fit;
-    # with a 16 ms objective (10.5 ms) only one does.
-    limit = service.live.max_concurrency(0.020, 0.9, clock.now, explore=False)
-    assert limit is None  # all measured levels fast: no measured limit
-    assert service.live.max_concurrency(0.016, 0.9, clock.now, explore=False) == 1
+    # No level seen both ways yet: decode-only levels are charged the share (at most half).
+    profile = service.live.profile(clock.now)
+    assert profile[1] == pytest.approx(0.010 / (1 - round(share, 2)))
+    assert profile[2] == pytest.approx(0.012 / (1 - round(share, 2)))
+
+
+def test_a_level_seen_only_during_prefills_is_not_judged_by_them_alone() -> None:
+    """Level 4 is seen decoding (12 ms) and with prefills (24 ms): prefill steps take twice as
+    long. Level 8 is reached only in bursts, so only with prefills (40 ms): its decode step is
+    taken as 20 ms. With prefills a fifth of the time, a request at 8 sees 0.8 x 20 + 0.2 x 40 =
+    24 ms per token, not 40: within a 30 ms objective (27 ms with headroom)."""
+    m = StepTimeMonitor(min_samples=24)
+    for _ in range(30):
+        m.observe(4, 0.012, 0.0)
+        m.observe(4, 0.024, 0.0, during_prefill=True)
+        m.observe(8, 0.040, 0.0, during_prefill=True)
+    m.prefill_started(0.0)
+    m.prefill_ended(2.0)
+    assert m.prefill_share(10.0) == pytest.approx(0.2)
+    profile = m.profile(10.0)
+    assert profile[4] == pytest.approx(0.8 * 0.012 + 0.2 * 0.024)
+    assert profile[8] == pytest.approx(0.8 * 0.020 + 0.2 * 0.040)
+    assert m.max_concurrency(0.030, 0.9, 10.0, explore=False) is None  # 8 is fast enough
+    # Judged by its with-prefill samples alone (40 ms), 8 would have been too slow.
+    assert m.max_concurrency(0.030, 0.9, 10.0) >= 8
