@@ -251,15 +251,37 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def port_owner(port: int) -> str:
-    """Best-effort "pid N (cmd)" for whoever listens on ``port``, for error messages."""
-    inodes = set()
+LISTEN = 0x0A
+CLOSE_WAIT = 0x08  # the peer closed its end; this end has not yet
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One row of the kernel's TCP tables (``/proc/net/tcp``, ``tcp6``) for a local port."""
+
+    peer: str  # remote address:port, as the kernel writes it (hex)
+    state: int  # LISTEN, CLOSE_WAIT, ...
+    unread: int  # bytes received and not yet read by the process
+    inode: str
+
+
+def tcp_sockets(port: int) -> list[TcpSocket]:
+    """The kernel's view of every TCP socket on local ``port``: readable even while the process
+    behind it is frozen."""
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 parts = line.split()
-                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(parts[9])
+                if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    unread = int(parts[4].split(":")[1], 16)
+                    rows.append(TcpSocket(parts[2], int(parts[3], 16), unread, parts[9]))
+    return rows
+
+
+def port_owner(port: int) -> str:
+    """Best-effort "pid N (cmd)" for whoever listens on ``port``, for error messages."""
+    inodes = {sock.inode for sock in tcp_sockets(port) if sock.state == LISTEN}
     for pid, argv in _processes():
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():

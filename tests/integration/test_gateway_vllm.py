@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from goodput.dev.engine import EngineProcess, EngineSettings
-from goodput.dev.processes import free_port
+from goodput.dev.processes import CLOSE_WAIT, LISTEN, TcpSocket, free_port, tcp_sockets
 
 pytestmark = pytest.mark.engine
 
@@ -152,23 +152,14 @@ def test_bad_input_gets_openai_errors(gateway: str) -> None:
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
 
 
-def _engine_connections(port: int) -> dict[str, tuple[int, int]]:
-    """``{peer address: (TCP state, bytes received and not yet read)}`` of the connections to
-    127.0.0.1:``port``, as the kernel keeps them: readable while the process behind it is frozen."""
-    rows = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":  # 0A: listening
-            rows[fields[2]] = (int(fields[3], 16), int(fields[4].split(":")[1], 16))
-    return rows
+def _engine_connections(port: int) -> dict[str, TcpSocket]:
+    """The connections to the engine's ``port`` by peer address, from the kernel's table."""
+    return {sock.peer: sock for sock in tcp_sockets(port) if sock.state != LISTEN}
 
 
-CLOSE_WAIT = 0x08  # the peer closed its end; this end (the frozen engine) has not yet
-
-
-def _state(port: int, peer: str) -> int | None:
-    row = _engine_connections(port).get(peer)
-    return None if row is None else row[0]
+def _closed_by_peer(sock: TcpSocket | None) -> bool:
+    """Half-closed by the other end (FIN) and not yet by this one, or gone (reset)."""
+    return sock is None or sock.state == CLOSE_WAIT
 
 
 def test_client_disconnect_closes_the_engine_request(
@@ -187,7 +178,7 @@ def test_client_disconnect_closes_the_engine_request(
     prompt = "word " * 300  # 1.5 kB of JSON; ~300 tokens, so 1,000 more fit the context
 
     def request_connection() -> str | None:
-        big = [peer for peer, (_, unread) in _engine_connections(port).items() if unread > 1200]
+        big = [peer for peer, sock in _engine_connections(port).items() if sock.unread > 1200]
         return big[0] if len(big) == 1 else None
 
     async def scenario() -> None:
@@ -206,9 +197,7 @@ def test_client_disconnect_closes_the_engine_request(
                 await request
             assert await until(lambda: engine_metric(gateway, "goodput_inflight_requests") == 0)
             # Closed by the gateway: half-closed (FIN) or gone (reset) on the engine's side.
-            assert await until(
-                lambda: _engine_connections(port).get(peer, (CLOSE_WAIT,))[0] == CLOSE_WAIT
-            )
+            assert await until(lambda: _closed_by_peer(_engine_connections(port).get(peer)))
         await c.close()
 
     asyncio.run(scenario())
