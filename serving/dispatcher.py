@@ -44,7 +44,6 @@ class Dispatcher:
         self._running: set[Job] = set()
         # Dispatched, no first token yet: the prefills the engine is working through.
         self._prefilling: set[Job] = set()
-        self._prefill_tokens = 0.0
         self._prefill_ended_at = -float("inf")
         # Integral of the in-flight count over time: the mean batch a request decoded in.
         self._area = 0.0
@@ -223,13 +222,13 @@ class Dispatcher:
         job.dispatched_at = now
         self._running.add(job)
         job.concurrency_at_dispatch = len(self._running)
+        job.prefill_tokens = job.prompt_tokens
         for pending in self._prefilling:
             pending.prefill_tokens += job.prompt_tokens
+            job.prefill_tokens += pending.prompt_tokens
         if not self._prefilling:
             self.service.live.prefill_started(now)
         self._prefilling.add(job)
-        self._prefill_tokens += job.prompt_tokens
-        job.prefill_tokens = self._prefill_tokens
         self.budget.commit(job.kv_tokens)
         if job.waiter is not None and not job.waiter.done():
             job.waiter.set_result(None)
@@ -258,9 +257,7 @@ class Dispatcher:
         if job not in self._prefilling:
             return False
         self._prefilling.discard(job)
-        self._prefill_tokens = max(0.0, self._prefill_tokens - job.prompt_tokens)
         if not self._prefilling:
-            self._prefill_tokens = 0.0  # no drift from float sums
             self._prefill_ended_at = self.clock()
             self.service.live.prefill_ended(self._prefill_ended_at)
         return True

@@ -81,19 +81,24 @@ class StepTimeMonitor:
         # the prefill share has moved.
         self._version = 0
         self._cached: tuple[tuple[int, float], float, dict[int, float]] | None = None
-        # Periods during which the engine had prefills to do: (start, end or None while open).
-        self._prefill_periods: deque[tuple[float, float | None]] = deque()
+        # Periods during which the engine had prefills to do, (start, end), within the last
+        # max_age_s; their summed length; the start of the one in progress, if any.
+        self._prefill_periods: deque[tuple[float, float]] = deque()
+        self._prefill_busy_s = 0.0
+        self._prefill_open_since: float | None = None
         self._started_at: float | None = None
 
     def prefill_started(self, now: float) -> None:
         """The engine has prompts to prefill (none had been pending)."""
         self._started_at = now if self._started_at is None else self._started_at
-        self._prefill_periods.append((now, None))
+        self._prefill_open_since = now
 
     def prefill_ended(self, now: float) -> None:
         """Every pending prefill has produced its first token."""
-        if self._prefill_periods and self._prefill_periods[-1][1] is None:
-            self._prefill_periods[-1] = (self._prefill_periods[-1][0], now)
+        if self._prefill_open_since is not None:
+            self._prefill_periods.append((self._prefill_open_since, now))
+            self._prefill_busy_s += now - self._prefill_open_since
+            self._prefill_open_since = None
 
     def prefill_share(self, now: float) -> float:
         """Fraction of the recent past (``max_age_s``, or since the first prefill) in which the
@@ -102,12 +107,18 @@ class StepTimeMonitor:
         if self._started_at is None:
             return 0.0
         horizon = now - self._max_age_s
-        while self._prefill_periods and (self._prefill_periods[0][1] or now) < horizon:
-            self._prefill_periods.popleft()
+        while self._prefill_periods and self._prefill_periods[0][1] < horizon:
+            begin, end = self._prefill_periods.popleft()
+            self._prefill_busy_s -= end - begin
         start = max(horizon, self._started_at)
         if now <= start:
             return 0.0
-        busy = sum(min(end or now, now) - max(begin, start) for begin, end in self._prefill_periods)
+        # Kept as a running sum: this is asked on every dispatch decision.
+        busy = self._prefill_busy_s
+        if self._prefill_periods and self._prefill_periods[0][0] < start:
+            busy -= start - self._prefill_periods[0][0]  # the part before the window
+        if self._prefill_open_since is not None:
+            busy += now - max(self._prefill_open_since, start)
         return max(0.0, min(1.0, busy / (now - start)))
 
     def observe(
