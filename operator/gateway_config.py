@@ -18,6 +18,10 @@ CONFIG_KEY = "gateway.json"
 CONFIG_DIR = "/etc/goodput"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 ENGINE_PORT = 8000
+#: The gateway's writable state (an emptyDir, ``gateway-state``): its root filesystem is read-only.
+STATE_DIR = "/var/lib/goodput"
+#: Where a pod's gateway keeps its request log, which the online refit learns from.
+REQUEST_LOG_PATH = f"{STATE_DIR}/requests.jsonl"
 
 
 def gateway_config(obj: LLMDeployment) -> GatewayConfig:
