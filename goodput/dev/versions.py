@@ -64,6 +64,19 @@ KUBERNETES = GoComponent(
     wrapper="kubernetes.go.mod.tmpl",
 )
 
+# The real node's kubelet: the same release and build as the control plane, in a component of its
+# own so adding it (or bumping only it) does not rebuild the control plane. Its wrapper module
+# needs a few more dependencies than the control plane's (the CRI streaming server, hnslib,
+# OpenTelemetry exporters), which `go mod tidy` resolves.
+KUBELET = GoComponent(
+    name="kubelet",
+    module="k8s.io/kubernetes",
+    version=KUBERNETES_VERSION,
+    commands={"kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+    ldflags=_kubernetes_ldflags(),
+    wrapper="kubelet.go.mod.tmpl",
+)
+
 ETCD = GoComponent(
     name="etcd",
     module="go.etcd.io/etcd/server/v3",
@@ -89,4 +102,4 @@ HELM = GoComponent(
 )
 
 # Build order: one at a time, the biggest first so a failure shows up early.
-COMPONENTS: tuple[GoComponent, ...] = (KUBERNETES, ETCD, KWOK, HELM)
+COMPONENTS: tuple[GoComponent, ...] = (KUBERNETES, ETCD, KWOK, HELM, KUBELET)
