@@ -14,6 +14,18 @@ from goodput import __version__
 
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_GATEWAY_IMAGE = f"ghcr.io/goodput-dev/goodput:{__version__}"
+#: Image tags are fixed (a version, not ``latest``), so a node that has the image keeps it: this
+#: is also what lets locally loaded images run on a node without a registry.
+DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+#: Host CPU and memory a GPU engine needs besides its GPUs (tokenisation, the API server, the
+#: sampler, CUDA's host allocations); the memory grows by the spec's CPU KV offload.
+DEFAULT_ENGINE_CPU = "4"
+DEFAULT_ENGINE_MEMORY_GIB = 16.0
+#: Seconds the engine gets, once the gateway has gone, to stop before the kubelet kills the pod.
+ENGINE_STOP_SECONDS = 10
+#: Seconds the gateway's server needs after its drain to close (``goodput serve`` allows 5).
+GATEWAY_EXIT_SECONDS = 5
 
 
 def _env(name: str, default: str) -> str:
@@ -41,12 +53,47 @@ class WorkloadSettings:
     gateway_image: str = field(
         default_factory=lambda: _env("GOODPUT_GATEWAY_IMAGE", DEFAULT_GATEWAY_IMAGE)
     )
+    image_pull_policy: str = field(
+        default_factory=lambda: _env("GOODPUT_IMAGE_PULL_POLICY", DEFAULT_IMAGE_PULL_POLICY)
+    )
+    # Requests of the engine container (no CPU limit: throttling an engine stalls every stream).
+    engine_cpu: str = field(default_factory=lambda: _env("GOODPUT_ENGINE_CPU", DEFAULT_ENGINE_CPU))
+    engine_memory_gib: float = field(
+        default_factory=lambda: float(
+            _env("GOODPUT_ENGINE_MEMORY_GIB", str(DEFAULT_ENGINE_MEMORY_GIB))
+        )
+    )
     # Tolerations for site-specific GPU node taints (nvidia.com/gpu is always tolerated).
     tolerations: tuple[dict[str, Any], ...] = ()
-    # Time the gateway gets to finish in-flight requests when a pod is replaced.
+    # The whole stop of a pod: the gateway's drain, its exit, then the engine's.
     termination_grace_seconds: int = 90
+    # How long the engine may take to load the model before the gateway's startup probe gives up.
+    startup_timeout_seconds: int = 1200
     # Loading a large model can take many minutes before the first pod turns ready.
     progress_deadline_seconds: int = 1800
+
+    def __post_init__(self) -> None:
+        if self.image_pull_policy not in PULL_POLICIES:
+            raise ValueError(
+                f"image pull policy {self.image_pull_policy!r} is not one of {PULL_POLICIES}"
+            )
+        if self.drain_seconds < 1:
+            raise ValueError(
+                f"termination grace {self.termination_grace_seconds} s leaves no time to drain "
+                f"(the engine and the gateway's exit take {ENGINE_STOP_SECONDS} + "
+                f"{GATEWAY_EXIT_SECONDS} s of it)"
+            )
+
+    @property
+    def drain_seconds(self) -> int:
+        """How long the gateway lets in-flight requests finish after SIGTERM: the grace period
+        less what the gateway's exit and then the engine's stop need."""
+        return self.termination_grace_seconds - ENGINE_STOP_SECONDS - GATEWAY_EXIT_SECONDS
+
+    @property
+    def engine_stop_after_seconds(self) -> int:
+        """The longest the engine waits for the gateway to go before it stops anyway."""
+        return self.termination_grace_seconds - ENGINE_STOP_SECONDS
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,69 @@
 """The serving Deployments: one per replica, each pod the vLLM engine and the Goodput gateway.
 
-The engine is the official ``vllm/vllm-openai`` image, unchanged, listening on 127.0.0.1:8000
-only; the gateway (``goodput serve``) is the pod's single port (8080) and owns its probes, since
-kubelet probes reach the pod IP and could not see a loopback-only engine anyway.
-
 One Deployment per replica (``replicas: 1``), pinned by required node affinity to the node the
 placement solver chose for it: adding, removing or moving one replica touches only its own
 Deployment, and a replica whose pod template is unchanged is never restarted. A rollout replaces
 the pod without surge (``maxSurge: 0``): a surge pod would need GPUs that a right-sized cluster
 does not have spare, and on a pinned node it could not fit anyway.
+
+The pod contract (docs/operator.md, "Pod contract"):
+
+- The engine (vLLM's OpenAI server, its image's own entrypoint) listens on 127.0.0.1:8000 only:
+  nothing but the gateway may reach it. The gateway (``goodput serve``) listens on every
+  interface of the pod (``0.0.0.0:8080``, port ``http``): the kubelet's probes, the Service and
+  Prometheus reach the pod IP, and the engine's preStop hook reaches loopback. The wildcard
+  rather than the pod IP from the downward API, because both of those must work, and the pod's
+  network namespace holds nothing else to hide from.
+- Probes are the gateway's, since the kubelet could not see a loopback-only engine: the startup
+  probe (``/readyz``, which follows the engine's ``/health``) gives the model
+  ``startup_timeout_seconds`` to load, and holds off the liveness probe (``/healthz``, the
+  gateway process alone) so a loading pod is never killed; readiness (``/readyz``) then follows
+  the engine's health and turns false as soon as the gateway drains.
+- Stopping: the gateway gets SIGTERM at once and drains (new requests 503, in-flight ones
+  finish, at most ``drain_seconds``), then stops listening; the engine's preStop hook waits for
+  exactly that, so the engine outlives every request the gateway still serves, then gets its own
+  SIGTERM with ``ENGINE_STOP_SECONDS`` left of the grace period.
+- Both containers run as UID 65532, non-root, without privilege escalation or capabilities,
+  under the runtime's default seccomp profile (Pod Security "restricted"); the gateway's root
+  filesystem is read-only besides its state volume (``STATE_DIR``) and ``/tmp``; the engine
+  writes its caches to an emptyDir home.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from goodput.api.llmdeployment import PVC_SOURCE, EnvVar, LLMDeployment
 from goodput.operator import naming
-from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, ENGINE_PORT
+from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, ENGINE_PORT, STATE_DIR
 from goodput.operator.gpu_selection import GPU_RESOURCE, LABEL_PRODUCT, Placement
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
 
 GATEWAY_PORT = 8080
+#: Every interface of the pod: its IP for probes, Service and Prometheus, loopback for the engine.
+GATEWAY_HOST = "0.0.0.0"
 MODELS_DIR = "/models"
+#: Both containers' UID and GID: non-root, and the conventional "nonroot" of distroless images.
+RUN_AS_USER = 65532
+#: The engine's writable home (an emptyDir), for the caches vLLM, torch and Hugging Face keep.
+ENGINE_HOME = "/home/engine"
+HF_HOME = f"{ENGINE_HOME}/.cache/huggingface"
+STARTUP_PERIOD_SECONDS = 10
+#: The engine's preStop hook: wait while the gateway still listens on loopback (it stops once it
+#: has drained), at most argv[1] seconds. Standard-library Python only: the engine image has
+#: python3 but not Goodput.
+WAIT_FOR_GATEWAY = """\
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=1).close()
+    except OSError:
+        break
+    time.sleep(1)
+"""
 
 
 class Volumes:
@@ -109,6 +149,21 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _security_context(read_only_root: bool) -> dict[str, Any]:
+    """A container's half of the "restricted" Pod Security profile (the pod's half, non-root
+    and seccomp, is in the pod's securityContext)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _gib(value: float) -> str:
+    return f"{value:g}Gi" if float(value).is_integer() else f"{round(value * 1024)}Mi"
+
+
 def node_selector_term(placement: Placement, node: str | None) -> dict[str, Any]:
     """The GPU product, and the exact node when the placement solver chose one. The node is
     matched by name (``matchFields``), not by the ``kubernetes.io/hostname`` label, which some
@@ -132,35 +187,93 @@ def pod_template(
     node: str | None = None,
 ) -> dict[str, Any]:
     """One replica's pod template; ``config_hash`` rolls the pod when the gateway config
-    changes, ``node`` pins it."""
+    changes, ``node`` pins it. The contract each container keeps is the module docstring's."""
     spec, name = obj.spec, obj.metadata.name
     volumes = Volumes()
     args = engine_args(obj, placement, volumes)
     gpus = str(placement.gpus_per_replica)
+    user_env = [_env(v) for v in spec.engine.env]
+    own_env = [
+        {"name": "HOME", "value": ENGINE_HOME},
+        {"name": "HF_HOME", "value": HF_HOME},
+        # Python's getpass (torch names its caches with it) asks /etc/passwd about a UID the
+        # image may not list; it reads $USER first.
+        {"name": "USER", "value": "engine"},
+    ]
+    overridden = {v["name"] for v in user_env}
     engine = {
         "name": "engine",
         "image": spec.engine.image or settings.engine_image,
+        "imagePullPolicy": settings.image_pull_policy,
         "args": args,
-        "env": [_env(v) for v in spec.engine.env],
-        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "env": [v for v in own_env if v["name"] not in overridden] + user_env,
+        "resources": {
+            "requests": {
+                "cpu": settings.engine_cpu,
+                "memory": _gib(settings.engine_memory_gib + spec.kv_cache.cpu_offload_gib),
+                GPU_RESOURCE: gpus,
+            },
+            "limits": {GPU_RESOURCE: gpus},
+        },
+        "lifecycle": {
+            "preStop": {
+                "exec": {
+                    "command": [
+                        "python3",
+                        "-c",
+                        WAIT_FOR_GATEWAY,
+                        str(settings.engine_stop_after_seconds),
+                        str(GATEWAY_PORT),
+                    ]
+                }
+            }
+        },
+        # vLLM, torch and Triton write caches and compiled kernels to paths of their own
+        # choosing (under $HOME and /tmp mostly); a read-only root would break on the first
+        # one nobody listed. Everything else of the restricted profile holds.
+        "securityContext": _security_context(read_only_root=False),
         "volumeMounts": [
             {"name": "shm", "mountPath": "/dev/shm"},
-            {"name": "hf-cache", "mountPath": "/root/.cache/huggingface"},
+            {"name": "engine-home", "mountPath": ENGINE_HOME},
+            {"name": "hf-cache", "mountPath": HF_HOME},
             *volumes.mounts(),
         ],
     }
     gateway = {
         "name": "gateway",
         "image": spec.gateway.image or settings.gateway_image,
-        "command": ["goodput", "serve", "--config", CONFIG_PATH],
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [
+            "goodput",
+            "serve",
+            "--config",
+            CONFIG_PATH,
+            "--host",
+            GATEWAY_HOST,
+            "--port",
+            str(GATEWAY_PORT),
+            "--drain-timeout",
+            str(settings.drain_seconds),
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "readinessProbe": _http_probe("/readyz", period=5, failures=3),
+        "startupProbe": _http_probe(
+            "/readyz",
+            period=STARTUP_PERIOD_SECONDS,
+            failures=math.ceil(settings.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+        ),
+        "readinessProbe": _http_probe("/readyz", period=5, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, failures=6),
         "resources": {
             "requests": {"cpu": "250m", "memory": "512Mi"},
             "limits": {"memory": "2Gi"},
         },
-        "volumeMounts": [{"name": "gateway-config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "securityContext": _security_context(read_only_root=True),
+        "volumeMounts": [
+            {"name": "gateway-config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "gateway-state", "mountPath": STATE_DIR},
+            {"name": "gateway-tmp", "mountPath": "/tmp"},
+        ],
     }
     return {
         "metadata": {
@@ -170,6 +283,14 @@ def pod_template(
         "spec": {
             "containers": [engine, gateway],
             "enableServiceLinks": False,
+            # Neither container talks to the Kubernetes API.
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS_USER,
+                "runAsGroup": RUN_AS_USER,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "terminationGracePeriodSeconds": settings.termination_grace_seconds,
             "affinity": {
                 "nodeAffinity": {
@@ -184,11 +305,15 @@ def pod_template(
             ],
             "volumes": [
                 {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                {"name": "engine-home", "emptyDir": {}},
                 {"name": "hf-cache", "emptyDir": {}},
                 {
                     "name": "gateway-config",
                     "configMap": {"name": naming.config_map_name(name)},
                 },
+                # The request log rotates at 64 MiB, keeping one old file.
+                {"name": "gateway-state", "emptyDir": {"sizeLimit": "256Mi"}},
+                {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
                 *volumes.volumes(),
             ],
         },

@@ -125,10 +125,12 @@ def test_deployment_pod_shape() -> None:
     assert engine["image"] == "e:1" and gateway["image"] == "g:1"
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert "ports" not in engine, "the engine listens on loopback only"
-    assert engine["env"] == [
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}}
-    ]
-    assert gateway["command"] == ["goodput", "serve", "--config", "/etc/goodput/gateway.json"]
+    assert engine["env"][-1] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}},
+    }, "the spec's env last, after the engine's own"
+    assert gateway["command"][:4] == ["goodput", "serve", "--config", "/etc/goodput/gateway.json"]
+    assert gateway["command"][gateway["command"].index("--host") + 1] == "0.0.0.0"
     assert gateway["ports"][0]["containerPort"] == 8080
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
