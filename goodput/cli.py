@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
+
+from goodput.operator.cli import FLEET_NODES
 
 # Each component owns its subcommand; importing lazily keeps ``goodput --help`` fast and lets a
 # pod image that only runs the gateway skip the operator's dependencies.
@@ -30,10 +33,20 @@ class _LazyGroup(click.Group):
         return command
 
 
+def _fleet_nodes(fleet: str) -> list[dict[str, Any]]:
+    """A dev fleet's Node objects, for ``goodput operator render`` without a cluster."""
+    from goodput.dev.fleet import Fleet
+
+    return Fleet.load(fleet).nodes()
+
+
 @click.group(cls=_LazyGroup)
 @click.version_option(package_name="goodput")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Goodput: serve LLMs within their latency SLOs on as few GPUs as possible."""
+    # Wired here, above both: the operator may not import the dev tooling it renders against.
+    ctx.meta[FLEET_NODES] = _fleet_nodes
 
 
 if __name__ == "__main__":

@@ -2,12 +2,69 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import click
 import yaml
+
+from goodput.operator.settings import PULL_POLICIES, WorkloadSettings, parse_toleration
+
+#: Key in ``click.Context.meta`` of a reader of the dev fleets' Node objects (fleet name or file
+#: -> Nodes), for ``render``. The ``goodput`` command puts it there: ``goodput.dev`` sits above
+#: the operator in the layers, so the operator cannot import it.
+FLEET_NODES = "goodput.operator.fleet_nodes"
+FleetNodes = Callable[[str], list[dict[str, Any]]]
+
+
+def _workload_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The serving-pod settings ``run`` and ``render`` share, so a dry run is given what the
+    operator would be."""
+    options = [
+        click.option("--engine-image", envvar="GOODPUT_ENGINE_IMAGE", help="Default vLLM image."),
+        click.option(
+            "--gateway-image", envvar="GOODPUT_GATEWAY_IMAGE", help="Default gateway image."
+        ),
+        click.option(
+            "--image-pull-policy",
+            envvar="GOODPUT_IMAGE_PULL_POLICY",
+            type=click.Choice(PULL_POLICIES),
+            help="Pull policy of serving pods' images  [default: IfNotPresent]",
+        ),
+        click.option(
+            "--toleration",
+            "tolerations",
+            multiple=True,
+            metavar="KEY[=VALUE]:EFFECT",
+            help="Extra toleration for serving pods (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _workload_settings(
+    engine_image: str | None,
+    gateway_image: str | None,
+    image_pull_policy: str | None,
+    tolerations: tuple[str, ...],
+) -> WorkloadSettings:
+    try:
+        parsed = tuple(parse_toleration(t) for t in tolerations)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--toleration") from err
+    settings = WorkloadSettings(tolerations=parsed)
+    return dataclasses.replace(
+        settings,
+        engine_image=engine_image or settings.engine_image,
+        gateway_image=gateway_image or settings.gateway_image,
+        image_pull_policy=image_pull_policy or settings.image_pull_policy,
+    )
 
 
 @click.group(name="operator")
@@ -61,15 +118,7 @@ def operator() -> None:
     metavar="URL",
     help="e.g. http://0.0.0.0:8081/healthz for a liveness probe.",
 )
-@click.option("--engine-image", envvar="GOODPUT_ENGINE_IMAGE", help="Default vLLM image.")
-@click.option("--gateway-image", envvar="GOODPUT_GATEWAY_IMAGE", help="Default gateway image.")
-@click.option(
-    "--toleration",
-    "tolerations",
-    multiple=True,
-    metavar="KEY[=VALUE]:EFFECT",
-    help="Extra toleration for serving pods (repeatable).",
-)
+@_workload_options
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def run(
     kubeconfig: str | None,
@@ -83,6 +132,7 @@ def run(
     liveness_endpoint: str | None,
     engine_image: str | None,
     gateway_image: str | None,
+    image_pull_policy: str | None,
     tolerations: tuple[str, ...],
     verbose: bool,
 ) -> None:
@@ -92,21 +142,13 @@ def run(
         # which reads the variable once, at import time.
         os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
     from goodput.operator.runner import run_operator
-    from goodput.operator.settings import OperatorSettings, WorkloadSettings, parse_toleration
+    from goodput.operator.settings import OperatorSettings
 
     if all_namespaces and namespaces:
         raise click.UsageError("--all-namespaces and --namespace exclude each other")
     if standalone and peering:
         raise click.UsageError("--standalone and --peering exclude each other")
-    try:
-        parsed = tuple(parse_toleration(t) for t in tolerations)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--toleration") from err
-    workload = WorkloadSettings(tolerations=parsed)
-    if engine_image:
-        workload = WorkloadSettings(**{**workload.__dict__, "engine_image": engine_image})
-    if gateway_image:
-        workload = WorkloadSettings(**{**workload.__dict__, "gateway_image": gateway_image})
+    workload = _workload_settings(engine_image, gateway_image, image_pull_policy, tolerations)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -145,3 +187,124 @@ def rbac(name: str) -> None:
     from goodput.operator.permissions import cluster_role
 
     click.echo(yaml.safe_dump(cluster_role(name), sort_keys=False), nl=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the gateway's JSON config, the engine's preStop script) as literal
+    blocks, readable as they are in the pod."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def _documents(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The LLMDeployments of a manifest file, numbered from 1 as ``kubectl`` counts documents;
+    anything else in it is an error, not silently skipped."""
+    name = getattr(stream, "name", "-")
+    try:
+        docs = list(yaml.safe_load_all(stream))
+    except yaml.YAMLError as err:
+        raise click.ClickException(f"{name}: not YAML: {err}") from err
+    for number, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        if kind != "LLMDeployment":
+            raise click.ClickException(
+                f"{name}: document {number} is a {kind}, not an LLMDeployment"
+            )
+        yield number, doc
+
+
+@operator.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.File("r"),
+    help="LLMDeployment manifests (YAML, several documents allowed; - for stdin). Repeatable.",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Place on this cluster's nodes, around the GPUs its pods hold (read only).",
+)
+@click.option(
+    "--fleet",
+    metavar="NAME|FILE",
+    help="Place on a dev fleet's nodes, without a cluster  [default: default]",
+)
+@click.option("--namespace", "-n", help="For manifests that name none  [default: default]")
+@_workload_options
+@click.pass_context
+def render(
+    ctx: click.Context,
+    files: tuple[IO[str], ...],
+    kubeconfig: str | None,
+    fleet: str | None,
+    namespace: str | None,
+    engine_image: str | None,
+    gateway_image: str | None,
+    image_pull_policy: str | None,
+    tolerations: tuple[str, ...],
+) -> None:
+    """Print the objects the operator would create for LLMDeployment manifests, and the status it
+    would write (a dry run, as `helm template` is for a chart)."""
+    from pydantic import ValidationError
+
+    from goodput.operator.render import Rendered
+    from goodput.operator.render import render as dry_run
+
+    if kubeconfig and fleet:
+        raise click.UsageError("--kubeconfig and --fleet exclude each other")
+    workload = _workload_settings(engine_image, gateway_image, image_pull_policy, tolerations)
+    manifests = [(f, number, doc) for f in files for number, doc in _documents(f)]
+    if kubeconfig:
+        from goodput.operator.kube import Kube
+        from goodput.operator.runner import api_client
+
+        kube = Kube(api_client(kubeconfig))
+        nodes, pods = kube.list_nodes(), kube.list_all_pods()
+    else:
+        fleet_nodes: FleetNodes | None = ctx.meta.get(FLEET_NODES)
+        if fleet_nodes is None:
+            raise click.UsageError("no dev fleet here: pass --kubeconfig")
+        nodes, pods = fleet_nodes(fleet or "default"), []
+    results: list[tuple[str, Rendered]] = []
+    for stream, number, doc in manifests:
+        source = getattr(stream, "name", "-")
+        try:
+            (result,) = dry_run([doc], nodes, workload, pods, namespace)
+        except ValidationError as err:
+            problems = "\n".join(
+                f"  {'.'.join(str(p) for p in e['loc']) or '(object)'}: {e['msg']}"
+                for e in err.errors()
+            )
+            name = (doc.get("metadata") or {}).get("name", "?")
+            raise click.ClickException(
+                f"{source}: document {number} (LLMDeployment {name}) is invalid:\n{problems}"
+            ) from err
+        results.append((source, result))
+        # Later manifests see the GPUs this one's pods would hold, as they would on a cluster.
+        pods = [*pods, *result.pods]
+    for source, result in results:
+        for obj in [*result.objects, result.llmdeployment]:
+            click.echo(f"---\n# Source: {source}")
+            if obj is result.llmdeployment:
+                for notice in result.notices:
+                    kind = "Warning" if notice.warning else "Normal"
+                    click.echo(f"# Event {kind} {notice.reason}: {notice.message}")
+            click.echo(yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False), nl=False)
+        if not result.placed:
+            meta = result.llmdeployment["metadata"]
+            click.echo(
+                f"warning: {meta['namespace']}/{meta['name']} would not be placed; see its status",
+                err=True,
+            )

@@ -71,6 +71,13 @@ class Kube:
         items: list[Obj] = _json(response)["items"]
         return items
 
+    def list_all_pods(self) -> list[Obj]:
+        """Every pod of the cluster (``goodput operator render``: which GPUs are held)."""
+        items: list[Obj] = _json(self.core.list_pod_for_all_namespaces(_preload_content=False))[
+            "items"
+        ]
+        return items
+
     def list_deployments(self, namespace: str, selector: str) -> list[Obj]:
         response = self.apps.list_namespaced_deployment(
             namespace, label_selector=selector, _preload_content=False

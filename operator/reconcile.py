@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import gateway_config, naming, service, status, workload
 from goodput.operator.gpu_selection import (
+    FirstFitSelector,
     GPUSelector,
     Placement,
     SelectionContext,
@@ -22,7 +23,8 @@ from goodput.operator.gpu_selection import (
 from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import StaleWrite
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
-from goodput.operator.model_memory import ModelMemory, ModelProfile
+from goodput.operator.model_memory import EstimatedMemory, ModelMemory, ModelProfile
+from goodput.operator.placement.selector import SolverSelector
 from goodput.operator.rollout import (
     ANNOTATION_NODE,
     ANNOTATION_POD_SPEC,
@@ -351,3 +353,23 @@ class Reconciler:
     def _observe(self, obj: LLMDeployment, phase: str, product: str | None, gpus: int) -> None:
         key = f"{obj.metadata.namespace}/{obj.metadata.name}"
         self.metrics.observe_deployment(key, DeploymentFacts(phase, product, gpus))
+
+
+def default_reconciler(
+    kube: KubeAPI, settings: WorkloadSettings, metrics: OperatorMetrics
+) -> Reconciler:
+    """The reconciler as the operator runs it: the placement solver on a GPU inventory (which the
+    Pod watch, or a dry run, fills), first fit for models outside the profiler's catalog. The
+    running operator and ``goodput operator render`` both build it here, so they place alike."""
+    memory = EstimatedMemory()
+    inventory = GpuInventory()
+    return Reconciler(
+        kube=kube,
+        selector=SolverSelector(
+            fallback=FirstFitSelector(memory), inventory=inventory, memory=memory
+        ),
+        memory=memory,
+        metrics=metrics,
+        settings=settings,
+        inventory=inventory,
+    )

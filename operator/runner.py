@@ -7,14 +7,10 @@ import os
 import kopf
 from kubernetes import client, config
 
-from goodput.operator.gpu_selection import FirstFitSelector
 from goodput.operator.handlers import register
-from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import Kube
 from goodput.operator.metrics import OperatorMetrics
-from goodput.operator.model_memory import EstimatedMemory
-from goodput.operator.placement.selector import SolverSelector
-from goodput.operator.reconcile import Reconciler
+from goodput.operator.reconcile import Reconciler, default_reconciler
 from goodput.operator.settings import OperatorSettings
 
 
@@ -35,18 +31,7 @@ def build_registry(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf
     registry = kopf.OperatorRegistry()
 
     def reconciler() -> Reconciler:
-        memory = EstimatedMemory()
-        inventory = GpuInventory()
-        return Reconciler(
-            kube=Kube(api_client(settings.kubeconfig)),
-            selector=SolverSelector(
-                fallback=FirstFitSelector(memory), inventory=inventory, memory=memory
-            ),
-            memory=memory,
-            metrics=metrics,
-            settings=settings.workload,
-            inventory=inventory,
-        )
+        return default_reconciler(Kube(api_client(settings.kubeconfig)), settings.workload, metrics)
 
     register(registry, reconciler)
     return registry
