@@ -244,12 +244,17 @@ def test_serving_pod_defaults(chart: ChartRenderer) -> None:
     env = {e["name"]: e.get("value") for e in default["env"]}
     assert env["GOODPUT_GATEWAY_IMAGE"] == default["image"], "the gateway runs the same image"
     assert "GOODPUT_ENGINE_IMAGE" not in env
+    assert env["GOODPUT_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert "GOODPUT_ENGINE_CPU" not in env and "GOODPUT_ENGINE_MEMORY_GIB" not in env
     c = operator_container(
         chart.render(
             {
                 "serving": {
                     "gatewayImage": "registry.example/gw:1",
                     "engineImage": "registry.example/vllm:2",
+                    "imagePullPolicy": "Never",
+                    "engineCPU": "500m",
+                    "engineMemoryGiB": 2.5,
                     "tolerations": ["dedicated=llm:NoSchedule"],
                 }
             }
@@ -258,6 +263,8 @@ def test_serving_pod_defaults(chart: ChartRenderer) -> None:
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["GOODPUT_GATEWAY_IMAGE"] == "registry.example/gw:1"
     assert env["GOODPUT_ENGINE_IMAGE"] == "registry.example/vllm:2"
+    assert env["GOODPUT_IMAGE_PULL_POLICY"] == "Never"
+    assert env["GOODPUT_ENGINE_CPU"] == "500m" and env["GOODPUT_ENGINE_MEMORY_GIB"] == "2.5"
     assert "--toleration=dedicated=llm:NoSchedule" in c["args"]
 
 
@@ -280,6 +287,8 @@ def test_existing_service_account(chart: ChartRenderer) -> None:
         {"image": {"digest": "latest"}},
         {"operator": {"resources": {"requests": {"cpu": "lots"}}}},
         {"serving": {"tolerations": ["no-effect"]}},
+        {"serving": {"imagePullPolicy": "Sometimes"}},
+        {"serving": {"engineCPU": "four"}},
         {"unknownTopLevel": True},
     ],
 )
