@@ -110,3 +110,45 @@ def test_the_operator_command_alone_has_no_fleet_to_render_against() -> None:
     path = str(ROOT / "examples" / "llmdeployment.yaml")
     result = CliRunner().invoke(operator, ["render", "-f", path])
     assert result.exit_code == 2 and "--kubeconfig" in result.stderr
+
+
+def test_a_clusters_nodes_and_the_gpus_its_pods_hold(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import goodput.operator.kube
+    import goodput.operator.runner
+
+    busy = {
+        "metadata": {"name": "train", "namespace": "ml", "uid": "u1"},
+        "spec": {
+            "nodeName": "gpu-a",
+            "containers": [{"name": "c", "resources": {"requests": {"nvidia.com/gpu": "8"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+    class ClusterAPI:
+        def __init__(self, api: object) -> None:
+            assert api == "client of kubeconfig"
+
+        def list_nodes(self) -> list[dict[str, Any]]:
+            return [make_node(n, "NVIDIA-H100-80GB-HBM3") for n in ("gpu-a", "gpu-b")]
+
+        def list_all_pods(self) -> list[dict[str, Any]]:
+            return [busy]
+
+    monkeypatch.setattr(goodput.operator.runner, "api_client", lambda _: "client of kubeconfig")
+    monkeypatch.setattr(goodput.operator.kube, "Kube", ClusterAPI)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("")
+    body = make_body(replicas=2, resources={"gpuTypes": ["H100"]})
+    code, out, err = _render("-f", "-", "--kubeconfig", str(kubeconfig), stdin=yaml.safe_dump(body))
+    assert code == 0, err
+    nodes = {
+        d["metadata"]["annotations"]["goodput.dev/node"]
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "Deployment"
+    }
+    assert nodes == {"gpu-b"}, "gpu-a's GPUs are all held by another pod"
+    code, _, err = _render("-f", "-", "--kubeconfig", str(kubeconfig), "--fleet", "default")
+    assert code == 2 and "exclude each other" in err
