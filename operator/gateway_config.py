@@ -10,31 +10,47 @@ import hashlib
 import json
 from typing import Any
 
-from goodput.api.gateway_config import GatewayConfig, PriorityClass, SLOTargets
+from goodput.api.gateway_config import (
+    GatewayConfig,
+    PredictorConfig,
+    PriorityClass,
+    RefitConfig,
+    RequestLogConfig,
+    SLOTargets,
+)
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import naming
+from goodput.operator.engine_args import ENGINE_PORT as ENGINE_PORT
+from goodput.operator.engine_args import engine_facts
+from goodput.operator.gpu_selection import Placement
 
 CONFIG_KEY = "gateway.json"
 CONFIG_DIR = "/etc/goodput"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-ENGINE_PORT = 8000
 #: The gateway's writable state (an emptyDir, ``gateway-state``): its root filesystem is read-only.
 STATE_DIR = "/var/lib/goodput"
 #: Where a pod's gateway keeps its request log, which the online refit learns from.
 REQUEST_LOG_PATH = f"{STATE_DIR}/requests.jsonl"
 
 
-def gateway_config(obj: LLMDeployment) -> GatewayConfig:
-    """The gateway config an LLMDeployment's pods run with."""
+def gateway_config(obj: LLMDeployment, placement: Placement | None = None) -> GatewayConfig:
+    """The gateway config an LLMDeployment's pods run with: the spec's serving policy, what the
+    placement's memory model says about the engine (KV tokens, the sequences the engine runs at
+    once, the context length), and the learned length predictor refitted from the pod's own
+    request log."""
     spec = obj.spec
     sched = spec.scheduling
+    engine = placement.engine if placement is not None else None
+    facts = engine_facts(spec, engine)
     return GatewayConfig(
         deployment=obj.metadata.name,
         namespace=obj.metadata.namespace,
         served_model_name=spec.model.name,
         adapters=[a.name for a in spec.adapters],
         engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
-        max_model_len=spec.model.max_model_len,
+        max_model_len=facts.max_model_len,
+        max_concurrency=facts.max_num_seqs,
+        kv_cache_tokens=facts.kv_cache_tokens,
         slo=SLOTargets(
             ttft_ms=spec.slo.ttft_ms,
             tpot_ms=spec.slo.tpot_ms,
@@ -51,6 +67,8 @@ def gateway_config(obj: LLMDeployment) -> GatewayConfig:
             for p in sched.priority_classes
         ],
         default_priority=sched.default_priority,
+        predictor=PredictorConfig(kind="learned", refit=RefitConfig()),
+        request_log=RequestLogConfig(path=REQUEST_LOG_PATH),
     )
 
 
@@ -69,7 +87,7 @@ def config_hash(*parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def config_map(obj: LLMDeployment) -> dict[str, Any]:
+def config_map(obj: LLMDeployment, placement: Placement | None = None) -> dict[str, Any]:
     """The ConfigMap holding the gateway's config file."""
     meta = obj.metadata
     return {
@@ -78,5 +96,5 @@ def config_map(obj: LLMDeployment) -> dict[str, Any]:
         "metadata": naming.object_meta(
             naming.config_map_name(meta.name), meta.namespace, meta.name, meta.uid
         ),
-        "data": {CONFIG_KEY: render(gateway_config(obj))},
+        "data": {CONFIG_KEY: render(gateway_config(obj, placement))},
     }

@@ -9,6 +9,7 @@ tensor-parallel all-reduce sees, and matching users' ``gpuTypes`` names against 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from enum import StrEnum
 
 from goodput.profiler import catalog
@@ -52,16 +53,7 @@ def gpu_for_label(product: str, memory_mib: int | None = None) -> GPUType:
             products=(product,),
         )
     if memory_mib and memory_mib * 1024**2 != gpu.memory_bytes:
-        return GPUType(
-            name=gpu.name,
-            memory_bytes=memory_mib * 1024**2,
-            memory_bandwidth_bytes_per_s=gpu.memory_bandwidth_bytes_per_s,
-            bf16_dense_flops_per_s=gpu.bf16_dense_flops_per_s,
-            interconnect=gpu.interconnect,
-            interconnect_bytes_per_s=gpu.interconnect_bytes_per_s,
-            relative_cost_per_hour=gpu.relative_cost_per_hour,
-            products=gpu.products,
-        )
+        return replace(gpu, memory_bytes=memory_mib * 1024**2)
     return gpu
 
 

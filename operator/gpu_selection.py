@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from goodput.api.llmdeployment import LLMDeploymentSpec
 from goodput.operator.model_memory import ModelMemory
 from goodput.profiler import catalog
+from goodput.profiler.memory import VllmFlags
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_PRODUCT = "nvidia.com/gpu.product"
@@ -96,6 +97,8 @@ class Placement:
     #: ``gpu_product``.
     replica_nodes: tuple[tuple[int, str], ...] = ()
     max_concurrency: int | None = None  # full-length sequences one replica's KV cache holds
+    #: The memory model's engine settings for this shape (None: the model's size is unknown).
+    engine: VllmFlags | None = None
 
     @property
     def gpus_per_replica(self) -> int:
@@ -202,7 +205,7 @@ class FirstFitSelector:
                         f"has {per_node}"
                     )
                     continue
-                concurrency = None
+                concurrency, engine = None, None
                 if memory is None:
                     fit_detail = "GPU memory unknown"
                 else:
@@ -212,7 +215,7 @@ class FirstFitSelector:
                             f"{product} with tensor={tensor} pipeline={pipeline}: {fit.detail}"
                         )
                         continue
-                    fit_detail, concurrency = fit.detail, fit.max_concurrency
+                    fit_detail, concurrency, engine = fit.detail, fit.max_concurrency, fit.engine
                 return Placement(
                     gpu_product=product,
                     tensor=tensor,
@@ -220,6 +223,7 @@ class FirstFitSelector:
                     nodes=tuple(sorted(n.name for n in of_product)),
                     detail=fit_detail,
                     max_concurrency=concurrency,
+                    engine=engine,
                 )
         return Unplaceable(
             reason="InsufficientGPUMemory",

@@ -23,7 +23,15 @@ from goodput.api.llmdeployment import LLMDeploymentSpec
 from goodput.profiler import catalog
 from goodput.profiler.architectures import ModelArchitecture
 from goodput.profiler.hardware import GIB
-from goodput.profiler.memory import MemoryPlan, Quantization, dtype_bytes, memory_plan
+from goodput.profiler.memory import (
+    MemoryPlan,
+    Quantization,
+    VllmFlags,
+    dtype_bytes,
+    flags_for_memory,
+    kv_budget_bytes,
+    memory_plan,
+)
 
 # bitsandbytes serves 4-bit weights by default: closest to the grouped int4 formats.
 _QUANTIZATION = {
@@ -47,6 +55,20 @@ class ModelProfile:
     source: str  # how it was estimated, for the status
 
 
+#: A typical request (the Azure LLM conversation trace: prompt ~1k tokens, output ~200), which
+#: placement sizes replicas for and the engine's sequence limit is set from.
+TYPICAL_PROMPT_TOKENS = 1024
+TYPICAL_OUTPUT_TOKENS = 256
+#: vLLM's own default for --max-num-seqs: more sequences per step rarely pays.
+MAX_NUM_SEQS = 256
+
+
+def typical_lengths(max_model_len: int) -> tuple[int, int]:
+    """Prompt and output tokens of a typical request, cut to fit ``max_model_len``."""
+    prompt = min(TYPICAL_PROMPT_TOKENS, max(1, max_model_len // 2))
+    return prompt, min(TYPICAL_OUTPUT_TOKENS, max(1, max_model_len - prompt))
+
+
 @dataclass(frozen=True)
 class MemoryFit:
     """Whether one replica fits at a parallelism, and why (for the status message)."""
@@ -54,6 +76,8 @@ class MemoryFit:
     fits: bool
     detail: str
     max_concurrency: int | None = None  # sequences of maxModelLen the KV cache holds at once
+    #: The memory model's engine flags for this shape (None when the model's size is unknown).
+    engine: VllmFlags | None = None
 
 
 class ModelMemory(Protocol):
@@ -95,7 +119,12 @@ class CatalogMemory:
         )
 
     def _plan(
-        self, spec: LLMDeploymentSpec, arch: ModelArchitecture, tp: int, pp: int
+        self,
+        spec: LLMDeploymentSpec,
+        arch: ModelArchitecture,
+        tp: int,
+        pp: int,
+        concurrency: int = 1,
     ) -> MemoryPlan:
         return memory_plan(
             arch,
@@ -105,6 +134,7 @@ class CatalogMemory:
             tp=tp,
             pp=pp,
             max_model_len=spec.model.max_model_len,
+            concurrency=concurrency,
         )
 
     def fit(
@@ -126,7 +156,28 @@ class CatalogMemory:
             f"runtime, {_gib(max(kv_budget, 0))} left for KV cache of {_gib(usable)} usable; "
             f"one {plan.max_model_len}-token sequence needs {_gib(need)}"
         )
-        return MemoryFit(kv_budget >= need, detail, max(kv_budget, 0) // max(need, 1))
+        if kv_budget < need:
+            return MemoryFit(False, detail, max(kv_budget, 0) // max(need, 1))
+        engine = self._engine(spec, arch, plan, gpu_memory_bytes)
+        return MemoryFit(True, detail, kv_budget // need, engine)
+
+    def _engine(
+        self,
+        spec: LLMDeploymentSpec,
+        arch: ModelArchitecture,
+        plan: MemoryPlan,
+        gpu_memory_bytes: int,
+    ) -> VllmFlags:
+        """The memory model's flags for a replica that fits: as many typical requests as the
+        KV cache holds (vLLM's default at most), each up to the plan's context length."""
+        prompt, output = typical_lengths(plan.max_model_len)
+        util = spec.resources.gpu_memory_utilization
+        kv_tokens = kv_budget_bytes(plan, gpu_memory_bytes, util) // plan.kv_bytes_per_token
+        seqs = max(1, min(MAX_NUM_SEQS, kv_tokens // (prompt + output)))
+        sized = self._plan(
+            spec, arch, plan.tensor_parallel_size, plan.pipeline_parallel_size, concurrency=seqs
+        )
+        return flags_for_memory(sized, gpu_memory_bytes, util)
 
 
 _MOE = re.compile(r"(?<![\d.])(\d+)x(\d+(?:\.\d+)?)b(?![a-z])", re.IGNORECASE)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from goodput.api.llmdeployment import LLMDeployment
-from goodput.operator import gateway_config, naming, service, status, workload
+from goodput.operator import engine_args, gateway_config, naming, service, status, workload
 from goodput.operator.gpu_selection import (
     FirstFitSelector,
     GPUSelector,
@@ -87,6 +87,25 @@ def _profile_status(profile: ModelProfile) -> dict[str, Any]:
         out["weightsGiB"] = round(profile.weights_bytes / GIB, 2)
     if profile.kv_bytes_per_token is not None:
         out["kvBytesPerToken"] = profile.kv_bytes_per_token
+    return out
+
+
+def _engine_status(obj: LLMDeployment, placement: Placement) -> dict[str, Any]:
+    """``status.engine``: what the pods run with, from the same builders as the objects the
+    operator applies (the engine's arguments, the gateway's config), so it cannot drift."""
+    args = workload.engine_args(obj, placement, workload.Volumes())
+    config = gateway_config.gateway_config(obj, placement)
+    out: dict[str, Any] = {"args": args, "predictor": config.predictor.kind}
+    facts = engine_args.engine_facts(obj.spec, placement.engine)
+    for key, value in (
+        ("maxModelLen", facts.max_model_len),
+        ("maxNumSeqs", facts.max_num_seqs),
+        ("maxNumBatchedTokens", facts.max_num_batched_tokens),
+        ("kvCacheTokens", config.kv_cache_tokens),
+        ("gatewayMaxConcurrency", config.max_concurrency),
+    ):
+        if value is not None:
+            out[key] = value
     return out
 
 
@@ -175,7 +194,12 @@ class Reconciler:
             placement=previous.get("placement") or (),
             gpu_type=previous.get("gpuType"),
         )
-        outcome = self.selector.select(spec, nodes, context)
+        refused = engine_args.refusal(spec)
+        outcome = (
+            Unplaceable(refused.reason, refused.message, retryable=False)
+            if refused is not None
+            else self.selector.select(spec, nodes, context)
+        )
         notices: list[Notice] = []
         if spec.routing.prefix_aware:
             notices.append(
@@ -205,6 +229,7 @@ class Reconciler:
             message += f"; {outcome.detail}"
         if outcome.max_concurrency is not None:
             fields["profile"]["maxConcurrency"] = outcome.max_concurrency
+        fields["engine"] = _engine_status(obj, outcome)
         fields.update(
             {
                 "gpus": spec.replicas * outcome.gpus_per_replica,
@@ -228,7 +253,7 @@ class Reconciler:
         is an idempotent no-op apply and its pod keeps running; a new pod template reaches
         serving replicas as the rollout gate admits them."""
         meta = obj.metadata
-        cm = gateway_config.config_map(obj)
+        cm = gateway_config.config_map(obj, placement)
         digest = gateway_config.config_hash(*cm["data"].values())
         spec_hash = pod_spec_hash(workload.pod_template(obj, placement, self.settings, digest))
         slots: Sequence[tuple[int, str | None]] = placement.replica_nodes or [

@@ -36,7 +36,8 @@ from typing import Any
 
 from goodput.api.llmdeployment import PVC_SOURCE, EnvVar, LLMDeployment
 from goodput.operator import naming
-from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, ENGINE_PORT, STATE_DIR
+from goodput.operator.engine_args import build as build_engine_args
+from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, STATE_DIR
 from goodput.operator.gpu_selection import GPU_RESOURCE, LABEL_PRODUCT, Placement
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
@@ -95,42 +96,9 @@ class Volumes:
 
 
 def engine_args(obj: LLMDeployment, placement: Placement, volumes: Volumes) -> list[str]:
-    """vLLM OpenAI-server arguments derived from the spec, then the user's own."""
-    spec = obj.spec
-    model, kv = spec.model, spec.kv_cache
-    args = [
-        "--model",
-        volumes.path(spec.weights_source),
-        "--served-model-name",
-        model.name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(ENGINE_PORT),
-        "--tensor-parallel-size",
-        str(placement.tensor),
-        "--pipeline-parallel-size",
-        str(placement.pipeline),
-        "--gpu-memory-utilization",
-        f"{spec.resources.gpu_memory_utilization:g}",
-    ]
-    if model.max_model_len is not None:
-        args += ["--max-model-len", str(model.max_model_len)]
-    if model.dtype != "auto":
-        args += ["--dtype", model.dtype]
-    if model.quantization is not None:
-        args += ["--quantization", model.quantization]
-    if model.revision is not None:
-        args += ["--revision", model.revision]
-    args.append("--enable-prefix-caching" if kv.prefix_caching else "--no-enable-prefix-caching")
-    if kv.dtype != "auto":
-        args += ["--kv-cache-dtype", kv.dtype]
-    if kv.cpu_offload_gib > 0:
-        args += ["--kv-offloading-size", f"{kv.cpu_offload_gib:g}"]
-    if spec.adapters:
-        args += ["--enable-lora", "--max-loras", str(len(spec.adapters)), "--lora-modules"]
-        args += [f"{a.name}={volumes.path(a.source)}" for a in spec.adapters]
-    return args + list(spec.engine.args)
+    """The engine's arguments (``goodput.operator.engine_args``: the contract), with ``pvc://``
+    sources mounted through ``volumes``."""
+    return build_engine_args(obj.spec, placement, volumes.path)
 
 
 def _env(var: EnvVar) -> dict[str, Any]:

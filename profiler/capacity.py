@@ -120,7 +120,7 @@ def capacity(
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
 ) -> Capacity:
     """Requests/s one replica of ``arch`` on ``tp x pp`` ``gpu``s sustains within ``slo``."""
-    model = model or LatencyModel.load()
+    model = model or LatencyModel.for_gpu(gpu)
     model_len = max_model_len or arch.max_position_embeddings
     lengths = lengths.truncated(model_len)
     plan = memory_plan(

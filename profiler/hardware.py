@@ -21,6 +21,12 @@ class GPUType:
     interconnect_bytes_per_s: float  # per GPU, one direction
     relative_cost_per_hour: float  # H100-80GB = 1.0
     products: tuple[str, ...] = field(default=())  # `nvidia.com/gpu.product` label values
+    #: Step-latency model fitted to this product's own measurements (a file in the profiler's
+    #: data); None: the model fitted to GPU layer timings.
+    latency_model: str | None = None
+    #: The engine cannot size its KV cache by measuring free memory (vLLM's CPU backend), so it
+    #: must be told the bytes the memory model leaves (``--kv-cache-memory-bytes``).
+    explicit_kv_cache: bool = False
 
     @classmethod
     def from_mapping(cls, name: str, spec: Mapping[str, Any]) -> GPUType:
@@ -33,6 +39,8 @@ class GPUType:
             interconnect_bytes_per_s=float(spec["interconnect_gb_s"]) * 1e9,
             relative_cost_per_hour=float(spec["relative_cost_per_hour"]),
             products=tuple(str(p) for p in spec.get("products", ())),
+            latency_model=spec.get("latency_model"),
+            explicit_kv_cache=bool(spec.get("explicit_kv_cache", False)),
         )
 
     @property

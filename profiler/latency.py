@@ -13,6 +13,7 @@ import csv
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,17 @@ class LatencyModel:
         """The committed model (``profiler/data/latency_model.json``) unless ``path`` is given."""
         return cls.from_json(json.loads((path or DATA_DIR / "latency_model.json").read_text()))
 
+    @classmethod
+    def for_gpu(cls, gpu: GPUType) -> LatencyModel:
+        """The committed model that times ``gpu``: its own fit where the catalog names one (the
+        CPU engine's steps are not GPU layer timings), else the GPU fit. Cached per file."""
+        return _committed(gpu.latency_model or "latency_model.json")
+
+
+@cache
+def _committed(filename: str) -> LatencyModel:
+    return LatencyModel.load(DATA_DIR / filename)
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -402,3 +414,12 @@ def leave_one_out_mape(measurements: Sequence[Measurement]) -> float:
 
 def fit_default(measurements: Sequence[Measurement] | None = None) -> LatencyModel:
     return LatencyModel.fit(measurements if measurements is not None else load_measurements())
+
+
+#: The CPU engine's own step-latency model, which the catalog's CPU product names.
+CPU_ENGINE_MODEL = "latency_model_cpu_engine.json"
+
+
+def fit_cpu_engine() -> LatencyModel:
+    """The CPU engine's decode steps fitted on their own (``CPU_ENGINE_MODEL``)."""
+    return LatencyModel.fit(load_cpu_engine_measurements())

@@ -244,16 +244,21 @@ def memory_plan(
 
 def kv_cache_bytes(plan: MemoryPlan, gpu: GPUType, gpu_memory_utilization: float = 0.9) -> int:
     """Bytes per GPU left for the KV cache once weights, activations and overhead are placed."""
-    budget = int(gpu.memory_bytes * gpu_memory_utilization) - plan.non_kv_bytes_per_gpu
-    return max(0, budget)
+    return kv_budget_bytes(plan, gpu.memory_bytes, gpu_memory_utilization)
+
+
+def kv_budget_bytes(plan: MemoryPlan, memory_bytes: int, gpu_memory_utilization: float) -> int:
+    """``kv_cache_bytes`` for a GPU known only by its memory (a node's memory label)."""
+    return max(0, int(memory_bytes * gpu_memory_utilization) - plan.non_kv_bytes_per_gpu)
+
+
+def _whole_blocks(plan: MemoryPlan, kv_bytes: int) -> int:
+    return int(kv_bytes // (plan.kv_bytes_per_token * KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS)
 
 
 def kv_cache_tokens(plan: MemoryPlan, gpu: GPUType, gpu_memory_utilization: float = 0.9) -> int:
     """KV-cache tokens vLLM would allocate (whole blocks) on ``gpu``."""
-    blocks = kv_cache_bytes(plan, gpu, gpu_memory_utilization) // (
-        plan.kv_bytes_per_token * KV_BLOCK_TOKENS
-    )
-    return int(blocks * KV_BLOCK_TOKENS)
+    return _whole_blocks(plan, kv_cache_bytes(plan, gpu, gpu_memory_utilization))
 
 
 def max_concurrency(plan: MemoryPlan, gpu: GPUType, gpu_memory_utilization: float = 0.9) -> int:
@@ -297,6 +302,7 @@ class VllmFlags:
     max_num_batched_tokens: int
     gpu_memory_utilization: float
     kv_cache_tokens: int  # what the engine will report; informational, not a flag
+    kv_cache_bytes: int  # per GPU; a flag only where the engine cannot measure it (CPU)
 
     def args(self) -> list[str]:
         out = [
@@ -317,14 +323,21 @@ class VllmFlags:
 
 def vllm_flags(plan: MemoryPlan, gpu: GPUType, gpu_memory_utilization: float = 0.9) -> VllmFlags:
     """The flags for ``plan`` on ``gpu``; raises ``InsufficientMemory`` if vLLM could not start."""
-    tokens = kv_cache_tokens(plan, gpu, gpu_memory_utilization)
-    seq_capacity = max_concurrency(plan, gpu, gpu_memory_utilization)
-    if seq_capacity < 1:
+    return flags_for_memory(plan, gpu.memory_bytes, gpu_memory_utilization, gpu.name)
+
+
+def flags_for_memory(
+    plan: MemoryPlan, memory_bytes: int, gpu_memory_utilization: float, gpu_name: str = "the GPU"
+) -> VllmFlags:
+    """``vllm_flags`` for a GPU known only by its memory; ``max_num_seqs`` is the plan's
+    concurrency, which the caller chose."""
+    budget = kv_budget_bytes(plan, memory_bytes, gpu_memory_utilization)
+    if budget // plan.kv_bytes_per_sequence < 1:
         raise InsufficientMemory(
             f"{plan.arch.name} needs {plan.non_kv_bytes_per_gpu / GIB:.1f} GiB per GPU before its"
             f" KV cache and {plan.kv_bytes_per_sequence / GIB:.2f} GiB for one"
-            f" {plan.max_model_len}-token sequence; {gpu.name} offers"
-            f" {gpu.memory_gib * gpu_memory_utilization:.1f} GiB at utilization"
+            f" {plan.max_model_len}-token sequence; {gpu_name} offers"
+            f" {memory_bytes / GIB * gpu_memory_utilization:.1f} GiB at utilization"
             f" {gpu_memory_utilization}"
         )
     return VllmFlags(
@@ -337,5 +350,6 @@ def vllm_flags(plan: MemoryPlan, gpu: GPUType, gpu_memory_utilization: float = 0
         max_num_seqs=plan.concurrency,
         max_num_batched_tokens=plan.max_num_batched_tokens,
         gpu_memory_utilization=gpu_memory_utilization,
-        kv_cache_tokens=tokens,
+        kv_cache_tokens=_whole_blocks(plan, budget),
+        kv_cache_bytes=budget,
     )

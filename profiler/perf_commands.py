@@ -135,12 +135,21 @@ def _evaluation_table(measurements: list[Measurement]) -> Table:
               default=Path("bench/results/latency_fit.png"))  # fmt: skip
 def latency_fit(out: Path | None, plot: Path) -> None:
     """Fit on all measurements, save the model, report held-out MAPE, plot predicted vs measured."""
-    from goodput.profiler.latency import DATA_DIR, FEATURES, fit_default, load_measurements
+    from goodput.profiler.latency import (
+        CPU_ENGINE_MODEL,
+        DATA_DIR,
+        FEATURES,
+        fit_cpu_engine,
+        fit_default,
+        load_measurements,
+    )
 
     measurements = load_measurements()
     model = fit_default(measurements)
     target = out or DATA_DIR / "latency_model.json"
     model.save(target)
+    if out is None and (DATA_DIR / "cpu_engine_latency.csv").is_file():
+        fit_cpu_engine().save(DATA_DIR / CPU_ENGINE_MODEL)  # the catalog's CPU product
     console = Console()
     coefficients = Table(title=f"coefficients ({target})")
     coefficients.add_column("feature")

@@ -35,13 +35,62 @@ class PriorityClass(BaseModel):
     slo_scale: float = Field(default=1.0, gt=0, alias="sloScale")
 
 
+class RefitConfig(BaseModel):
+    """How often the gateway refits the learned predictor's prompt model from its request log.
+
+    Each answer already recalibrates the model's verbosity; a refit also relearns which prompts
+    ask for long answers, on the deployment's own traffic, and swaps the model in without a
+    restart."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    interval_s: float = Field(
+        default=300.0, gt=0, alias="intervalS", description="Seconds between looks at the log."
+    )
+    min_new_records: int = Field(
+        default=500,
+        gt=0,
+        alias="minNewRecords",
+        description="Usable new requests (not cut off by max_tokens) a refit waits for.",
+    )
+    window: int = Field(
+        default=20_000, gt=0, description="Most recent usable requests a refit learns from."
+    )
+    min_prompts: int = Field(
+        default=200,
+        gt=0,
+        alias="minPrompts",
+        description="Distinct prompts in the window below which no refit is attempted.",
+    )
+
+
 class PredictorConfig(BaseModel):
     """Which output-length predictor the gateway uses, and where its model file is."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     kind: Literal["online", "learned"] = "online"
-    model_path: str | None = Field(default=None, alias="modelPath")
+    model_path: str | None = Field(
+        default=None, alias="modelPath", description="Default: the model shipped with Goodput."
+    )
+    refit: RefitConfig | None = Field(
+        default=None,
+        description="Refit the learned model from the request log (needs `requestLog`).",
+    )
+
+
+class RequestLogConfig(BaseModel):
+    """Where the gateway appends one JSON line per finished request (what the refit reads)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    path: str
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        alias="maxBytes",
+        description="Rotate to <path>.1 past this size.",
+    )
 
 
 class GatewayConfig(BaseModel):
@@ -79,6 +128,7 @@ class GatewayConfig(BaseModel):
     )
     default_priority: str = Field(default="default", alias="defaultPriority")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    request_log: RequestLogConfig | None = Field(default=None, alias="requestLog")
 
     @model_validator(mode="after")
     def _default_priority_exists(self) -> GatewayConfig:

@@ -659,6 +659,41 @@ class ProfileStatus(BaseModel):
     )
 
 
+class EngineStatus(BaseModel):
+    """What the pods run with: the engine's arguments and what the gateway was told."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    args: list[str] = Field(
+        default_factory=list,
+        description="The engine container's arguments (spec fields, memory model, engine.args).",
+    )
+    max_model_len: int | None = Field(
+        default=None, alias="maxModelLen", description="Longest context the engine accepts."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, alias="maxNumSeqs", description="Sequences the engine runs at once."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        alias="maxNumBatchedTokens",
+        description="Tokens per engine step (the prefill chunk).",
+    )
+    kv_cache_tokens: int | None = Field(
+        default=None,
+        alias="kvCacheTokens",
+        description="KV-cache capacity the memory model predicts, given to the gateway.",
+    )
+    gateway_max_concurrency: int | None = Field(
+        default=None,
+        alias="gatewayMaxConcurrency",
+        description="Most requests the gateway sends the engine at once.",
+    )
+    predictor: str | None = Field(
+        default=None, max_length=64, description="The gateway's output-length predictor."
+    )
+
+
 class LLMDeploymentStatus(BaseModel):
     """Observed state, written by the operator only."""
 
@@ -695,6 +730,9 @@ class LLMDeploymentStatus(BaseModel):
         default_factory=list, description="Where each replica runs."
     )
     profile: ProfileStatus | None = Field(default=None, description="Model estimates.")
+    engine: EngineStatus | None = Field(
+        default=None, description="What the pods run with (engine arguments, gateway limits)."
+    )
     slo_attainment: float | None = Field(
         default=None,
         alias="sloAttainment",

@@ -25,7 +25,6 @@ class ProfilerCapacity:
     """Requests/s within the SLO as the profiler predicts them (cached)."""
 
     fallback: ReplicaCapacity = field(default_factory=RooflineCapacity)
-    _model: LatencyModel | None = None
     _cache: dict[tuple[object, ...], float] = field(default_factory=dict)
 
     def requests_per_second(self, demand: ModelDemand, pool: GpuPool, shape: Shape) -> float:
@@ -48,8 +47,6 @@ class ProfilerCapacity:
         except KeyError:
             rps = self.fallback.requests_per_second(demand, pool, shape)
         else:
-            if self._model is None:
-                self._model = LatencyModel.load()
             rps = capacity(
                 arch,
                 pool.gpu,
@@ -57,7 +54,7 @@ class ProfilerCapacity:
                 pp=shape.pipeline,
                 slo=SLO(target.ttft_s, target.tpot_s),
                 lengths=LengthDistribution.fixed(target.prompt_tokens, target.output_tokens),
-                model=self._model,
+                model=LatencyModel.for_gpu(pool.gpu),
                 quantization=facts.quantization,
                 gpu_memory_utilization=demand.gpu_memory_utilization,
             ).max_rps

@@ -61,7 +61,7 @@ class SolverSelector:
     fallback: GPUSelector
     inventory: GpuInventory | None = None
     solver: PlacementSolver = field(default_factory=PlacementSolver)
-    memory: ModelMemory | None = None  # for status.profile.maxConcurrency
+    memory: ModelMemory | None = None  # the engine's settings and maxConcurrency
 
     def select(
         self,
@@ -90,11 +90,11 @@ class SolverSelector:
                 f" ({spans}), and multi-node serving is not available yet",
                 retryable=False,
             )
-        concurrency = None
+        concurrency, engine = None, None
         if self.memory is not None:
             gpu_memory = next(n.gpu.memory_bytes for n in fleet if n.product == first.product)
             fit = self.memory.fit(spec, gpu_memory, first.tensor, first.pipeline)
-            concurrency = fit.max_concurrency
+            concurrency, engine = fit.max_concurrency, fit.engine
         return Placement(
             gpu_product=first.product,
             tensor=first.tensor,
@@ -103,6 +103,7 @@ class SolverSelector:
             detail=decision.reason,
             replica_nodes=tuple((r.replica, r.nodes[0]) for r in decision.replicas),
             max_concurrency=concurrency,
+            engine=engine,
         )
 
     def _fleet(self, context: SelectionContext) -> tuple[GpuNode, ...]:

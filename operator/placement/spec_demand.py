@@ -1,20 +1,19 @@
 """An LLMDeployment's spec as the solver's ``ModelDemand``.
 
 The replica count is ``spec.replicas`` (the scale subresource and the autoscaler move it), so the
-solver places exactly that many. Typical request lengths are the Azure LLM conversation trace's
-(prompt ~1k tokens, output ~200): each replica must keep ``DEFAULT_CONCURRENCY`` such sequences in
-its KV cache, and at least one sequence of ``maxModelLen`` (vLLM refuses to start otherwise).
+solver places exactly that many. Typical request lengths are ``model_memory.typical_lengths``
+(the Azure LLM conversation trace's: prompt ~1k tokens, output ~200): each replica must keep
+``DEFAULT_CONCURRENCY`` such sequences in its KV cache, and at least one sequence of
+``maxModelLen`` (vLLM refuses to start otherwise).
 """
 
 from __future__ import annotations
 
 from goodput.api.llmdeployment import LLMDeploymentSpec
-from goodput.operator.model_memory import CatalogMemory, profiler_quantization
+from goodput.operator.model_memory import CatalogMemory, profiler_quantization, typical_lengths
 from goodput.operator.placement.demand import ModelDemand, ServingTarget
 from goodput.operator.placement.profiler_facts import model_facts
 
-PROMPT_TOKENS = 1024
-OUTPUT_TOKENS = 256
 DEFAULT_CONCURRENCY = 16
 
 
@@ -30,8 +29,7 @@ def demand_from_spec(key: str, spec: LLMDeploymentSpec) -> ModelDemand | None:
         kv_dtype=spec.kv_cache.dtype,
     )
     max_len = spec.model.max_model_len or arch.max_position_embeddings
-    prompt = min(PROMPT_TOKENS, max(1, max_len // 2))
-    output = min(OUTPUT_TOKENS, max(1, max_len - prompt))
+    prompt, output = typical_lengths(max_len)
     target = ServingTarget(
         ttft_s=spec.slo.ttft_ms / 1000,
         tpot_s=spec.slo.tpot_ms / 1000,

@@ -31,7 +31,9 @@ def _models() -> dict[str, ModelArchitecture]:
 
 @cache
 def _hf_ids() -> dict[str, str]:
-    return {name: str(entry["hf_id"]) for name, entry in _load("models.json").items()}
+    """Hugging Face ids; a model with none (the project's own tiny test model) is named only
+    by its key."""
+    return {name: str(entry.get("hf_id") or name) for name, entry in _load("models.json").items()}
 
 
 @cache

@@ -33,6 +33,7 @@ PUBLISHED_PARAMS_B = {
     "gemma-7b": 8.54,  # google/gemma-7b: 8.54B
     "gemma-2-9b": 9.24,  # google/gemma-2-9b: 9.24B
     "gemma-2-27b": 27.2,  # google/gemma-2-27b: 27.2B
+    "tiny-llama": 0.00839,  # goodput/dev/tiny_model.py: 4 layers of 256, vocabulary 8192
 }
 
 
