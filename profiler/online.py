@@ -28,7 +28,13 @@ from pathlib import Path
 
 from goodput.profiler.length_predictor import LengthPredictor
 
-__all__ = ["LoggedRequest", "OnlineLengthLearner", "OnlineSummary", "read_request_log"]
+__all__ = [
+    "LoggedRequest",
+    "OnlineLengthLearner",
+    "OnlineSummary",
+    "parse_request_line",
+    "read_request_log",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,8 @@ class LoggedRequest:
         return self.finish_reason == "length"
 
 
-def _parse(line: str) -> LoggedRequest | None:
+def parse_request_line(line: str) -> LoggedRequest | None:
+    """One request-log line as a record; None when it is not a valid one."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
@@ -85,7 +92,7 @@ def read_request_log(*paths: str | Path) -> Iterator[LoggedRequest | None]:
         with p.open(encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.strip():
-                    yield _parse(line)
+                    yield parse_request_line(line)
 
 
 @dataclass
@@ -145,11 +152,37 @@ class OnlineLengthLearner:
         if self._since_refit >= self.refit_every and self.refit():
             stats.refits += 1
 
+    def remember(self, record: LoggedRequest) -> bool:
+        """Window a finished request for the next refit without calibrating on it, for a caller
+        that calibrates as each answer arrives (the gateway); False for a truncated one."""
+        if record.truncated:
+            return False
+        self._window.append((record.prompt, record.model, record.output_tokens))
+        self._since_refit += 1
+        return True
+
+    @property
+    def due(self) -> bool:
+        """``refit_every`` usable requests arrived since the last refit, and the window holds
+        enough distinct prompts to refit on."""
+        return (
+            self._since_refit >= self.refit_every
+            and len({p for p, _, _ in self._window}) >= self.min_prompts
+        )
+
+    @property
+    def window_size(self) -> int:
+        return len(self._window)
+
     def refit(self) -> bool:
         """Refit the prompt model on the window, warm-started; False if too few distinct prompts."""
+        return self.refit_copy(copy.deepcopy(self.predictor))
+
+    def refit_copy(self, candidate: LengthPredictor) -> bool:
+        """``refit`` on a copy of the live model the caller made (where the live one is being
+        updated elsewhere, the copy must be taken there); it becomes ``predictor``."""
         if len({p for p, _, _ in self._window}) < self.min_prompts:
             return False
-        candidate = copy.deepcopy(self.predictor)
         candidate.set_params(warm_start=True)
         candidate.fit([(p, m) for p, m, _ in self._window], [y for _, _, y in self._window])
         self.predictor = candidate

@@ -1,9 +1,11 @@
 """The gateway's parts wired together from a ``GatewayConfig``, and what happens when a request
-ends: metrics, the rolling SLO attainment, the request log, and the length predictor's update."""
+ends: metrics, the rolling SLO attainment, the request log, and the length predictor's update
+(each answer, and the periodic refit from the request log when the config asks for it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -16,9 +18,14 @@ from goodput.serving.dispatcher import Dispatcher
 from goodput.serving.engine_client import EngineClient
 from goodput.serving.engine_state import EngineBudget, EngineMonitor, EngineSnapshot
 from goodput.serving.job import Job
-from goodput.serving.length_estimate import LengthPredictor, make_predictor
+from goodput.serving.length_estimate import (
+    LearnedLengthPredictor,
+    LengthPredictor,
+    make_predictor,
+)
 from goodput.serving.metrics import GatewayMetrics, RollingAttainment
 from goodput.serving.policies import make_policy
+from goodput.serving.refit import PredictorRefitter
 from goodput.serving.request_log import RequestLog, RequestRecord
 from goodput.serving.service_model import LinearFit, ServiceModel
 from goodput.serving.slo import SLOResolver, met_slo
@@ -66,7 +73,16 @@ class Gateway:
             concurrency_limit=self._concurrency_limit,
             attainment=self.attainment,
         )
+        if request_log is None and config.request_log is not None:
+            request_log = RequestLog(
+                config.request_log.path, max_bytes=config.request_log.max_bytes
+            )
         self.request_log = request_log
+        self.refitter: PredictorRefitter | None = None
+        refit = config.predictor.refit
+        if refit and isinstance(self.predictor, LearnedLengthPredictor) and request_log:
+            self.refitter = PredictorRefitter(self.predictor, request_log.path, refit)
+        self._refit_task: asyncio.Task[None] | None = None
         self.client = EngineClient(
             config.engine_url,
             connect_timeout_s=upstream_connect_timeout_s,
@@ -142,8 +158,14 @@ class Gateway:
         await self.monitor.poll_once()
         self.monitor.start()
         self.dispatcher.start()
+        if self.refitter is not None:
+            self._refit_task = asyncio.create_task(self.refitter.run(), name="predictor-refit")
 
     async def stop(self) -> None:
+        if self._refit_task is not None:
+            self._refit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refit_task
         await self.dispatcher.stop()
         await self.monitor.stop()
         await self.client.close()

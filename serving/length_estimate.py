@@ -124,6 +124,15 @@ class LearnedLengthPredictor:
     def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
         self._model.observe_request(prompt, self._key, output_tokens)
 
+    @property
+    def model(self) -> ProfilerLengthModel:
+        return self._model
+
+    def use(self, model: ProfilerLengthModel) -> None:
+        """Answer with ``model`` from now on (a refitted copy): one assignment, so a request
+        sees either model whole."""
+        self._model = model
+
 
 def make_predictor(config: PredictorConfig, *, model_key: str) -> LengthPredictor:
     if config.kind == "online":
