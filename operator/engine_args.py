@@ -9,7 +9,7 @@ Three sources, in this order of authority:
    utilization, prefix caching, KV-cache dtype, CPU KV offload, LoRA adapters. The placement and
    the memory model read these fields, so setting the same flag in ``engine.args`` would make
    the engine disagree with what the operator planned for; the field is the one place.
-3. **The memory model's flags** (``PROFILED``), from the placement's ``VllmFlags``: the
+3. **The memory model's flags** (``_profiled``), from the placement's ``VllmFlags``: the
    sequences the engine runs at once, its prefill chunk, the context length when the spec has
    none and, on a product whose engine cannot measure its own memory (vLLM's CPU backend), the
    KV cache bytes. ``engine.args`` may set any of them: the user's value wins and the operator's
@@ -64,8 +64,6 @@ SPEC_FIELDS: dict[str, str] = {
     "--max-loras": "spec.adapters",
     "--lora-modules": "spec.adapters",
 }
-#: Flags the memory model fills in unless ``engine.args`` sets them.
-PROFILED = ("--max-num-seqs", "--max-num-batched-tokens", "--kv-cache-memory-bytes")
 
 
 def flag_name(arg: str) -> str | None:
