@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from goodput.profiler import catalog
+from goodput.profiler.capacity import SLO, LengthDistribution, capacity
 from goodput.profiler.latency import (
     FEATURES,
     LatencyModel,
@@ -17,6 +18,7 @@ from goodput.profiler.latency import (
     Step,
     design_matrix,
     evaluate,
+    fit_cpu_engine,
     leave_one_out_mape,
     load_cpu_engine_measurements,
     load_measurements,
@@ -118,3 +120,23 @@ def test_the_same_model_type_fits_the_vllm_cpu_engine() -> None:
     X, _ = design_matrix(cpu)
     predicted = model.regressor.predict(X)
     assert list(predicted) == sorted(predicted)  # steps grow with the batch
+
+
+def test_the_cpu_engine_product_is_timed_by_its_own_committed_fit() -> None:
+    cpu, labelled = catalog.gpu("CPU-vLLM"), catalog.gpu("Goodput-CPU-vLLM")
+    assert cpu is labelled  # the catalog name and the node label name the same product
+    committed = LatencyModel.for_gpu(cpu).regressor.coef_
+    assert committed == pytest.approx(fit_cpu_engine().regressor.coef_)  # refitted with the data
+    assert LatencyModel.for_gpu(catalog.gpu("H100-80GB")).to_json() == LatencyModel.load().to_json()
+    # Its own decode steps, predicted by the product's model on the product's figures.
+    model = LatencyModel.for_gpu(cpu)
+    for m in load_cpu_engine_measurements():
+        assert model.step_seconds(m.step, cpu) == pytest.approx(m.seconds, rel=0.35)
+
+
+def test_the_tiny_cpu_example_slo_is_attainable_on_the_cpu_product() -> None:
+    # examples/llmdeployment-tiny-cpu.yaml: TTFT 2 s, TPOT 200 ms, maxModelLen 2048, and the
+    # placement's typical request (1,024 prompt + 256 output tokens).
+    c = capacity(catalog.get("tiny-llama"), catalog.gpu("CPU-vLLM"), slo=SLO(2.0, 0.2),
+                 lengths=LengthDistribution.fixed(1024, 256), max_model_len=2048)  # fmt: skip
+    assert c.max_rps > 1.0 and c.kv_cache_tokens > 100_000
