@@ -34,6 +34,7 @@ __all__ = [
     "OnlineSummary",
     "parse_request_line",
     "read_request_log",
+    "refitted",
 ]
 
 
@@ -165,28 +166,25 @@ class OnlineLengthLearner:
     def due(self) -> bool:
         """``refit_every`` usable requests arrived since the last refit, and the window holds
         enough distinct prompts to refit on."""
-        return (
-            self._since_refit >= self.refit_every
-            and len({p for p, _, _ in self._window}) >= self.min_prompts
-        )
+        return self._since_refit >= self.refit_every and self._enough_prompts()
 
-    @property
-    def window_size(self) -> int:
-        return len(self._window)
+    def _enough_prompts(self) -> bool:
+        return len({p for p, _, _ in self._window}) >= self.min_prompts
+
+    def training_set(self) -> tuple[list[tuple[str, str]], list[int]]:
+        """The window as a refit's inputs: ``(prompt, model)`` pairs and their output lengths."""
+        return [(p, m) for p, m, _ in self._window], [y for _, _, y in self._window]
+
+    def adopt(self, model: LengthPredictor) -> None:
+        """Make a model refitted on ``training_set`` (elsewhere) the current one."""
+        self.predictor = model
+        self._since_refit = 0
 
     def refit(self) -> bool:
         """Refit the prompt model on the window, warm-started; False if too few distinct prompts."""
-        return self.refit_copy(copy.deepcopy(self.predictor))
-
-    def refit_copy(self, candidate: LengthPredictor) -> bool:
-        """``refit`` on a copy of the live model the caller made (where the live one is being
-        updated elsewhere, the copy must be taken there); it becomes ``predictor``."""
-        if len({p for p, _, _ in self._window}) < self.min_prompts:
+        if not self._enough_prompts():
             return False
-        candidate.set_params(warm_start=True)
-        candidate.fit([(p, m) for p, m, _ in self._window], [y for _, _, y in self._window])
-        self.predictor = candidate
-        self._since_refit = 0
+        self.adopt(refitted(copy.deepcopy(self.predictor), *self.training_set()))
         return True
 
     def consume(self, records: Iterable[LoggedRequest | None]) -> OnlineSummary:
@@ -198,3 +196,13 @@ class OnlineLengthLearner:
                 continue
             self.observe(record, summary)
         return summary
+
+
+def refitted(
+    candidate: LengthPredictor, prompts: list[tuple[str, str]], output_tokens: list[int]
+) -> LengthPredictor:
+    """``candidate`` (a copy of the live model, which it changes) refitted on a window of
+    ``(prompt, model)`` pairs, shrunk toward its current self (``warm_start``). A module-level
+    function, so it can run in another process."""
+    candidate.set_params(warm_start=True)
+    return candidate.fit(prompts, output_tokens)

@@ -166,6 +166,8 @@ class Gateway:
             self._refit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refit_task
+        if self.refitter is not None:
+            self.refitter.close()
         await self.dispatcher.stop()
         await self.monitor.stop()
         await self.client.close()

@@ -8,10 +8,11 @@ what the shipped model learned (``goodput.profiler.online``), and swaps the copy
 and no second process: the log it reads is the one this gateway writes.
 
 Bounded: the window holds at most ``window`` requests, each look reads only what was appended
-since the last, one refit runs at a time in a worker thread (the fit is CPU-bound, the event loop
-keeps serving), and a failure is logged and tried again at the next interval, never raised into
-the gateway. The copy is taken on the event loop, where calibration updates happen, so it is
-consistent; updates made while the copy is being fitted are not carried over (seconds' worth).
+since the last, one refit runs at a time in one worker process (the fit is CPU-bound and mostly
+Python: in a thread it would stall the event loop), and a failure is logged and tried again at
+the next interval, never raised into the gateway. The copy is taken on the event loop, where
+calibration updates happen, so it is consistent; updates made while the copy is being fitted are
+not carried over (seconds' worth).
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import multiprocessing
 import os
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 from goodput.api.gateway_config import RefitConfig
-from goodput.profiler.online import LoggedRequest, OnlineLengthLearner, parse_request_line
+from goodput.profiler.online import (
+    LoggedRequest,
+    OnlineLengthLearner,
+    parse_request_line,
+    refitted,
+)
 from goodput.serving.length_estimate import LearnedLengthPredictor
 
 log = logging.getLogger(__name__)
@@ -63,14 +72,26 @@ class LogTail:
         return data[:end].decode("utf-8", errors="replace").splitlines()
 
 
+def _spawned_worker() -> Executor:
+    """One worker process, started fresh (not forked from a process with threads)."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
 class PredictorRefitter:
-    """Refits ``predictor``'s model from the request log at ``log_path`` as ``config`` says."""
+    """Refits ``predictor``'s model from the request log at ``log_path`` as ``config`` says.
+
+    The fit runs in ``executor`` (default: one spawned worker process, started at the first
+    refit, not forked from a process with threads): fitting takes seconds and is largely Python
+    holding the GIL, which in a thread would stall the event loop that streams every response;
+    in a process the loop only pickles the fit's inputs and its result.
+    """
 
     def __init__(
         self,
         predictor: LearnedLengthPredictor,
         log_path: str | os.PathLike[str],
         config: RefitConfig,
+        executor: Callable[[], Executor] = _spawned_worker,
     ) -> None:
         self.predictor = predictor
         self.config = config
@@ -82,6 +103,8 @@ class PredictorRefitter:
             min_prompts=config.min_prompts,
         )
         self.refits = 0
+        self._make_executor = executor
+        self._executor: Executor | None = None
 
     def collect(self) -> int:
         """Window the requests the log gained; returns how many were usable."""
@@ -93,12 +116,16 @@ class PredictorRefitter:
         self.collect()
         if not self.learner.due:
             return False
-        candidate = copy.deepcopy(self.predictor.model)
-        if not await asyncio.to_thread(self.learner.refit_copy, candidate):
-            return False
-        self.predictor.use(self.learner.predictor)
+        if self._executor is None:
+            self._executor = self._make_executor()
+        candidate = copy.deepcopy(self.predictor.model)  # here, between calibration updates
+        prompts, lengths = self.learner.training_set()
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self._executor, refitted, candidate, prompts, lengths)
+        self.learner.adopt(model)
+        self.predictor.use(model)
         self.refits += 1
-        log.info("length predictor refitted on %d recent requests", self.learner.window_size)
+        log.info("length predictor refitted on %d recent requests", len(prompts))
         return True
 
     async def run(self) -> None:
@@ -111,3 +138,9 @@ class PredictorRefitter:
                 log.exception(
                     "length predictor refit failed; retrying in %gs", self.config.interval_s
                 )
+
+    def close(self) -> None:
+        """Stop the worker (a refit in progress is abandoned)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

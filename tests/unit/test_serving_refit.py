@@ -102,6 +102,7 @@ def test_a_refit_swaps_a_new_model_in_once_enough_requests_arrived(
     assert refitter.refits == 1
     assert predictor.predict(prompts[-1], 12, None).p50 > before  # learned: these run long
     assert not asyncio.run(refitter.step())  # nothing new since
+    refitter.close()
 
 
 def _config(tmp_path: Path, kind: str) -> GatewayConfig:
