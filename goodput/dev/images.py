@@ -174,6 +174,22 @@ def _context_files(root: Path, sources: Sequence[str]) -> Iterator[tuple[str, Pa
     return iter(sorted(found))
 
 
+def stage_context(recipe: ImageRecipe, root: Path, into: Path) -> Path:
+    """Copy the image's build context (its Containerfile, ``.containerignore`` and the files its
+    key covers, symlinks as symlinks) from ``root`` into ``into``; return ``into``."""
+    files = [(rel, root / rel) for rel in (recipe.containerfile, ".containerignore")]
+    for rel, path in [*files, *_context_files(root, recipe.sources)]:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        target = into / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, target)
+    return into
+
+
 def content_key(recipe: ImageRecipe, base: str, root: Path | None = None) -> str:
     """A hash of everything that shapes the image; equal keys mean the same image."""
     root = root or repo_root()
@@ -376,7 +392,15 @@ class ImageBuilder:
         return reference
 
     def _build(self, recipe: ImageRecipe, say: Say) -> BuiltImage:
-        key = self.key(recipe)
+        (self.home / "tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.home / "tmp") as tmp:
+            context = stage_context(recipe, self.root, Path(tmp))
+            return self._build_staged(recipe, context, say)
+
+    def _build_staged(self, recipe: ImageRecipe, context: Path, say: Say) -> BuiltImage:
+        """Build from a copy of exactly the files the key hashed: the tree may change meanwhile
+        (others edit it), and the archive must hold what its key says."""
+        key = content_key(recipe, self.base.reference, context)
         archive = self.archive(recipe, key)
         image = BuiltImage(recipe.name, recipe.reference, key, archive, True, 0.0, 0)
         log = self.home / "logs" / f"{recipe.name}.log"
@@ -386,7 +410,7 @@ class ImageBuilder:
         self.podman.run(
             "build",
             "--file",
-            str(self.root / recipe.containerfile),
+            str(context / recipe.containerfile),
             "--pull=never",
             "--network",
             "host",
@@ -397,7 +421,7 @@ class ImageBuilder:
             recipe.reference,
             "--tag",
             image.key_tag,
-            str(self.root),
+            str(context),
             log=log,
         )
         built = time.monotonic()

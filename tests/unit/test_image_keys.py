@@ -11,7 +11,7 @@ import pytest
 
 from goodput.api import images as names
 from goodput.dev import engine
-from goodput.dev.images import ENGINE, GOODPUT, RECIPES, ImageRecipe, content_key
+from goodput.dev.images import ENGINE, GOODPUT, RECIPES, ImageRecipe, content_key, stage_context
 from goodput.dev.paths import repo_root
 
 RECIPE = ImageRecipe(
@@ -108,6 +108,19 @@ def test_a_missing_source_is_an_error(tree: Path) -> None:
     shutil.rmtree(tree / "pkg")
     with pytest.raises(RuntimeError, match="pkg"):
         key(tree)
+
+
+def test_the_build_runs_on_a_copy_of_exactly_what_the_key_hashed(
+    tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    (tree / "pkg/__pycache__").mkdir()
+    (tree / "pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"\0")
+    staged = stage_context(RECIPE, tree, tmp_path_factory.mktemp("context"))
+    assert key(staged) == key(tree)
+    assert (staged / "images/demo/Containerfile").is_file()
+    assert (staged / "pkg/linked").is_symlink()
+    assert not (staged / "docs").exists()
+    assert not (staged / "pkg/__pycache__").exists()
 
 
 def _copied_sources(containerfile: Path) -> set[str]:
