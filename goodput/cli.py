@@ -37,7 +37,7 @@ def _fleet_nodes(fleet: str) -> list[dict[str, Any]]:
     """A dev fleet's Node objects, for ``goodput operator render`` without a cluster."""
     from goodput.dev.fleet import Fleet
 
-    return Fleet.load(fleet).nodes()
+    return Fleet.load(fleet).all_nodes()
 
 
 @click.group(cls=_LazyGroup)

@@ -10,10 +10,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from goodput import __version__
+from goodput.api import images
 
-DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
-DEFAULT_GATEWAY_IMAGE = f"ghcr.io/goodput-dev/goodput:{__version__}"
+# One place names the images (goodput/api/images.py): the engine is vLLM's CPU build at the
+# version whose own parser the argument-contract test runs; the gateway is this package's image.
+DEFAULT_ENGINE_IMAGE = images.ENGINE_IMAGE
+DEFAULT_GATEWAY_IMAGE = images.GOODPUT_IMAGE
 #: Image tags are fixed (a version, not ``latest``), so a node that has the image keeps it: this
 #: is also what lets locally loaded images run on a node without a registry.
 DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"

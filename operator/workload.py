@@ -202,8 +202,9 @@ def pod_template(
         "securityContext": _security_context(read_only_root=False),
         "volumeMounts": [
             {"name": "shm", "mountPath": "/dev/shm"},
+            # One volume: a mount nested inside it would make the runtime create its parent
+            # directories as root, and the engine's user could not write its caches beside it.
             {"name": "engine-home", "mountPath": ENGINE_HOME},
-            {"name": "hf-cache", "mountPath": HF_HOME},
             *volumes.mounts(),
         ],
     }
@@ -274,7 +275,6 @@ def pod_template(
             "volumes": [
                 {"name": "shm", "emptyDir": {"medium": "Memory"}},
                 {"name": "engine-home", "emptyDir": {}},
-                {"name": "hf-cache", "emptyDir": {}},
                 {
                     "name": "gateway-config",
                     "configMap": {"name": naming.config_map_name(name)},

@@ -18,3 +18,5 @@ TORCH_VERSION = "2.13.0"
 REGISTRY = "ghcr.io/goodput-dev"
 GOODPUT_IMAGE = f"{REGISTRY}/goodput:{__version__}"
 ENGINE_IMAGE = f"{REGISTRY}/vllm-cpu:{VLLM_VERSION}"
+# The sandbox image of the dev cluster's real node (built from Kubernetes' pause.c, never pulled).
+PAUSE_IMAGE = f"{REGISTRY}/pause:3.10"

@@ -499,7 +499,7 @@ class EngineSpec(_Spec):
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="Engine image; default: the operator's (an official vllm/vllm-openai tag).",
+        description="Engine image; default: the operator's (GOODPUT_ENGINE_IMAGE, or pinned).",
     )
     args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=list,

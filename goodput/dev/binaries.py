@@ -243,7 +243,17 @@ def render_wrapper(component: GoComponent, go: str, env: dict[str, str]) -> str:
     return template.substitute(values)
 
 
+def module_source(module: str, version: str) -> Path:
+    """The source tree of ``module@version`` in Go's module cache (downloaded if missing)."""
+    env = go_environment()
+    return Path(_module_info(find_go(env), env, module, version)["Dir"])
+
+
 def _download_go_mod(go: str, env: dict[str, str], module: str, version: str) -> str:
+    return Path(_module_info(go, env, module, version)["GoMod"]).read_text()
+
+
+def _module_info(go: str, env: dict[str, str], module: str, version: str) -> dict[str, str]:
     result = subprocess.run(
         [go, "mod", "download", "-json", f"{module}@{version}"],
         env=env,
@@ -257,7 +267,8 @@ def _download_go_mod(go: str, env: dict[str, str], module: str, version: str) ->
         raise BuildError(f"go mod download {module}@{version}: {result.stderr.strip()}") from exc
     if "Error" in info or "GoMod" not in info:
         raise BuildError(f"go mod download {module}@{version}: {info.get('Error', info)}")
-    return Path(info["GoMod"]).read_text()
+    found: dict[str, str] = info
+    return found
 
 
 def _run(command: list[str], env: dict[str, str], cwd: Path) -> float:

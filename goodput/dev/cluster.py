@@ -33,9 +33,12 @@ from goodput.dev.fleet import (
     KWOK_ANNOTATION_VALUE,
     Fleet,
     FleetApplier,
+    RealNode,
     list_fleet_nodes,
     node_ready,
 )
+from goodput.dev.images import node_images
+from goodput.dev.node import LocalNode, NodeNetwork
 from goodput.dev.paths import cache_root, repo_root
 from goodput.dev.processes import (
     ProcessSpec,
@@ -75,11 +78,13 @@ class ClusterPorts:
     scheduler: int
     kwok: int
     operator_metrics: int
+    kubelet: int
+    kubelet_healthz: int
 
     @classmethod
     def block(cls, index: int) -> ClusterPorts:
         base = _PORT_BASE + (index % _PORT_BLOCKS) * _PORT_BLOCK_SIZE
-        return cls(*range(base, base + 7))
+        return cls(*range(base, base + 9))
 
     @classmethod
     def for_name(cls, name: str) -> ClusterPorts:
@@ -153,6 +158,22 @@ class LocalCluster:
         """Directory with kubectl, helm, etcd, kube-*, kwok: put it on ``PATH``."""
         return self.binaries.bin_dir
 
+    @property
+    def network(self) -> NodeNetwork:
+        """The private bridge of this cluster's real node (derived from its port block)."""
+        return NodeNetwork(self.ports.index)
+
+    def real_node(self, spec: RealNode) -> LocalNode:
+        """This cluster's real node as ``spec`` describes it (started by ``up``)."""
+        return LocalNode(
+            self,
+            spec,
+            self.network,
+            kubelet=self.binaries.path("kubelet"),
+            kubelet_port=self.ports.kubelet,
+            healthz_port=self.ports.kubelet_healthz,
+        )
+
     def _component_kubeconfig(self, identity: pki.Identity) -> Path:
         return self.state_dir / "kubeconfigs" / f"{identity.file_stem}.kubeconfig"
 
@@ -207,8 +228,14 @@ class LocalCluster:
 
     # ----- lifecycle ---------------------------------------------------------------------
 
-    def up(self, fleet: Fleet | str | None = "default", progress: Progress | None = None) -> None:
-        """Start (or reuse) the control plane, then make the simulated nodes match ``fleet``."""
+    def up(
+        self,
+        fleet: Fleet | str | None = "default",
+        progress: Progress | None = None,
+        real_node: bool = True,
+    ) -> None:
+        """Start (or reuse) the control plane, make the simulated nodes match ``fleet``, and
+        start the fleet's real node (unless ``real_node`` is False)."""
         say = progress or (lambda _message: None)
         with self._lock():
             if self._reusable():
@@ -217,7 +244,10 @@ class LocalCluster:
                 self._start(say)
             self._wait_for_defaults(say)
             if fleet is not None:
-                self.apply_fleet(Fleet.load(fleet) if isinstance(fleet, str) else fleet, say)
+                loaded = Fleet.load(fleet) if isinstance(fleet, str) else fleet
+                self.apply_fleet(loaded, say)
+                if real_node and loaded.real_node is not None:
+                    self._start_real_node(loaded.real_node, say)
 
     @contextmanager
     def shared(
@@ -247,12 +277,29 @@ class LocalCluster:
     def down(self, purge: bool = False) -> None:
         """Stop every process of this cluster; ``purge`` also deletes its state (etcd data, PKI)."""
         with self._lock():
+            node = self._running_real_node()
+            if node is not None:
+                node.purge() if purge else node.down()
             self.supervisor.stop_all()
             (self.state_dir / "cluster.json").unlink(missing_ok=True)
             if purge:
                 for child in self.state_dir.iterdir() if self.state_dir.exists() else ():
                     if child.name not in ("lock", "users"):
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _start_real_node(self, spec: RealNode, say: Progress) -> None:
+        node = self.real_node(spec)
+        node.dir.mkdir(parents=True, exist_ok=True)
+        (node.dir / "spec.json").write_text(spec.model_dump_json(by_alias=True))
+        node.up(images=node_images(say), say=say)
+
+    def _running_real_node(self) -> LocalNode | None:
+        """The real node this cluster last started, if any (its spec is kept in its state)."""
+        try:
+            text = (self.state_dir / "node" / "spec.json").read_text()
+        except OSError:
+            return None
+        return self.real_node(RealNode.model_validate_json(text))
 
     def status(self) -> ClusterStatus:
         components = tuple(
@@ -350,7 +397,9 @@ class LocalCluster:
             [
                 str(b("kube-apiserver")),
                 f"--etcd-servers=http://{loopback}:{p.etcd_client}",
-                f"--bind-address={loopback}",
+                # All addresses: loopback for us, the real node's bridge for its pods (their
+                # in-cluster clients are pointed there; docs/dev-cluster.md).
+                "--bind-address=0.0.0.0",
                 f"--advertise-address={loopback}",
                 f"--secure-port={p.apiserver}",
                 f"--cert-dir={state / 'apiserver-certs'}",
@@ -362,6 +411,11 @@ class LocalCluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={pki.SERVICE_CIDR}",
                 "--authorization-mode=RBAC",
+                # Kubelets are dialled by IP, never by a name looked up in the machine's DNS.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={self.pki.client_cert(pki.KUBELET_CLIENT)}",
+                f"--kubelet-client-key={self.pki.client_key(pki.KUBELET_CLIENT)}",
+                f"--kubelet-certificate-authority={self.pki.ca_cert}",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=true",
                 "--profiling=false",
@@ -515,6 +569,7 @@ class LocalCluster:
         self._ports_file.write_text(json.dumps(asdict(self.ports)))
 
     def _write_config(self) -> None:
+        self.pki.server_ips = (self.network.address,)
         self.pki.ensure()
         self.pki.write_kubeconfig(self.kubeconfig, pki.ADMIN, self.server, self.name)
         for identity in (pki.CONTROLLER_MANAGER, pki.SCHEDULER, pki.KWOK):
@@ -526,22 +581,10 @@ class LocalCluster:
         shutil.copyfile(_KWOK_CONFIG, kwok_dir / "config.yaml")
 
     def _wait(self, name: str, probe: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.supervisor.alive(name):
-                raise ClusterError(f"{name} exited during start-up:\n{self._log_tail(name)}")
-            if probe():
-                return
-            time.sleep(0.2)
-        raise ClusterError(f"{name} not healthy after {timeout:.0f}s:\n{self._log_tail(name)}")
+        self.supervisor.await_healthy(name, probe, timeout, ClusterError)
 
     def _log_tail(self, name: str, lines: int = 25) -> str:
-        log = self.supervisor.log(name)
-        try:
-            tail = log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return f"(no log at {log})"
-        return "\n".join(tail) + f"\n(full log: {log})"
+        return self.supervisor.tail(name, lines)
 
     def _readyz(self) -> bool:
         if not self.pki.client_cert(pki.ADMIN).exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,10 @@ SPEC_HASH_ANNOTATION = "goodput.dev/node-spec-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
+REAL_NODE_LABEL = "goodput.dev/real-node"
+# The taint GPU node pools conventionally carry: only pods that ask for GPUs (and so tolerate it,
+# as every serving pod does) land on the real node, never the simulated pods of other workloads.
+REAL_NODE_TAINT = "nvidia.com/gpu=present:NoSchedule"
 
 Interconnect = Literal["nvswitch", "nvlink", "pcie"]
 
@@ -86,10 +91,62 @@ class NodePool(_Model):
         return self
 
 
+class RealNode(_Model):
+    """The node that really runs containers (this machine, goodput.dev.node), labelled as a GPU
+    server of ``gpu.product`` so the operator places small models on it like on any other."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    gpu: GPUModel
+    gpus: int = Field(gt=0, description="fictional nvidia.com/gpu: engine slots on this machine")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def node_labels(self) -> dict[str, str]:
+        """What the kubelet registers the node with: GPU feature discovery's labels of the
+        product, the real-node marker and the fleet file's own."""
+        major, minor = self.gpu.compute_capability.split(".")
+        return {
+            REAL_NODE_LABEL: "true",
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": self.gpu.product,
+            "nvidia.com/gpu.memory": str(self.gpu.memory_mib),
+            "nvidia.com/gpu.count": str(self.gpus),
+            "nvidia.com/gpu.family": self.gpu.family,
+            "nvidia.com/gpu.compute.major": major,
+            "nvidia.com/gpu.compute.minor": minor,
+            **self.labels,
+        }
+
+    def manifest(self, cpu: int, memory_gib: int) -> dict[str, Any]:
+        """The Node as it stands once registered and advertised (for dry runs without it)."""
+        capacity = {
+            "cpu": str(cpu),
+            "memory": f"{memory_gib}Gi",
+            "pods": "32",
+            GPU_RESOURCE: str(self.gpus),
+        }
+        key, _, rest = REAL_NODE_TAINT.partition("=")
+        value, _, effect = rest.partition(":")
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {"kubernetes.io/hostname": self.name, **self.node_labels()},
+            },
+            "spec": {"taints": [{"key": key, "value": value, "effect": effect}]},
+            "status": {
+                "capacity": capacity,
+                "allocatable": capacity,
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+
+
 class Fleet(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     region: str
     pools: tuple[NodePool, ...] = Field(min_length=1)
+    real_node: RealNode | None = Field(default=None, alias="realNode")
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Fleet:
@@ -115,8 +172,17 @@ class Fleet(_Model):
         return sum(p.count * p.gpus_per_node for p in self.pools)
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Node manifests for the whole fleet, deterministic for a given file."""
+        """Node manifests of the simulated pools, deterministic for a given file."""
         return [node for pool in self.pools for node in _pool_nodes(self, pool)]
+
+    def all_nodes(self) -> list[dict[str, Any]]:
+        """Every node the cluster would have: the pools, and the real node as this machine
+        would register it (for dry runs without a cluster)."""
+        nodes = self.nodes()
+        if self.real_node is not None:
+            memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
+            nodes.append(self.real_node.manifest(os.cpu_count() or 1, memory_gib))
+        return nodes
 
 
 def _pool_nodes(fleet: Fleet, pool: NodePool) -> Iterator[dict[str, Any]]:

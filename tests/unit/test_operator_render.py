@@ -42,7 +42,7 @@ def test_every_example_renders_as_the_operator_would_apply_it(path: Path) -> Non
     status = llmd["status"]
     placed = next(c for c in status["conditions"] if c["type"] == "Placed")
     assert placed["status"] == "True", placed["message"]
-    fleet = {n["metadata"]["name"]: n for n in Fleet.load("default").nodes()}
+    fleet = {n["metadata"]["name"]: n for n in Fleet.load("default").all_nodes()}
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     for replica, dep in zip(status["placement"], deployments, strict=True):
         node = dep["metadata"]["annotations"]["goodput.dev/node"]

@@ -120,7 +120,9 @@ def test_the_engine_has_a_writable_home_for_its_caches() -> None:
     engine = _container(_pod(), "engine")
     env = {v["name"]: v.get("value") for v in engine["env"]}
     mounts = {m["mountPath"] for m in engine["volumeMounts"]}
-    assert env["HOME"] in mounts and env["HF_HOME"] in mounts
+    assert env["HOME"] in mounts and env["HF_HOME"].startswith(env["HOME"] + "/")
+    nested = [m for m in mounts if m.startswith(env["HOME"] + "/")]
+    assert not nested, "a mount inside HOME makes root-owned parents the engine cannot write"
     assert not any(m.startswith("/root") for m in mounts), "the engine does not run as root"
     overridden = _container(_pod(engine={"env": [{"name": "HF_HOME", "value": "/x"}]}), "engine")
     assert [v for v in overridden["env"] if v["name"] == "HF_HOME"] == [
