@@ -6,19 +6,37 @@ this needs root, podman and Debian's mirrors; it never skips on the dev machines
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from goodput.api.images import VLLM_VERSION
-from goodput.dev.images import ENGINE, GOODPUT, BuiltImage, ImageBuilder
+from goodput.dev import host_packages
+from goodput.dev.images import (
+    ENGINE,
+    GOODPUT,
+    IMPORT_TOOLS,
+    RECIPES,
+    BuiltImage,
+    ImageBuilder,
+    import_into_containerd,
+    stage_context,
+)
+from goodput.dev.paths import repo_root
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
-def builder() -> ImageBuilder:
-    return ImageBuilder()
+def builder(tmp_path_factory: pytest.TempPathFactory) -> ImageBuilder:
+    """A builder on a snapshot of this checkout's image sources: others may edit the tree while
+    these tests run, and every test here must see one tree."""
+    snapshot = tmp_path_factory.mktemp("checkout")
+    for recipe in RECIPES:
+        stage_context(recipe, repo_root(), snapshot)
+    return ImageBuilder(root=snapshot)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +92,43 @@ def test_the_engine_image_holds_the_pinned_vllm_and_runs_as_a_non_root_user(
     uid, version = out.split()[-2:]
     assert int(uid) != 0
     assert version == VLLM_VERSION
+
+
+def test_the_archive_imports_into_containerd_under_its_reference(
+    goodput_image: BuiltImage, tmp_path: Path
+) -> None:
+    """A throwaway containerd of our own (root, state and socket in tmp_path), as a node's."""
+    host_packages.ensure({"containerd": "containerd", **IMPORT_TOOLS}, "the containerd test")
+    socket = tmp_path / "containerd.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{tmp_path / "root"}"\n'
+        f'state = "{tmp_path / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+    )
+    log = (tmp_path / "containerd.log").open("w")
+    daemon = subprocess.Popen(
+        ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            assert daemon.poll() is None, (tmp_path / "containerd.log").read_text()
+            assert time.monotonic() < deadline, "containerd did not open its socket"
+            time.sleep(0.2)
+        import_into_containerd(goodput_image.archive, socket)
+        ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+        listed = subprocess.run(
+            [*ctr, "images", "ls", "-q"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert goodput_image.reference in listed
+        snapshots = subprocess.run(
+            [*ctr, "snapshots", "ls"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "Committed" in snapshots  # unpacked: a kubelet can start it without a pull
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()
