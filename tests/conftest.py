@@ -68,17 +68,21 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the control-plane binaries before the first e2e test, outside any test's timeout.
+    """Build the control-plane binaries and the real node's images before the first e2e test,
+    outside any test's timeout.
 
-    A cold build takes many minutes (docs/dev-cluster.md); it happens once per machine.
+    A cold build takes many minutes (docs/dev-cluster.md, docs/images.md); it happens once per
+    machine, and an image again only when what it is built from changed.
     """
     if not any(item.get_closest_marker("e2e") for item in session.items):
         return
     from goodput.dev.binaries import BinaryCache
+    from goodput.dev.images import NODE_RECIPES, ImageBuilder
 
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
     cache = BinaryCache()
     if cache.missing():
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("building the local control plane's binaries (cold: minutes)")
-        cache.ensure(progress=reporter.write_line if reporter is not None else None)
+        say("building the local control plane's binaries (cold: minutes)")
+        cache.ensure(progress=say)
+    ImageBuilder().ensure(NODE_RECIPES, say=say)

@@ -9,13 +9,14 @@ from contextlib import contextmanager
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from goodput.dev.binaries import BinaryCache
 from goodput.dev.cluster import ClusterError, LocalCluster
 from goodput.dev.fleet import Fleet
 from goodput.dev.local_pod import LocalPod
-from goodput.dev.pod_cli import PodBesideCluster, pod
+from goodput.dev.pod_cli import PodBesideCluster, pod, show_gateway
 
 DEFAULT_NAME = "goodput-dev"
 _console = Console(stderr=True, log_path=False)
@@ -67,27 +68,51 @@ def _progress(title: str) -> Iterator[Callable[[str], None]]:
     "--with-pod/--no-pod",
     default=True,
     show_default=True,
-    help="Also run a real serving pod locally (gateway + vLLM on the CPU) and query it.",
+    help="End with a real serving pod answering: the tiny model placed on the real node by the "
+    "operator (or, where no container runtime can run, gateway + vLLM as local processes).",
 )
 def up(name: str, fleet: str, control_plane_only: bool, timeout: float, with_pod: bool) -> None:
-    """Start the cluster, apply the CRDs, run the operator and deploy the example."""
+    """Start the cluster, apply the CRDs, run the operator and deploy the examples."""
+    from goodput.dev.node import platform_problem
     from goodput.dev.stack import DevStack
 
     cluster = LocalCluster(name)
     started = time.monotonic()
-    local_pod = PodBesideCluster(name, _console) if with_pod and not control_plane_only else None
+    fleet_spec = Fleet.load(fleet)
+    problem = platform_problem()
+    on_node = with_pod and not control_plane_only and fleet_spec.real_node is not None
+    if on_node and problem is not None:
+        _console.print(
+            f"[yellow]no real node here[/yellow] ({escape(problem)}): the serving pod runs as "
+            "local processes instead (goodput dev pod)"
+        )
+        on_node = False
+    local_pod = (
+        PodBesideCluster(name, _console)
+        if with_pod and not control_plane_only and not on_node
+        else None
+    )
     if local_pod is not None:
         local_pod.start()
+    gateway_url = None
     with _progress("starting local control plane") as say:
-        cluster.up(fleet=Fleet.load(fleet), progress=say)
+        cluster.up(fleet=fleet_spec, progress=say, real_node=problem is None)
         if not control_plane_only:
             stack = DevStack(cluster)
+            node = cluster.real_node(fleet_spec.real_node) if fleet_spec.real_node else None
             stack.apply_crds(say)
-            stack.start_operator(say)
+            env = node.operator_env() if node is not None and problem is None else None
+            stack.start_operator(say, env=env)
             example = stack.apply_example(say, timeout=timeout)
+            if on_node and node is not None:
+                gateway_url = stack.serve_on_real_node(node, say, timeout=max(timeout, 600))
             if example is not None:
-                click.echo(cluster.kubectl("get", "llmd"))
-                click.echo(cluster.kubectl("get", "pods", "-o", "wide"))
+                click.echo(cluster.kubectl("get", "llmd", "-A"))
+                click.echo(cluster.kubectl("get", "pods", "-A", "-o", "wide"))
+    if gateway_url is not None:
+        show_gateway(
+            gateway_url, "tiny-llama", "the real node's pod, through its Service's endpoint"
+        )
     pod_ok = local_pod.finish() if local_pod is not None else True
     _console.print(f"[green]ready[/green] in {time.monotonic() - started:.1f}s")
     _console.print(f'  eval "$(goodput dev env --name {name})"   # kubectl/helm on PATH')
@@ -157,16 +182,17 @@ def build() -> None:
 @dev.command()
 @click.option(
     "--only",
-    type=click.Choice(["goodput", "engine"]),
+    type=click.Choice(["pause", "goodput", "engine"]),
     multiple=True,
-    help="Build only these images (default: both).",
+    help="Build only these images (default: all three).",
 )
 @click.option("--force", is_flag=True, help="Rebuild even if the content key is cached.")
 def images(only: tuple[str, ...], force: bool) -> None:
-    """Build the Goodput and CPU engine images (cached by content hash) as OCI archives."""
-    from goodput.dev.images import RECIPES, ImageBuilder, ImageBuildError
+    """Build the real node's images (the pod sandbox, Goodput, the CPU engine; cached by content
+    hash) as OCI archives."""
+    from goodput.dev.images import NODE_RECIPES, ImageBuilder, ImageBuildError
 
-    recipes = [r for r in RECIPES if not only or r.name in only]
+    recipes = [r for r in NODE_RECIPES if not only or r.name in only]
     started = time.monotonic()
     try:
         built = ImageBuilder().ensure(recipes, force=force, say=click.echo)

@@ -270,55 +270,12 @@ class LocalPod:
         )
 
     def chat(self, content: str, max_tokens: int = 24) -> ChatAnswer:
-        """One streamed chat completion through the gateway, as an OpenAI client sends it.
-
-        Streamed because the gateway measures TTFT and TPOT on streams.
-        """
-        body = {
-            "model": self.spec.served_model_name,
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        parts: list[str] = []
-        finish_reason, usage = "", {"prompt_tokens": 0, "completion_tokens": 0}
-        first_token_s: float | None = None
-        started = time.monotonic()
-        url = f"{self.gateway_url}/v1/chat/completions"
-        with httpx.stream("POST", url, json=body, timeout=120) as response:
-            if response.status_code != 200:
-                response.read()
-                raise PodError(f"the gateway answered {response.status_code}: {response.text}")
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk: dict[str, Any] = json.loads(line[len("data: ") :])
-                for choice in chunk.get("choices") or []:
-                    text = choice.get("delta", {}).get("content")
-                    if text:
-                        first_token_s = first_token_s or time.monotonic() - started
-                        parts.append(text)
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                usage = chunk.get("usage") or usage
-        return ChatAnswer(
-            content="".join(parts),
-            finish_reason=finish_reason,
-            prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=int(usage["completion_tokens"]),
-            first_token_seconds=round(first_token_s or 0.0, 3),
-            seconds=round(time.monotonic() - started, 3),
-        )
+        """One streamed chat completion through the gateway, as an OpenAI client sends it."""
+        return stream_chat(self.gateway_url, self.spec.served_model_name, content, max_tokens)
 
     def metric_lines(self, names: Iterable[str] = SHOWN_METRICS) -> list[str]:
         """The gateway's exposition lines for ``names`` (samples only, no comments)."""
-        text = httpx.get(f"{self.gateway_url}/metrics", timeout=10).text
-        wanted = tuple(names)
-        return [
-            line
-            for line in text.splitlines()
-            if not line.startswith("#") and line.split("{", 1)[0].split(" ", 1)[0] in wanted
-        ]
+        return metric_lines(self.gateway_url, names)
 
     def curl_examples(self) -> list[str]:
         body = json.dumps(
@@ -509,3 +466,56 @@ def _serving_source_digest() -> str:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def stream_chat(gateway_url: str, model: str, content: str, max_tokens: int = 24) -> ChatAnswer:
+    """One streamed chat completion through a gateway, as an OpenAI client sends it.
+
+    Streamed because the gateway measures TTFT and TPOT on streams.
+    """
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    parts: list[str] = []
+    finish_reason, usage = "", {"prompt_tokens": 0, "completion_tokens": 0}
+    first_token_s: float | None = None
+    started = time.monotonic()
+    url = f"{gateway_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=120) as response:
+        if response.status_code != 200:
+            response.read()
+            raise PodError(f"the gateway answered {response.status_code}: {response.text}")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk: dict[str, Any] = json.loads(line[len("data: ") :])
+            for choice in chunk.get("choices") or []:
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    first_token_s = first_token_s or time.monotonic() - started
+                    parts.append(text)
+                finish_reason = choice.get("finish_reason") or finish_reason
+            usage = chunk.get("usage") or usage
+    return ChatAnswer(
+        content="".join(parts),
+        finish_reason=finish_reason,
+        prompt_tokens=int(usage["prompt_tokens"]),
+        completion_tokens=int(usage["completion_tokens"]),
+        first_token_seconds=round(first_token_s or 0.0, 3),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def metric_lines(gateway_url: str, names: Iterable[str] = SHOWN_METRICS) -> list[str]:
+    """A gateway's exposition lines for ``names`` (samples only, no comments)."""
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    wanted = tuple(names)
+    return [
+        line
+        for line in text.splitlines()
+        if not line.startswith("#") and line.split("{", 1)[0].split(" ", 1)[0] in wanted
+    ]

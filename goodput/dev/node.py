@@ -47,6 +47,18 @@ _NO_REGISTRY = "http://127.0.0.1:9"
 CONTAINERD_NAMESPACE = "k8s.io"
 
 
+def platform_problem() -> str | None:
+    """Why this machine cannot run the real node, or None if it can (root on Linux with cgroups,
+    and a CPU that runs the vLLM CPU engine)."""
+    from goodput.dev.engine import platform_problem as engine_problem
+
+    if not CGROUP_FS.is_dir():
+        return f"no cgroup file system at {CGROUP_FS}"
+    if os.geteuid() != 0:
+        return "the kubelet and containerd run as root (and manage a bridge and iptables)"
+    return engine_problem()
+
+
 class NodeError(RuntimeError):
     """The real node could not be started; the message says where to look."""
 

@@ -10,7 +10,15 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from goodput.dev.local_pod import GATEWAY, LocalPod, PodError, PodUnavailable, UpResult
+from goodput.dev.local_pod import (
+    GATEWAY,
+    LocalPod,
+    PodError,
+    PodUnavailable,
+    UpResult,
+    metric_lines,
+    stream_chat,
+)
 
 DEFAULT_NAME = "goodput-dev"
 DEMO_PROMPT = "Hello! What does Goodput do?"
@@ -86,12 +94,22 @@ def show(local: LocalPod, result: UpResult) -> None:
     how = "reused" if len(result.reused) == 2 else "ready"
     _console.print(f"[green]pod {local.name} {how}[/green] in {result.seconds:.1f}s")
     try:
-        answer = local.chat(DEMO_PROMPT)
-        metrics = local.metric_lines()
+        show_gateway(local.gateway_url, local.spec.served_model_name, "local processes")
     except httpx.HTTPError as exc:
         log = local.log(GATEWAY)
         raise PodError(f"the pod's gateway did not answer: {exc!r}; log {log}") from exc
-    click.echo(f"\nPOST {local.gateway_url}/v1/chat/completions  (gateway -> vLLM)")
+    click.echo("\ntry:")
+    for example in local.curl_examples():
+        click.echo(f"  {example}")
+    click.echo(f"  goodput dev pod down --name {local.name}")
+
+
+def show_gateway(url: str, model: str, where: str) -> None:
+    """Send a gateway one streamed chat completion and print it and its metrics."""
+    answer = stream_chat(url, model, DEMO_PROMPT)
+    metrics = metric_lines(url)
+    click.echo(f"\nserving pod: {where}")
+    click.echo(f"POST {url}/v1/chat/completions  (gateway -> vLLM)")
     click.echo(f"  user:      {DEMO_PROMPT}")
     click.echo(f"  assistant: {answer.content!r}")
     click.echo("             (random weights: the words are noise; tokens and timings are real)")
@@ -103,13 +121,9 @@ def show(local: LocalPod, result: UpResult) -> None:
         f"  latency:   first token {answer.first_token_seconds * 1000:.0f} ms, "
         f"all {answer.seconds * 1000:.0f} ms (streamed)"
     )
-    click.echo(f"\n{local.gateway_url}/metrics (excerpt):")
+    click.echo(f"\n{url}/metrics (excerpt):")
     for line in metrics:
         click.echo(f"  {line}")
-    click.echo("\ntry:")
-    for example in local.curl_examples():
-        click.echo(f"  {example}")
-    click.echo(f"  goodput dev pod down --name {local.name}")
 
 
 class PodBesideCluster:

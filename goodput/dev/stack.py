@@ -18,13 +18,18 @@ from typing import Any
 import yaml
 
 from goodput.dev.cluster import ClusterError, LocalCluster
+from goodput.dev.node import LocalNode
 from goodput.dev.paths import repo_root
 from goodput.dev.processes import ProcessSpec
+from goodput.dev.tiny_model import ensure_tiny_model
 
 Progress = Callable[[str], None]
 
 OPERATOR = "goodput-operator"
 EXAMPLE = Path("examples") / "llmdeployment.yaml"
+# The model the real node serves: the tiny random Llama, from the node's models claim.
+REAL_NODE_EXAMPLE = Path("examples") / "llmdeployment-tiny-cpu.yaml"
+MODELS_CLAIM = "goodput-models"
 
 
 class DevStack:
@@ -60,8 +65,9 @@ class DevStack:
             say("no CRDs in crds/ yet")
         return names
 
-    def start_operator(self, say: Progress) -> None:
-        """(Re)start the operator so it runs the code of this checkout."""
+    def start_operator(self, say: Progress, env: dict[str, str] | None = None) -> None:
+        """(Re)start the operator so it runs the code of this checkout (``env``: its settings,
+        e.g. the real node's serving-pod requests)."""
         supervisor = self.cluster.supervisor
         supervisor.stop(OPERATOR)
         argv = [
@@ -69,7 +75,7 @@ class DevStack:
             "--kubeconfig", str(self.cluster.kubeconfig), "--all-namespaces", "--standalone",
             "--metrics-port", str(self.cluster.ports.operator_metrics),
         ]  # fmt: skip
-        record = supervisor.start(ProcessSpec(OPERATOR, argv))
+        record = supervisor.start(ProcessSpec(OPERATOR, argv, env=env or {}))
         time.sleep(2)
         if not supervisor.alive(OPERATOR):
             raise ClusterError(f"the operator exited at start:\n{self._operator_tail()}")
@@ -78,11 +84,22 @@ class DevStack:
     def stop_operator(self) -> None:
         self.cluster.supervisor.stop(OPERATOR)
 
-    def apply_example(self, say: Progress, timeout: float = 300) -> str | None:
-        """Apply the example LLMDeployment and wait until it is Available; returns its name."""
-        path = self.repo / EXAMPLE
+    def serve_on_real_node(self, node: LocalNode, say: Progress, timeout: float = 600) -> str:
+        """Offer the tiny model on the node, apply the real node's example and wait until the
+        operator reports it Available; returns its gateway's URL (a ready endpoint of its
+        Service)."""
+        node.provide_models("default", {"tiny-llama": ensure_tiny_model()}, MODELS_CLAIM)
+        name = self.apply_example(say, timeout=timeout, example=REAL_NODE_EXAMPLE)
+        assert name is not None, f"{REAL_NODE_EXAMPLE} names an LLMDeployment"
+        return ready_endpoint(self.cluster, "default", name)
+
+    def apply_example(
+        self, say: Progress, timeout: float = 300, example: Path = EXAMPLE
+    ) -> str | None:
+        """Apply an example LLMDeployment and wait until it is Available; returns its name."""
+        path = self.repo / example
         if not path.exists():
-            say(f"no {EXAMPLE} yet")
+            say(f"no {example} yet")
             return None
         docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
         target = next((d for d in docs if d.get("kind") == "LLMDeployment"), None)
@@ -91,7 +108,7 @@ class DevStack:
             return None
         name = str(target["metadata"]["name"])
         namespace = str(target["metadata"].get("namespace", "default"))
-        say(f"applied {EXAMPLE}; waiting for LLMDeployment {namespace}/{name} to be Available")
+        say(f"applied {example}; waiting for LLMDeployment {namespace}/{name} to be Available")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.cluster.supervisor.alive(OPERATOR):
@@ -114,6 +131,24 @@ class DevStack:
         except OSError:
             return "(no operator log)"
         return "\n".join(tail) + f"\n(full log: {self.operator_log})"
+
+
+def ready_endpoint(cluster: LocalCluster, namespace: str, service: str, port: str = "http") -> str:
+    """``http://IP:PORT`` of a ready endpoint of ``service``, from its EndpointSlices.
+
+    The dev cluster runs no kube-proxy (docs/dev-cluster.md): clients go to the endpoints, as
+    the cluster router does.
+    """
+    raw = cluster.kubectl(
+        "get", "endpointslices", "-n", namespace, "-l",
+        f"kubernetes.io/service-name={service}", "-o", "json",
+    )  # fmt: skip
+    for item in json.loads(raw)["items"]:
+        number = next((p["port"] for p in item.get("ports") or [] if p.get("name") == port), None)
+        for endpoint in item.get("endpoints") or []:
+            if number is not None and endpoint.get("conditions", {}).get("ready"):
+                return f"http://{endpoint['addresses'][0]}:{number}"
+    raise ClusterError(f"service {namespace}/{service} has no ready endpoint on port {port!r}")
 
 
 def _available(obj: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from goodput.dev.cluster import LocalCluster, checkout_cluster_name
 from goodput.dev.fleet import Fleet
+from goodput.dev.local_pod import stream_chat
 from goodput.dev.processes import process_alive
 from goodput.dev.stack import OPERATOR, DevStack
 
@@ -26,6 +27,29 @@ def stack_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.down(purge=True)
+
+
+def test_dev_up_ends_with_the_real_nodes_pod_answering(stack_cluster: LocalCluster) -> None:
+    """`goodput dev up`'s serving step: the operator places the tiny model on the real node and
+    its pod answers through the Service's endpoint."""
+    spec = Fleet.load("default").real_node
+    assert spec is not None
+    node = stack_cluster.real_node(spec)
+    stack = DevStack(stack_cluster)
+    messages: list[str] = []
+    stack.apply_crds(messages.append)
+    stack.start_operator(messages.append, env=node.operator_env())
+    url = stack.serve_on_real_node(node, messages.append, timeout=600)
+    answer = stream_chat(url, "tiny-llama", "Hello!", max_tokens=8)
+    assert answer.completion_tokens == 8 and answer.finish_reason == "length"
+    assert answer.first_token_seconds > 0
+    pods = json.loads(
+        stack_cluster.kubectl(
+            "get", "pods", "-l", "goodput.dev/deployment=tiny-llama", "-o", "json"
+        )
+    )["items"]
+    assert [p["spec"]["nodeName"] for p in pods] == [node.name]
+    assert url.startswith(f"http://{pods[0]['status']['podIP']}:")
 
 
 def test_dev_up_stack_makes_the_example_available_and_down_stops_the_operator(

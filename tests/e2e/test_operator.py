@@ -39,8 +39,11 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 class OperatorProcess:
     """``python -m goodput operator run`` against the cluster, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.env = {**os.environ, **(env or {})}
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -60,7 +63,7 @@ class OperatorProcess:
             str(self.metrics_port),
         ]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -72,6 +75,13 @@ class OperatorProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the operator's log, for a failure's explanation."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no operator log)"
 
     def metrics(self) -> str:
         import urllib.request

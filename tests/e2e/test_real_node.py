@@ -1,0 +1,271 @@
+"""The operator's pods on the real node: placed, Ready through real probes, serving, scraped,
+drained on delete (marker e2e; the node's kubelet and containerd really run the containers).
+
+A scenario in file order, sharing one namespace and one operator process: the tiny random
+Llama is offered as a PersistentVolumeClaim on the node, the operator places the example's
+model there through its normal placement path (the node carries the CPU engine's GPU labels),
+the official ``openai`` client streams through the Service's ready endpoints (no kube-proxy
+runs: docs/dev-cluster.md), Debian's Prometheus discovers the pod through the API server and
+scrapes its gateway, and deleting the LLMDeployment mid-stream lets the stream finish.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from goodput.dev import images
+from goodput.dev.fleet import GPU_RESOURCE, Fleet
+from goodput.dev.fleet import REAL_NODE_LABEL as NODE_LABEL
+from goodput.dev.node import LocalNode
+from goodput.dev.tiny_model import ensure_tiny_model
+
+from .test_operator import OperatorProcess
+from .waiting import wait_for
+
+if TYPE_CHECKING:
+    from goodput.dev.cluster import LocalCluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "llmdeployment-tiny-cpu.yaml"
+NAMESPACE = "real-node-e2e"
+MODELS_CLAIM = "goodput-models"
+
+
+def _example() -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    return next(d for d in docs if d["kind"] == "LLMDeployment")
+
+
+def _get(cluster: LocalCluster, *args: str) -> Any:
+    raw = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(raw) if raw.strip() else None
+
+
+@pytest.fixture(scope="module")
+def node(cluster: LocalCluster) -> LocalNode:
+    spec = Fleet.load("default").real_node
+    assert spec is not None, "the default fleet names a real node"
+    return cluster.real_node(spec)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster, node: LocalNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    node.provide_models(NAMESPACE, {"tiny-llama": ensure_tiny_model()}, MODELS_CLAIM)
+    log = tmp_path_factory.mktemp("real-node-operator") / "operator.log"
+    process = OperatorProcess(cluster.kubeconfig, NAMESPACE, log, env=node.operator_env())
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def _explain(cluster: LocalCluster, operator: OperatorProcess) -> str:
+    pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False)
+    events = cluster.kubectl(
+        "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp", check=False
+    )
+    return f"pods:\n{pods}\nevents:\n{events[-4000:]}\noperator:\n{operator.tail()}"
+
+
+def test_the_real_node_is_a_ready_gpu_node(cluster: LocalCluster, node: LocalNode) -> None:
+    obj = _get(cluster, "node", node.name)
+    assert obj["metadata"]["labels"][NODE_LABEL] == "true"
+    assert obj["metadata"]["labels"]["nvidia.com/gpu.product"] == node.spec.gpu.product
+    assert obj["status"]["allocatable"][GPU_RESOURCE] == str(node.spec.gpus)
+    addresses = {a["type"]: a["address"] for a in obj["status"]["addresses"]}
+    assert addresses["InternalIP"] == node.network.address
+    ready = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True", ready
+    # The images came from local archives, never a registry.
+    present = node.images()
+    for reference in (recipe.reference for recipe in images.NODE_RECIPES):
+        assert reference in present, f"{reference} not imported: {present}"
+
+
+def test_the_example_is_placed_on_the_real_node_and_turns_ready(
+    cluster: LocalCluster, node: LocalNode, operator: OperatorProcess
+) -> None:
+    example = _example()
+    name = example["metadata"]["name"]
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
+
+    def available() -> dict[str, Any] | None:
+        obj = _get(cluster, "llmd", name, "-n", NAMESPACE)
+        conditions = (obj or {}).get("status", {}).get("conditions", [])
+        ok = any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+        return obj if ok else None
+
+    obj = wait_for(
+        available, timeout=600, what=f"{name} Available",
+        explain=lambda: _explain(cluster, operator),
+    )  # fmt: skip
+    placement = obj["status"]["placement"]
+    assert [n for replica in placement for n in replica["nodes"]] == [node.name]
+    pods = _get(cluster, "pods", "-n", NAMESPACE, "-l", f"goodput.dev/deployment={name}")
+    assert len(pods["items"]) == 1
+    pod = pods["items"][0]
+    assert pod["spec"]["nodeName"] == node.name
+    statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
+    assert set(statuses) == {"engine", "gateway"}
+    assert all(s["ready"] and s["restartCount"] == 0 for s in statuses.values()), statuses
+    assert pod["status"]["podIP"] in _subnet_hosts(node)
+
+
+def _subnet_hosts(node: LocalNode) -> set[str]:
+    return {str(ip) for ip in node.network.subnet.hosts()}
+
+
+def _endpoint(cluster: LocalCluster, service: str) -> str:
+    """``http://IP:PORT`` of a ready endpoint of ``service``, from its EndpointSlices."""
+    slices = _get(
+        cluster, "endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}"
+    )
+    for item in slices["items"]:
+        port = next(p["port"] for p in item["ports"] if p.get("name") == "http")
+        for endpoint in item.get("endpoints") or []:
+            if endpoint.get("conditions", {}).get("ready"):
+                return f"http://{endpoint['addresses'][0]}:{port}"
+    raise AssertionError(f"no ready endpoint for {service}: {slices}")
+
+
+def test_openai_client_streams_through_the_service_endpoints(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    from openai import OpenAI
+
+    example = _example()
+    base = _endpoint(cluster, example["metadata"]["name"])
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60, max_retries=0)
+    stream = client.chat.completions.create(
+        model=example["spec"]["model"]["name"],
+        messages=[{"role": "user", "content": "Say something about rain."}],
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = next(c.usage for c in chunks if c.usage is not None)
+    assert usage.completion_tokens == 24
+    assert text
+
+
+def test_debian_prometheus_discovers_and_scrapes_the_pod(
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    from chart.prometheus_server import PrometheusServer
+
+    from goodput.dev import pki
+
+    certs = cluster.pki
+    scrape = {
+        "job_name": "goodput-gateways",
+        "kubernetes_sd_configs": [
+            {
+                "role": "pod",
+                "api_server": cluster.server,
+                "namespaces": {"names": [NAMESPACE]},
+                "tls_config": {
+                    "ca_file": str(certs.ca_cert),
+                    "cert_file": str(certs.client_cert(pki.ADMIN)),
+                    "key_file": str(certs.client_key(pki.ADMIN)),
+                },
+            }
+        ],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "http",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+    server = PrometheusServer(tmp_path, jobs={}, rules={"groups": []}, scrape_configs=[scrape])
+    server.start()
+    try:
+
+        def scraped() -> list[Any] | None:
+            result = server.api("query", query='goodput_requests_total{job="goodput-gateways"}')
+            values = [float(r["value"][1]) for r in result["result"]]
+            return result["result"] if values and sum(values) > 0 else None
+
+        series = wait_for(scraped, timeout=90, what="the gateway's requests scraped")
+        assert {s["metric"]["pod"] for s in series}
+    finally:
+        server.stop()
+
+
+def test_delete_mid_stream_completes_the_request_and_removes_the_pod(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    from openai import OpenAI
+
+    example = _example()
+    name = example["metadata"]["name"]
+    base = _endpoint(cluster, name)
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=300, max_retries=0)
+    max_tokens = 1500
+    first_chunk = threading.Event()
+    result: dict[str, Any] = {}
+
+    def stream() -> None:
+        try:
+            chunks = 0
+            finish = None
+            usage = None
+            for chunk in client.chat.completions.create(
+                model=example["spec"]["model"]["name"],
+                messages=[{"role": "user", "content": "Tell a long story."}],
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            ):
+                chunks += 1
+                first_chunk.set()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            result.update(finish=finish, usage=usage, chunks=chunks)
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = repr(exc)
+            first_chunk.set()
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    assert first_chunk.wait(120), "the stream never started"
+    started = time.monotonic()
+    cluster.kubectl("delete", "llmd", name, "-n", NAMESPACE, "--wait=false")
+    thread.join(timeout=300)
+    assert "error" not in result, result
+    assert result["finish"] == "length", result
+    assert result["usage"].completion_tokens == max_tokens, result
+    wait_for(
+        lambda: (
+            not _get(cluster, "pods", "-n", NAMESPACE, "-l", f"goodput.dev/deployment={name}")[
+                "items"
+            ]
+        ),
+        timeout=180,
+        what="the pod gone",
+        explain=lambda: _explain(cluster, operator),
+    )
+    assert time.monotonic() - started < 240
