@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,7 @@ def prometheus_binary() -> str:
 class PrometheusServer:
     """Scrapes the given jobs every second and evaluates the given rule groups every second."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        jobs: dict[str, list[str]],
-        rules: dict[str, Any],
-        scrape_configs: Sequence[dict[str, Any]] = (),
-    ) -> None:
-        """``jobs`` are static targets; ``scrape_configs`` are Prometheus' own (service
-        discovery)."""
+    def __init__(self, workdir: Path, jobs: dict[str, list[str]], rules: dict[str, Any]) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -57,11 +48,8 @@ class PrometheusServer:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(workdir / "rules.yaml")],
             "scrape_configs": [
-                *(
-                    {"job_name": job, "static_configs": [{"targets": targets}]}
-                    for job, targets in jobs.items()
-                ),
-                *scrape_configs,
+                {"job_name": job, "static_configs": [{"targets": targets}]}
+                for job, targets in jobs.items()
             ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -5,8 +5,8 @@ A scenario in file order, sharing one namespace and one operator process: the ti
 Llama is offered as a PersistentVolumeClaim on the node, the operator places the example's
 model there through its normal placement path (the node carries the CPU engine's GPU labels),
 the official ``openai`` client streams through the Service's ready endpoints (no kube-proxy
-runs: docs/dev-cluster.md), Debian's Prometheus discovers the pod through the API server and
-scrapes its gateway, and deleting the LLMDeployment mid-stream lets the stream finish.
+runs: docs/dev-cluster.md), Debian's Prometheus scrapes its gateway, and deleting the
+LLMDeployment mid-stream lets the stream finish.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from goodput.dev import images
 from goodput.dev.fleet import GPU_RESOURCE, Fleet
 from goodput.dev.fleet import REAL_NODE_LABEL as NODE_LABEL
 from goodput.dev.node import LocalNode
+from goodput.dev.stack import ready_endpoint
 from goodput.dev.tiny_model import ensure_tiny_model
 
 from .test_operator import OperatorProcess
@@ -131,26 +132,13 @@ def _subnet_hosts(node: LocalNode) -> set[str]:
     return {str(ip) for ip in node.network.subnet.hosts()}
 
 
-def _endpoint(cluster: LocalCluster, service: str) -> str:
-    """``http://IP:PORT`` of a ready endpoint of ``service``, from its EndpointSlices."""
-    slices = _get(
-        cluster, "endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}"
-    )
-    for item in slices["items"]:
-        port = next(p["port"] for p in item["ports"] if p.get("name") == "http")
-        for endpoint in item.get("endpoints") or []:
-            if endpoint.get("conditions", {}).get("ready"):
-                return f"http://{endpoint['addresses'][0]}:{port}"
-    raise AssertionError(f"no ready endpoint for {service}: {slices}")
-
-
 def test_openai_client_streams_through_the_service_endpoints(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     from openai import OpenAI
 
     example = _example()
-    base = _endpoint(cluster, example["metadata"]["name"])
+    base = ready_endpoint(cluster, NAMESPACE, example["metadata"]["name"])
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60, max_retries=0)
     stream = client.chat.completions.create(
         model=example["spec"]["model"]["name"],
@@ -166,38 +154,18 @@ def test_openai_client_streams_through_the_service_endpoints(
     assert text
 
 
-def test_debian_prometheus_discovers_and_scrapes_the_pod(
+def test_debian_prometheus_scrapes_the_pods_gateway(
     cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path
 ) -> None:
+    """Debian's Prometheus is built without Kubernetes service discovery (its package leaves the
+    client-go based discoverers out), so its target is the Service's ready endpoint, read from
+    the EndpointSlices as the router does; the chart's PodMonitor does this on a cluster with
+    the Prometheus Operator."""
     from chart.prometheus_server import PrometheusServer
 
-    from goodput.dev import pki
-
-    certs = cluster.pki
-    scrape = {
-        "job_name": "goodput-gateways",
-        "kubernetes_sd_configs": [
-            {
-                "role": "pod",
-                "api_server": cluster.server,
-                "namespaces": {"names": [NAMESPACE]},
-                "tls_config": {
-                    "ca_file": str(certs.ca_cert),
-                    "cert_file": str(certs.client_cert(pki.ADMIN)),
-                    "key_file": str(certs.client_key(pki.ADMIN)),
-                },
-            }
-        ],
-        "relabel_configs": [
-            {
-                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                "regex": "http",
-                "action": "keep",
-            },
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
-    }
-    server = PrometheusServer(tmp_path, jobs={}, rules={"groups": []}, scrape_configs=[scrape])
+    name = _example()["metadata"]["name"]
+    target = ready_endpoint(cluster, NAMESPACE, name).removeprefix("http://")
+    server = PrometheusServer(tmp_path, jobs={"goodput-gateways": [target]}, rules={"groups": []})
     server.start()
     try:
 
@@ -207,7 +175,8 @@ def test_debian_prometheus_discovers_and_scrapes_the_pod(
             return result["result"] if values and sum(values) > 0 else None
 
         series = wait_for(scraped, timeout=90, what="the gateway's requests scraped")
-        assert {s["metric"]["pod"] for s in series}
+        assert {s["metric"]["deployment"] for s in series} == {name}
+        assert server.targets_up() == {"goodput-gateways": True}
     finally:
         server.stop()
 
@@ -219,7 +188,7 @@ def test_delete_mid_stream_completes_the_request_and_removes_the_pod(
 
     example = _example()
     name = example["metadata"]["name"]
-    base = _endpoint(cluster, name)
+    base = ready_endpoint(cluster, NAMESPACE, name)
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=300, max_retries=0)
     max_tokens = 1500
     first_chunk = threading.Event()
