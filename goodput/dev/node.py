@@ -260,6 +260,11 @@ class LocalNode:
                     path.chmod(0o755 if path.is_dir() else 0o644)
                 staging.rename(target)
         volume = f"goodput-models-{namespace}"
+        existing = self.cluster.kubectl("get", "pv", volume, "-o", "json", check=False)
+        if existing.strip() and json.loads(existing).get("status", {}).get("phase") == "Released":
+            # Its claim is gone (a deleted namespace): a new claim of the same name cannot bind
+            # to it while it remembers the old one's uid.
+            self.cluster.kubectl("delete", "pv", volume, "--wait=true", "--timeout=60s")
         docs = [
             {
                 "apiVersion": "v1",
