@@ -91,6 +91,12 @@ class NodePool(_Model):
         return self
 
 
+def this_machine() -> tuple[int, float]:
+    """``(cores, GiB of memory)`` of this machine: the real node's capacity."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return os.cpu_count() or 1, memory / 2**30
+
+
 class RealNode(_Model):
     """The node that really runs containers (this machine, goodput.dev.node), labelled as a GPU
     server of ``gpu.product`` so the operator places small models on it like on any other."""
@@ -180,8 +186,8 @@ class Fleet(_Model):
         would register it (for dry runs without a cluster)."""
         nodes = self.nodes()
         if self.real_node is not None:
-            memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
-            nodes.append(self.real_node.manifest(os.cpu_count() or 1, memory_gib))
+            cores, memory_gib = this_machine()
+            nodes.append(self.real_node.manifest(cores, int(memory_gib)))
         return nodes
 
 

@@ -35,8 +35,15 @@ import yaml
 
 from goodput.api.images import PAUSE_IMAGE
 from goodput.dev import host_packages, pki
-from goodput.dev.fleet import GPU_RESOURCE, REAL_NODE_LABEL, REAL_NODE_TAINT, RealNode
-from goodput.dev.processes import ProcessSpec, Supervisor
+from goodput.dev.fleet import (
+    GPU_RESOURCE,
+    REAL_NODE_LABEL,
+    REAL_NODE_TAINT,
+    RealNode,
+    this_machine,
+)
+from goodput.dev.images import import_into_containerd
+from goodput.dev.processes import ProcessSpec, Supervisor, command_lines
 
 Progress = Callable[[str], None]
 
@@ -100,6 +107,11 @@ class NodeNetwork:
         """The bridge's (and so the node's) IP: the pods' gateway, reachable from the host."""
         return str(self.subnet.network_address + 1)
 
+    @property
+    def _egress_drop(self) -> list[str]:
+        """Pods talk to each other and to this machine, never beyond it."""
+        return ["FORWARD", "-i", self.bridge, "!", "-o", self.bridge, "-j", "DROP"]
+
     def up(self) -> None:
         """Create the bridge with its address and the egress drop (idempotent)."""
         if _run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
@@ -112,15 +124,12 @@ class NodeNetwork:
         ipv6 = Path(f"/proc/sys/net/ipv6/conf/{self.bridge}/disable_ipv6")
         if ipv6.exists():
             ipv6.write_text("1\n")
-        # Pods talk to each other and to this machine, never beyond it.
-        rule = ["FORWARD", "-i", self.bridge, "!", "-o", self.bridge, "-j", "DROP"]
-        if _run(["iptables", "-C", *rule], check=False).returncode != 0:
-            _run(["iptables", "-I", *rule])
+        if _run(["iptables", "-C", *self._egress_drop], check=False).returncode != 0:
+            _run(["iptables", "-I", *self._egress_drop])
 
     def down(self) -> None:
-        rule = ["FORWARD", "-i", self.bridge, "!", "-o", self.bridge, "-j", "DROP"]
-        while _run(["iptables", "-C", *rule], check=False).returncode == 0:
-            _run(["iptables", "-D", *rule])
+        while _run(["iptables", "-C", *self._egress_drop], check=False).returncode == 0:
+            _run(["iptables", "-D", *self._egress_drop])
         _run(["ip", "link", "delete", self.bridge], check=False)
 
 
@@ -238,7 +247,7 @@ class LocalNode:
             pass
         if progress is not None:
             progress(f"importing {archive.name} into the real node's containerd")
-        self.ctr("images", "import", "--no-unpack=false", str(archive), timeout=900)
+        import_into_containerd(archive, self.containerd_address, CONTAINERD_NAMESPACE)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(fingerprint))
 
@@ -316,8 +325,7 @@ class LocalNode:
         environment): its defaults are sized for GPU servers, this node has a few cores. Each
         engine slot asks for half of its share of the cores (the rest is the gateways' and the
         machine's) and a quarter of its share of the memory, at least 2 GiB."""
-        cores = os.cpu_count() or 1
-        memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+        cores, memory_gib = this_machine()
         cpu = round(cores / (2 * self.spec.gpus), 2)
         memory = max(int(memory_gib / (4 * self.spec.gpus)), 2)
         return {"GOODPUT_ENGINE_CPU": f"{cpu:g}", "GOODPUT_ENGINE_MEMORY_GIB": str(memory)}
@@ -661,17 +669,10 @@ def _rmdir(path: Path) -> None:
 
 def _kill_shims(address: Path) -> None:
     """containerd's runc shims outlive containerd by design; ours go with the node."""
-    marker = str(address)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and marker.encode() in argv:
+    for pid, argv in command_lines():
+        if argv and argv[0].endswith("containerd-shim-runc-v2") and str(address) in argv:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
 
 
 def _mounts_under(directory: Path) -> list[str]:

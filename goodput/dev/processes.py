@@ -162,7 +162,7 @@ class Supervisor:
         marker = str(self.state_dir) + os.sep
         tracked = {r.pid for r in self.records()}
         strays = []
-        for pid, argv in _processes():
+        for pid, argv in command_lines():
             if pid in tracked or pid == os.getpid() or not argv:
                 continue
             if _is_managed(argv) and any(marker in arg for arg in argv):
@@ -235,7 +235,8 @@ def start_ticks(pid: int) -> int:
         return -1
 
 
-def _processes() -> Iterable[tuple[int, list[str]]]:
+def command_lines() -> Iterable[tuple[int, list[str]]]:
+    """``(pid, argv)`` of every process this machine runs (argv empty for kernel threads)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -317,7 +318,7 @@ def tcp_sockets(port: int) -> list[TcpSocket]:
 def port_owner(port: int) -> str:
     """Best-effort "pid N (cmd)" for whoever listens on ``port``, for error messages."""
     inodes = {sock.inode for sock in tcp_sockets(port) if sock.state == LISTEN}
-    for pid, argv in _processes():
+    for pid, argv in command_lines():
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 target = os.readlink(fd)
