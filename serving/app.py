@@ -11,10 +11,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from goodput.api.load_report import LOAD_PATH
 from goodput.serving.admission import RejectReason
 from goodput.serving.engine_client import EngineBroken, EngineUnreachable
 from goodput.serving.gateway import Gateway
 from goodput.serving.job import Job
+from goodput.serving.load_report import load_report
 from goodput.serving.openai_errors import (
     OpenAIError,
     draining,
@@ -80,6 +82,11 @@ def create_app(gateway: Gateway) -> FastAPI:
             return JSONResponse({"status": "ready"})
         reason = "draining" if gateway.draining else "engine not ready"
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+    @app.get(LOAD_PATH)
+    async def load() -> Response:
+        """For the cluster router: cheap, polled every few hundred milliseconds."""
+        return JSONResponse(load_report(gateway).model_dump(by_alias=True))
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -110,6 +110,22 @@ class Dispatcher:
             slots_free_in_s=self._slots_free_in_s(job.slo.tpot_s),
         )
 
+    def wait_behind_queue_s(self, tpot_s: float, ttft_s: float) -> float | None:
+        """Predicted wait of a request arriving now behind every waiting one, under the given
+        objectives (what the cluster router compares replicas by; ``None``: not yet known)."""
+        limit = self.policy.concurrency_limit(
+            tpot_s, ttft_s, self.service, self.clock(), explore=False, urgent=True
+        )
+        view = QueueView(
+            queue_length=self._waiting,
+            ahead=self._waiting,
+            inflight=len(self._running),
+            free_slots=None if limit is None else max(0, limit - len(self._running)),
+            limit=limit,
+            slots_free_in_s=self._slots_free_in_s(tpot_s),
+        )
+        return self.admission.predicted_wait_s(view)
+
     def _slots_free_in_s(self, default_step_s: float) -> tuple[float, ...]:
         """When each running request is expected to end, soonest first: its expected remaining
         tokens at the current step time (the TPOT objective until a step time is known)."""

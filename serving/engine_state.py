@@ -27,6 +27,10 @@ _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _CACHE_INFO = "vllm:cache_config_info"
+# Prompt tokens looked up in / found in the engine's prefix cache (counters, since start): what
+# the cluster router's prefix-affinity achieves, as the engine itself counts it.
+_PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+_PREFIX_HITS = "vllm:prefix_cache_hits_total"
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -37,6 +41,8 @@ class EngineSnapshot:
     waiting: float | None = None
     kv_usage: float | None = None
     kv_capacity_tokens: int | None = None
+    prefix_cache_queries: float | None = None
+    prefix_cache_hits: float | None = None
     polled_at: float = 0.0
 
 
@@ -51,6 +57,7 @@ def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
     waiting: float | None = None
     kv: dict[str, list[float]] = {}
     capacity: int | None = None
+    prefix: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
@@ -58,7 +65,10 @@ def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
         space = line.find(" ")
         name_end = brace if 0 < brace < space or space < 0 else space
         name = line[:name_end]
-        if name not in (_RUNNING, _WAITING, _CACHE_INFO) and name not in _KV_USAGE:
+        if (
+            name not in (_RUNNING, _WAITING, _CACHE_INFO, _PREFIX_QUERIES, _PREFIX_HITS)
+            and name not in _KV_USAGE
+        ):
             continue
         rest = line[line.rindex("}") + 1 :] if brace > 0 else line[name_end:]
         try:
@@ -71,6 +81,8 @@ def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
             waiting = (waiting or 0.0) + value
         elif name in _KV_USAGE:
             kv.setdefault(name, []).append(value)
+        elif name in (_PREFIX_QUERIES, _PREFIX_HITS):
+            prefix[name] = prefix.get(name, 0.0) + value
         else:
             labels = dict(_LABEL.findall(line))
             try:
@@ -87,6 +99,8 @@ def parse_engine_metrics(text: str, *, now: float = 0.0) -> EngineSnapshot:
         waiting=waiting,
         kv_usage=None if not kv_values else sum(kv_values) / len(kv_values),
         kv_capacity_tokens=capacity,
+        prefix_cache_queries=prefix.get(_PREFIX_QUERIES),
+        prefix_cache_hits=prefix.get(_PREFIX_HITS),
         polled_at=now,
     )
 

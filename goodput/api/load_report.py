@@ -1,0 +1,66 @@
+"""What a pod's gateway tells the cluster router about its load: the contract between
+``goodput.serving`` (which answers ``GET /v1/goodput/load``) and ``goodput.router`` (which polls
+it), kept here so neither imports the other.
+
+Cheap to produce (no engine round trip: the engine's numbers are those of the gateway's last
+poll) so that routers may ask every few hundred milliseconds.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LOAD_PATH = "/v1/goodput/load"
+
+
+class LoadReport(BaseModel):
+    """One gateway's state at ``at`` (its monotonic clock is meaningless to others; the router
+    stamps reports with its own receive time)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    ready: bool = Field(description="Engine up and not draining: new requests are welcome.")
+    draining: bool = Field(default=False, description="Shutting down; finishes what it has.")
+    queue: int = Field(ge=0, description="Requests waiting in the gateway's queue.")
+    inflight: int = Field(ge=0, description="Requests dispatched to the engine, not finished.")
+    limit: int | None = Field(
+        default=None, ge=0, description="The batch limit for the deployment's SLO (None: none)."
+    )
+    predicted_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        alias="predictedWaitS",
+        description="Predicted queueing delay of a request arriving now behind every waiting one.",
+    )
+    first_token_s: float | None = Field(
+        default=None,
+        ge=0,
+        alias="firstTokenS",
+        description="Predicted dispatch-to-first-token time at the current batch size.",
+    )
+    kv_usage: float | None = Field(
+        default=None, ge=0, alias="kvUsage", description="Engine KV-cache use, 0..1."
+    )
+    prefix_cache_queries: float | None = Field(
+        default=None,
+        ge=0,
+        alias="prefixCacheQueries",
+        description="Engine prompt tokens looked up in its prefix cache, since it started.",
+    )
+    prefix_cache_hits: float | None = Field(
+        default=None,
+        ge=0,
+        alias="prefixCacheHits",
+        description="Of those, tokens found cached (vLLM's own counters).",
+    )
+    ttft_objective_s: float | None = Field(
+        default=None, gt=0, alias="ttftObjectiveS", description="The deployment's TTFT objective."
+    )
+
+    @property
+    def saturated(self) -> bool:
+        """Holding requests already, or every slot of a known limit taken: another request
+        would wait here."""
+        if self.queue > 0:
+            return True
+        return self.limit is not None and self.inflight >= self.limit

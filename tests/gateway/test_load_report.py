@@ -1,0 +1,59 @@
+"""The gateway's load report (``GET /v1/goodput/load``): what the cluster router reads to pick a
+replica, against the fake engine on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from goodput.api.load_report import LOAD_PATH, LoadReport
+from goodput.serving.engine_state import parse_engine_metrics
+
+from .conftest import GatewayFactory
+
+
+def test_an_idle_gateway_reports_ready_and_empty(gateway_for: GatewayFactory) -> None:
+    _, url = gateway_for(maxConcurrency=4)
+    report = LoadReport.model_validate(httpx.get(f"{url}{LOAD_PATH}").json())
+    assert report.ready and not report.draining
+    assert (report.queue, report.inflight) == (0, 0)
+    assert report.limit == 4
+    assert report.predicted_wait_s == 0.0
+    assert report.ttft_objective_s == 2.0
+    assert report.kv_usage == 0.25
+    assert not report.saturated
+
+
+async def test_a_busy_gateway_reports_its_queue_and_saturation(
+    gateway_for: GatewayFactory,
+) -> None:
+    # A lenient TTFT objective: the waiting requests queue rather than being turned away.
+    _, url = gateway_for(maxConcurrency=2, slo={"ttftMs": 600_000, "tpotMs": 200})
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 400}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        requests = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(5)]
+        report = None
+        for _ in range(200):
+            report = LoadReport.model_validate((await client.get(LOAD_PATH)).json())
+            if report.queue >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert report is not None
+        assert (report.inflight, report.queue) == (2, 3)
+        assert report.saturated
+        assert report.predicted_wait_s is None or report.predicted_wait_s > 0
+        assert all(r.status_code == 200 for r in await asyncio.gather(*requests))
+        after = LoadReport.model_validate((await client.get(LOAD_PATH)).json())
+        assert (after.queue, after.inflight) == (0, 0)
+
+
+def test_engine_prefix_cache_counters_are_read_from_vllm_metrics() -> None:
+    text = (
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1200.0\n'
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 800.0\n'
+        'vllm:prefix_cache_queries_total{engine="1",model_name="m"} 300.0\n'
+        'vllm:prefix_cache_hits_total{engine="1",model_name="m"} 100.0\n'
+    )
+    snapshot = parse_engine_metrics(text)
+    assert (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits) == (1500.0, 900.0)
