@@ -32,7 +32,9 @@ async def test_a_busy_gateway_reports_its_queue_and_saturation(
     _, url = gateway_for(maxConcurrency=2, slo={"ttftMs": 600_000, "tpotMs": 200})
     body = {"model": "tiny", "prompt": "x", "max_tokens": 400}
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        requests = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(5)]
+        requests = [
+            asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(5)
+        ]
         report = None
         for _ in range(200):
             report = LoadReport.model_validate((await client.get(LOAD_PATH)).json())
