@@ -219,13 +219,16 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     def workload_event(
         type: str, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
     ) -> None:
-        """Mirror the replica Deployments' readiness into the parent's status; converge again
-        when one is deleted (re-created if the parent still wants that replica) or while a
-        rollout holds replicas back (the next one rolls once this one serves)."""
+        """Keep the inventory's replica bookings current; mirror the replica Deployments'
+        readiness into the parent's status; converge again when one is deleted (re-created if
+        the parent still wants that replica) or while a rollout holds replicas back (the next
+        one rolls once this one serves)."""
+        r = rec()
+        if r.inventory is not None:
+            r.inventory.apply_deployment(type, body)
         owner = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
         if not owner or not type or not namespace:
             return
-        r = rec()
         with r.metrics.reconciling("workload_event"):
             if type == "DELETED":
                 logged(

@@ -22,6 +22,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "goodput"
 APP_NAME = "goodput-llm"
 ANNOTATION_CONFIG_HASH = "goodput.dev/config-hash"
+#: On each replica Deployment: the node its pod is pinned to, when the solver chose one.
+ANNOTATION_NODE = "goodput.dev/node"
 FIELD_MANAGER = "goodput-operator"
 
 

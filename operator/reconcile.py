@@ -26,7 +26,6 @@ from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory, ModelMemory, ModelProfile
 from goodput.operator.placement.selector import SolverSelector
 from goodput.operator.rollout import (
-    ANNOTATION_NODE,
     ANNOTATION_POD_SPEC,
     OneServingReplicaAtATime,
     ReplicaUpdate,
@@ -129,7 +128,7 @@ def replica_placement(
     for dep in sorted(deployments, key=lambda d: replica_of(d) or 0):
         replica = replica_of(dep)
         annotations = dep["metadata"].get("annotations") or {}
-        node = annotations.get(ANNOTATION_NODE) or bound.get(replica or 0)
+        node = annotations.get(naming.ANNOTATION_NODE) or bound.get(replica or 0)
         if replica is None or not node:
             continue
         tensor = int(annotations.get(ANNOTATION_TENSOR, 1))
@@ -274,7 +273,7 @@ class Reconciler:
                 ANNOTATION_TENSOR: str(placement.tensor),
                 ANNOTATION_PIPELINE: str(placement.pipeline),
                 ANNOTATION_POD_SPEC: spec_hash,
-                **({ANNOTATION_NODE: node} if node else {}),
+                **({naming.ANNOTATION_NODE: node} if node else {}),
             }
             updates.append(ReplicaUpdate(replica, dep, current.get(dep["metadata"]["name"])))
         now, held = self.rollout.admit(updates)
@@ -373,7 +372,10 @@ class Reconciler:
         return None
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted LLMDeployment's metrics and GPU reservations."""
         self.metrics.forget_deployment(f"{namespace}/{name}")
+        if self.inventory is not None:
+            self.inventory.release(f"{namespace}/{name}")
 
     def _observe(self, obj: LLMDeployment, phase: str, product: str | None, gpus: int) -> None:
         key = f"{obj.metadata.namespace}/{obj.metadata.name}"

@@ -16,8 +16,8 @@ from typing import Any
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator.metrics import OperatorMetrics
+from goodput.operator.naming import ANNOTATION_NODE
 from goodput.operator.reconcile import Notice, default_reconciler
-from goodput.operator.rollout import ANNOTATION_NODE
 from goodput.operator.settings import WorkloadSettings
 
 Obj = dict[str, Any]

@@ -15,13 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from goodput.operator.naming import ANNOTATION_NODE
 from goodput.operator.status import WorkloadState
 
 #: On each replica Deployment: a hash of the pod template without the replica's own id and node,
 #: so replicas on the current spec share it whatever node they run on.
 ANNOTATION_POD_SPEC = "goodput.dev/pod-spec-hash"
-#: On each replica Deployment: the node its pod is pinned to, when the solver chose one.
-ANNOTATION_NODE = "goodput.dev/node"
 
 
 def pod_spec_hash(template: Mapping[str, Any]) -> str:

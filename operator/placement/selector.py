@@ -2,8 +2,13 @@
 
 Each LLMDeployment is solved on its own against the live inventory, with every other pod's GPUs
 (other deployments' included) taken, and its current replicas as the previous plan, so a
-reconcile never moves a replica that is still valid. Every replica's node is part of the answer
-(``Placement.replica_nodes``): the operator runs each replica as its own Deployment pinned there.
+reconcile never moves a replica that is still valid. Solves are serialised (kopf runs handlers
+for different objects in parallel threads), and each placed solve reserves its GPUs in the
+inventory before the next begins: a pod shows its GPUs only once bound, seconds later, and two
+reconciles reading the inventory in that window would otherwise book the same GPUs.
+
+Every replica's node is part of the answer (``Placement.replica_nodes``): the operator runs each
+replica as its own Deployment pinned there.
 
 An LLMDeployment runs one GPU type and one pod per replica, so a plan that mixes GPU types is
 solved again on its first type, and a plan whose replica spans nodes (pipeline stages) is
@@ -13,6 +18,7 @@ know go to the fallback selector.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +31,7 @@ from goodput.operator.gpu_selection import (
     SelectionContext,
     Unplaceable,
 )
-from goodput.operator.inventory import GpuInventory, GpuNode
+from goodput.operator.inventory import GpuInventory, GpuNode, ReplicaBooking
 from goodput.operator.model_memory import ModelMemory
 from goodput.operator.placement.demand import ModelDemand
 from goodput.operator.placement.plan import DeploymentPlacement, ReplicaPlacement, StagePlacement
@@ -62,6 +68,7 @@ class SolverSelector:
     inventory: GpuInventory | None = None
     solver: PlacementSolver = field(default_factory=PlacementSolver)
     memory: ModelMemory | None = None  # the engine's settings and maxConcurrency
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def select(
         self,
@@ -72,6 +79,21 @@ class SolverSelector:
         demand = demand_from_spec(context.deployment, spec) if context else None
         if context is None or demand is None:
             return self.fallback.select(spec, nodes, context)
+        with self._lock:
+            outcome = self._select(spec, demand, context)
+            if isinstance(outcome, Placement) and self.inventory is not None:
+                self.inventory.reserve(
+                    context.deployment,
+                    [
+                        ReplicaBooking(replica, node, outcome.gpus_per_replica)
+                        for replica, node in outcome.replica_nodes
+                    ],
+                )
+        return outcome
+
+    def _select(
+        self, spec: LLMDeploymentSpec, demand: ModelDemand, context: SelectionContext
+    ) -> Placement | Unplaceable:
         fleet = self._fleet(context)
         previous = previous_replicas(context.placement, context.gpu_type)
         decision = self._solve(fleet, demand, previous)
@@ -108,10 +130,10 @@ class SolverSelector:
 
     def _fleet(self, context: SelectionContext) -> tuple[GpuNode, ...]:
         """Nodes from the reconciler's fresh listing (a watch may still be filling up at start),
-        GPU holds of pods from the watched inventory."""
+        GPU holds of pods, replica Deployments and reservations from the watched inventory."""
         fleet = GpuInventory.from_objects(context.node_objects)
         if self.inventory is not None:
-            fleet.adopt_pod_holds(self.inventory)
+            fleet.adopt_holds(self.inventory)
         return fleet.nodes(owner=context.deployment)
 
     def _solve(

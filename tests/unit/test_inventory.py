@@ -10,7 +10,13 @@ from goodput.operator.gpu_catalog import (
     gpu_for_label,
     matches_gpu_type,
 )
-from goodput.operator.inventory import GpuInventory, parse_node, pod_gpu_request
+from goodput.operator.inventory import (
+    RESERVATION_TTL_S,
+    GpuInventory,
+    ReplicaBooking,
+    parse_node,
+    pod_gpu_request,
+)
 
 
 def node(
@@ -142,3 +148,75 @@ def test_pod_gpu_request_counts_limits_and_init_containers() -> None:
     assert pod_gpu_request({"spec": spec}) == 4
     spec["initContainers"] = []
     assert pod_gpu_request({"spec": spec}) == 3
+
+
+def replica_deployment(
+    replica: int, node_name: str | None, gpus: int = 4, parent: str = "llama"
+) -> dict[str, Any]:
+    """A replica Deployment as the operator applies it: pinned by annotation, GPUs in its pod
+    template."""
+    return {
+        "metadata": {
+            "name": f"{parent}-r{replica}",
+            "namespace": "default",
+            "labels": {"goodput.dev/deployment": parent, "goodput.dev/replica": str(replica)},
+            "annotations": {"goodput.dev/node": node_name} if node_name else {},
+        },
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
+            }
+        },
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_reservation_holds_until_its_deployment_is_seen_then_the_deployment_holds() -> None:
+    clock = Clock()
+    inv = GpuInventory(clock)
+    inv.apply_node("ADDED", node("a"))
+    inv.reserve("default/llama", [ReplicaBooking(0, "a", 4)])
+    assert inv.nodes(owner="default/other")[0].allocated == 4
+    assert inv.nodes(owner="default/llama")[0].allocated == 0  # its own, re-derived
+    inv.apply_deployment("ADDED", replica_deployment(0, "a"))
+    clock.now += RESERVATION_TTL_S + 1  # confirmed: the Deployment's booking holds now
+    assert inv.nodes(owner="default/other")[0].allocated == 4
+    running = pod("llama-r0-x", "a", 4, managed=True)
+    running["metadata"]["labels"]["goodput.dev/replica"] = "0"
+    inv.apply_pod("ADDED", running)
+    assert inv.nodes(owner="default/other")[0].allocated == 4, "pod and booking count once"
+    inv.apply_deployment("DELETED", replica_deployment(0, "a"))
+    assert inv.nodes(owner="default/other")[0].allocated == 4, "its pod still holds them"
+    inv.apply_pod("DELETED", running)
+    assert inv.nodes(owner="default/other")[0].allocated == 0
+
+
+def test_a_moving_replica_holds_both_nodes_until_its_old_pod_is_gone() -> None:
+    inv = GpuInventory.from_objects([node("a"), node("b")])
+    old = pod("llama-r0-x", "a", 4, managed=True)
+    old["metadata"]["labels"]["goodput.dev/replica"] = "0"
+    inv.apply_pod("ADDED", old)
+    inv.reserve("default/llama", [ReplicaBooking(0, "b", 4)])
+    assert [n.allocated for n in inv.nodes(owner="default/other")] == [4, 4]
+
+
+def test_an_unconfirmed_reservation_lapses_and_a_new_solve_replaces_it() -> None:
+    clock = Clock()
+    inv = GpuInventory(clock)
+    inv.apply_node("ADDED", node("a"))
+    inv.reserve("default/llama", [ReplicaBooking(0, "a", 4), ReplicaBooking(1, "a", 2)])
+    assert inv.managed_allocation() == {"a": 6}
+    inv.reserve("default/llama", [ReplicaBooking(0, "a", 4)])  # scaled down
+    assert inv.managed_allocation() == {"a": 4}
+    clock.now += RESERVATION_TTL_S
+    assert inv.managed_allocation() == {}
+    inv.reserve("default/llama", [ReplicaBooking(0, "a", 4)])
+    inv.release("default/llama")  # deleted
+    assert inv.managed_allocation() == {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from goodput.operator.naming import ANNOTATION_NODE
 from goodput.operator.rollout import (
-    ANNOTATION_NODE,
     ANNOTATION_POD_SPEC,
     OneServingReplicaAtATime,
     ReplicaUpdate,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llmd_builders import make_body
@@ -244,3 +245,37 @@ def test_a_lost_node_changes_only_its_replicas_workload() -> None:
     assert "moved replicas [1]" in out.placed.message
     assert kube.objects[("Deployment", "llama-r0")] == before[("Deployment", "llama-r0")]
     assert kube.pinned()["llama-r1"][1] != "h100-b" and kube.deleted == []
+
+
+WHOLE_L4 = {"gpuTypes": ["L4"], "parallelism": {"tensor": 4, "pipeline": 1}}
+
+
+def _solve_as(sel: SolverSelector, deployment: str) -> Placement | Unplaceable:
+    """One LLMDeployment's solve, as its reconcile runs it (no status yet: a new object)."""
+    obj = LLMDeployment.model_validate(make_body(resources=WHOLE_L4))
+    return sel.select(obj.spec, gpu_nodes(FLEET), SelectionContext(deployment, FLEET))
+
+
+def booked(outcomes: Sequence[Placement | Unplaceable]) -> list[str]:
+    return [n for o in outcomes if isinstance(o, Placement) for _, n in o.replica_nodes]
+
+
+def test_solves_before_any_pod_is_bound_do_not_book_the_same_gpus() -> None:
+    """Three new LLMDeployments, each needing a whole L4 node, and two L4 nodes: the watches
+    have seen no pod yet (kube-scheduler binds them seconds later), so only the reservations
+    of the earlier solves keep the later ones off their GPUs."""
+    sel = selector()
+    outcomes = [_solve_as(sel, f"ml/llm-{i}") for i in range(3)]
+    assert sorted(booked(outcomes)) == ["l4-a", "l4-b"]
+    assert isinstance(outcomes[2], Unplaceable) and outcomes[2].reason == "InsufficientGPUs"
+    again = _solve_as(sel, "ml/llm-0")  # its own reservation is re-derived, not taken
+    assert isinstance(again, Placement) and again.replica_nodes == outcomes[0].replica_nodes
+
+
+def test_concurrent_solves_do_not_book_the_same_gpus() -> None:
+    sel = selector()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda i: _solve_as(sel, f"ml/llm-{i}"), range(8)))
+    nodes = booked(outcomes)
+    assert sorted(nodes) == ["l4-a", "l4-b"], outcomes
+    assert sum(isinstance(o, Unplaceable) for o in outcomes) == 6
