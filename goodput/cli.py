@@ -14,6 +14,7 @@ from goodput.operator.cli import FLEET_NODES
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("goodput.operator.cli", "operator"),
     "serve": ("goodput.serving.cli", "serve"),
+    "route": ("goodput.router.cli", "route"),
     "profile": ("goodput.profiler.cli", "profile"),
     "dev": ("goodput.dev.cli", "dev"),
 }

@@ -1,0 +1,134 @@
+"""The cluster router's configuration: the contract between the operator (which writes it into a
+ConfigMap from ``spec.routing``) and ``goodput route`` (which reads it). Kept here so neither
+imports the other.
+
+The routing decision is composed from named stages, as data: filters drop replicas that must not
+get the request, scorers rate the rest in [0, 1], and the picker takes the best weighted sum.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FilterName = Literal["ready", "slo-headroom"]
+ScorerName = Literal["prefix-cache", "session-affinity", "slo-headroom", "least-load", "random"]
+PickerName = Literal["max-score", "round-robin"]
+DEFAULT_FILTERS: tuple[FilterName, ...] = ("ready", "slo-headroom")
+
+
+class ScorerConfig(BaseModel):
+    """One scorer and its weight in the picker's sum."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: ScorerName
+    weight: float = Field(default=1.0, gt=0, le=100)
+
+
+class PrefixConfig(BaseModel):
+    """How prompts are cut into blocks for prefix affinity.
+
+    The router does not tokenize: a block is ``blockChars`` characters of the prompt text (chat
+    messages rendered as ``role: content`` lines), about ``blockChars / 4`` tokens of English.
+    Identical text prefixes tokenize to identical token prefixes, so a match is never a false
+    positive at block granularity; the matched length is off by at most one engine block.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    block_chars: int = Field(default=64, ge=8, le=65536, alias="blockChars")
+    affinity_blocks: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        alias="affinityBlocks",
+        description="Blocks hashed into a prompt's home replica (rendezvous hashing): prompts "
+        "sharing this many leading blocks go to the same replica from every router.",
+    )
+    index_blocks: int = Field(
+        default=50_000,
+        gt=0,
+        alias="indexBlocks",
+        description="Block hashes remembered per replica (least recently used first out).",
+    )
+
+
+class FlowConfig(BaseModel):
+    """The router's own queue, used only while every replica reports itself saturated."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    max_queue: int = Field(default=256, ge=0, alias="maxQueue")
+    max_wait_s: float = Field(default=30.0, gt=0, alias="maxWaitS")
+    priority_bands: dict[str, int] = Field(
+        default_factory=lambda: {"interactive": 0, "default": 1, "batch": 2},
+        alias="priorityBands",
+        description="Priority class (x-goodput-priority) to band; lower bands leave first.",
+    )
+
+
+class ServiceDiscovery(BaseModel):
+    """Replicas from the EndpointSlices of a Service (ready ones receive, terminating ones
+    drain)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    namespace: str = Field(min_length=1, max_length=63)
+    service: str = Field(min_length=1, max_length=63)
+    port_name: str = Field(default="http", alias="portName")
+
+
+class RouterConfig(BaseModel):
+    """Everything ``goodput route`` needs."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(default="router", description="The `router` metrics label.")
+    endpoints: list[str] = Field(
+        default_factory=list, description="Static replica URLs (gateways), when not discovered."
+    )
+    discovery: ServiceDiscovery | None = None
+    filters: list[FilterName] = Field(default_factory=lambda: list(DEFAULT_FILTERS))
+    scorers: list[ScorerConfig] = Field(
+        default_factory=lambda: [
+            ScorerConfig(type="prefix-cache", weight=3.0),
+            ScorerConfig(type="session-affinity", weight=3.0),
+            ScorerConfig(type="slo-headroom", weight=1.0),
+            ScorerConfig(type="least-load", weight=1.0),
+        ]
+    )
+    picker: PickerName = "max-score"
+    prefix: PrefixConfig = Field(default_factory=PrefixConfig)
+    session_header: str = Field(default="x-session-id", alias="sessionHeader")
+    session_from_user: bool = Field(
+        default=True,
+        alias="sessionFromUser",
+        description="Use the OpenAI `user` field as the session key when no header is sent.",
+    )
+    bounded_load: float = Field(
+        default=1.25,
+        ge=1.0,
+        alias="boundedLoad",
+        description="Affinity (prefix, session) yields once a replica carries more than this "
+        "factor times the mean load plus one request.",
+    )
+    poll_interval_s: float = Field(default=0.25, gt=0, le=60, alias="pollIntervalS")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Other replicas tried after a 429/503 or a failure "
+        "before any byte reached the client.",
+    )
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> RouterConfig:
+        if not self.endpoints and self.discovery is None:
+            raise ValueError("give `endpoints` or `discovery`")
+        types = [s.type for s in self.scorers]
+        if len(set(types)) != len(types):
+            raise ValueError("each scorer type may appear once")
+        return self

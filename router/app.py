@@ -1,0 +1,124 @@
+"""The router's HTTP surface: the OpenAI routes, health, readiness, metrics and its view of the
+replicas; and the wiring of its parts from a ``RouterConfig``."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.responses import JSONResponse, Response
+
+from goodput.api.router_config import RouterConfig
+from goodput.router.endpoints import EndpointTable, LoadPoller
+from goodput.router.flow import FlowController
+from goodput.router.metrics import RouterMetrics
+from goodput.router.proxy import Router, status_body
+from goodput.router.stages import RoutingPipeline
+
+
+def free_slots(table: EndpointTable) -> int:
+    """Requests the replicas could take now without waiting: per eligible replica, its free
+    slots under a known limit, one if it reports no limit and holds nothing, none if it holds
+    requests already."""
+    total = 0
+    for e in table.eligible():
+        report = e.report
+        if report is None:
+            total += 1
+        elif report.queue > 0:
+            continue
+        elif report.limit is None:
+            total += 1 if e.sent_since_report == 0 else 0
+        else:
+            total += max(0, report.limit - report.inflight - e.sent_since_report)
+    return total
+
+
+def build_router(
+    config: RouterConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> tuple[Router, LoadPoller, CollectorRegistry]:
+    table = EndpointTable(clock)
+    if config.endpoints:
+        table.replace((url, url.rstrip("/"), True, False) for url in config.endpoints)
+    pipeline = RoutingPipeline.from_config(config, clock, rng)
+    flow = FlowController(config.flow, lambda: free_slots(table), clock)
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = RouterMetrics(
+        registry, router=config.name, endpoints=table.all, queue_depth=lambda: flow.depth
+    )
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=2.0, read=600.0, write=30.0, pool=30.0),
+        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
+    )
+    router = Router(config, table, pipeline, flow, metrics, client, clock)
+    poller = LoadPoller(table, client, config.poll_interval_s, on_report=flow.release)
+    return router, poller, registry
+
+
+def create_app(config: RouterConfig) -> FastAPI:
+    router, poller, registry = build_router(config)
+    watcher = None
+    if config.discovery is not None:
+        # Imported only here: a router with static endpoints needs no Kubernetes client.
+        from goodput.router.discovery import EndpointSliceWatcher
+
+        watcher = EndpointSliceWatcher(router.replace_endpoints, config.discovery)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if watcher is not None:
+            await watcher.start()
+        await poller.poll_once()
+        poller.start()
+        try:
+            yield
+        finally:
+            await poller.stop()
+            if watcher is not None:
+                await watcher.stop()
+            await router.client.aclose()
+
+    app = FastAPI(
+        title="Goodput router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.router = router
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await router.handle(await request.body(), "chat", request.headers)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await router.handle(await request.body(), "completions", request.headers)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return await router.models()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if router.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": "no replica ready"}, 503)
+
+    @app.get("/v1/goodput/endpoints")
+    async def endpoints() -> Response:
+        return JSONResponse(status_body(router))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

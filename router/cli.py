@@ -1,0 +1,111 @@
+"""The ``goodput route`` command: run the cluster router in front of a deployment's replicas."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import ValidationError
+
+from goodput.api.router_config import RouterConfig
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
+    """The config file (JSON or YAML, as the operator's ConfigMap holds it) with command-line
+    overrides on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(f"{path} does not hold a mapping", param_hint="--config")
+        data = loaded
+    data.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid router config:\n{exc}") from None
+
+
+@click.command(name="route")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="RouterConfig as JSON or YAML (the operator's ConfigMap).",
+)
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    help="A replica's gateway URL (repeat); instead of discovery.",
+)
+@click.option("--namespace", help="Discover replicas from this namespace's Service ...")
+@click.option("--service", help="... of this name (its EndpointSlices).")
+@click.option("--name", help="The `router` metrics label.")
+@click.option(
+    "--picker",
+    type=click.Choice(["max-score", "round-robin"]),
+    help="How replicas are picked (round-robin: a baseline that ignores scores).",
+)
+@click.option(
+    "--scorer",
+    "scorers",
+    multiple=True,
+    help="TYPE[=WEIGHT], repeat; replaces the configured scorers (e.g. least-load, random).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def route(
+    config_path: str | None,
+    endpoints: tuple[str, ...],
+    namespace: str | None,
+    service: str | None,
+    name: str | None,
+    picker: str | None,
+    scorers: tuple[str, ...],
+    host: str,
+    port: int,
+    log_level: str,
+) -> None:
+    """Route OpenAI requests across a deployment's replicas by prefix cache, session, SLO
+    headroom and load."""
+    import uvicorn
+
+    from goodput.router.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if (namespace is None) != (service is None):
+        raise click.UsageError("--namespace and --service go together")
+    overrides: dict[str, Any] = {
+        "endpoints": list(endpoints),
+        "name": name,
+        "picker": picker,
+        "discovery": {"namespace": namespace, "service": service} if service else None,
+        "scorers": [_scorer(s) for s in scorers],
+    }
+    config = load_config(config_path, overrides)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+    )
+
+
+def _scorer(text: str) -> dict[str, Any]:
+    kind, _, weight = text.partition("=")
+    return {"type": kind, "weight": float(weight) if weight else 1.0}

@@ -1,0 +1,184 @@
+"""The replicas a router may send to, and what it knows of each: readiness from discovery,
+load from the replica gateway's polled report, and its own requests in flight there.
+
+Reports lag by up to one poll; the router adds the requests it sent since the last report, so
+that a burst arriving between two polls does not all land on the replica that looked idlest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import ValidationError
+
+from goodput.api.load_report import LOAD_PATH, LoadReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Endpoint:
+    """One replica's gateway."""
+
+    name: str
+    url: str
+    ready: bool = True
+    """Discovery says it may receive (EndpointSlice ``ready``; static endpoints: always)."""
+    draining: bool = False
+    """Terminating: finishes what it has, gets nothing new."""
+    report: LoadReport | None = None
+    reported_at: float = -math.inf
+    outstanding: int = 0
+    """This router's requests there that have not ended."""
+    sent_since_report: int = 0
+    down_until: float = -math.inf
+    """After a failed connection: skipped until then."""
+    failures: int = field(default=0)
+
+    def eligible(self, now: float) -> bool:
+        """May get a new request: ready, not draining, not recently failed, and (once it has
+        reported) reporting itself ready."""
+        if not self.ready or self.draining or now < self.down_until:
+            return False
+        return self.report is None or (self.report.ready and not self.report.draining)
+
+    @property
+    def load(self) -> float:
+        """Requests there now, as best known: the report's queue and in-flight plus what was
+        sent since, or this router's own count if that is larger."""
+        reported = 0.0
+        if self.report is not None:
+            reported = self.report.queue + self.report.inflight
+        return max(reported + self.sent_since_report, float(self.outstanding))
+
+    @property
+    def saturated(self) -> bool:
+        """Another request would wait here (the gateway holds requests or its limit is full)."""
+        report = self.report
+        if report is None:
+            return False
+        if report.queue > 0:
+            return True
+        return report.limit is not None and report.inflight + self.sent_since_report >= report.limit
+
+    def predicted_ttft_s(self) -> float | None:
+        """Queueing plus first token for a request sent now; ``None`` before any report."""
+        report = self.report
+        if report is None:
+            return None
+        wait = report.predicted_wait_s
+        if wait is None:
+            return None
+        first = report.first_token_s or 0.0
+        if self.sent_since_report and report.limit:
+            # Each request sent since the report takes a slot; past the limit each one waits
+            # about a first-token time more.
+            over = report.inflight + report.queue + self.sent_since_report - report.limit
+            wait += max(0, over) * max(first, 0.001)
+        return wait + first
+
+    def failed(self, now: float, backoff_s: float = 1.0) -> None:
+        self.failures += 1
+        self.down_until = now + min(backoff_s * 2 ** min(self.failures - 1, 5), 30.0)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.down_until = -math.inf
+
+
+class EndpointTable:
+    """The current replicas by name; discovery replaces the set, the poller fills the reports."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._by_name: dict[str, Endpoint] = {}
+        self.changed = asyncio.Event()
+
+    def all(self) -> list[Endpoint]:
+        return list(self._by_name.values())
+
+    def get(self, name: str) -> Endpoint | None:
+        return self._by_name.get(name)
+
+    def eligible(self) -> list[Endpoint]:
+        now = self.clock()
+        return [e for e in self._by_name.values() if e.eligible(now)]
+
+    def replace(self, endpoints: Iterable[tuple[str, str, bool, bool]]) -> list[str]:
+        """Set the replicas to ``(name, url, ready, draining)``; keep what is known of those that
+        stay; return the names that left (the caller forgets their prefix state)."""
+        seen: set[str] = set()
+        for name, url, ready, draining in endpoints:
+            seen.add(name)
+            current = self._by_name.get(name)
+            if current is None or current.url != url:
+                self._by_name[name] = Endpoint(name, url, ready=ready, draining=draining)
+            else:
+                current.ready, current.draining = ready, draining
+        gone = [n for n in self._by_name if n not in seen]
+        for name in gone:
+            del self._by_name[name]
+        self.changed.set()
+        return gone
+
+
+class LoadPoller:
+    """Reads every replica's ``/v1/goodput/load`` each ``interval_s`` (concurrently)."""
+
+    def __init__(
+        self,
+        table: EndpointTable,
+        client: httpx.AsyncClient,
+        interval_s: float,
+        on_report: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.table = table
+        self.client = client
+        self.interval_s = interval_s
+        self.on_report = on_report
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(e) for e in self.table.all()))
+        self.on_report()
+
+    async def _poll(self, endpoint: Endpoint) -> None:
+        try:
+            reply = await self.client.get(
+                endpoint.url + LOAD_PATH, timeout=max(self.interval_s * 4, 1.0)
+            )
+            report = LoadReport.model_validate(reply.json()) if reply.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, ValidationError) as exc:
+            log.debug("load report of %s failed: %s", endpoint.name, exc)
+            report = None
+        if report is None:
+            # Unreachable or not a gateway: treat as not ready until it answers again.
+            endpoint.report = LoadReport(ready=False, queue=0, inflight=0)
+        else:
+            endpoint.report = report
+        endpoint.reported_at = self.table.clock()
+        endpoint.sent_since_report = 0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # a bug here must not stop the polling that routing relies on
+                log.exception("polling the replicas' load failed")
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="router-load-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,316 @@
+"""One request through the router: read it (the gateway's OpenAI parsing and errors), wait in
+the flow controller if every replica is saturated, rank the replicas, and relay the answer of
+the first that takes it.
+
+A replica that answers 429/503, or fails, before any byte reached the client is replaced by the
+next in the ranking: a non-streamed answer is read whole before the client sees anything, a
+stream's first chunk is awaited before the response starts. After that the client has bytes, and
+a failure ends the stream with an OpenAI error event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from goodput.api.router_config import RouterConfig
+from goodput.router.endpoints import Endpoint, EndpointTable
+from goodput.router.flow import FlowController
+from goodput.router.metrics import RouterMetrics
+from goodput.router.prefix import block_hashes
+from goodput.router.stages import RoutingPipeline, RoutingRequest, stable_hash
+from goodput.serving.openai_errors import OpenAIError, engine_failed
+from goodput.serving.openai_request import Endpoint as Route
+from goodput.serving.openai_request import ParsedRequest, parse_request
+
+log = logging.getLogger(__name__)
+
+HEADER_PRIORITY = "x-goodput-priority"
+# Passed to the replica's gateway, which authenticates and clamps what the client may ask.
+_FORWARDED = ("authorization", "x-request-id", HEADER_PRIORITY)
+_FORWARDED_PREFIX = "x-goodput-"
+_PATHS: dict[Route, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_RETRYABLE_STATUS = (429, 503)
+_RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id")
+
+
+def no_replica() -> OpenAIError:
+    return OpenAIError(
+        503,
+        "No replica of this model is ready; retry shortly.",
+        "service_unavailable",
+        code="no_replica",
+        headers={"Retry-After": "1"},
+    )
+
+
+def tenant_of(headers: Mapping[str, str]) -> str:
+    """The tenant a request belongs to: its API key (as a hash: the key itself never leaves the
+    request), else anonymous. A client cannot name another tenant."""
+    auth = headers.get("authorization", "")
+    if not auth:
+        return "anonymous"
+    return "key-" + hashlib.sha256(auth.encode(errors="surrogatepass")).hexdigest()[:12]
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        table: EndpointTable,
+        pipeline: RoutingPipeline,
+        flow: FlowController,
+        metrics: RouterMetrics,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.pipeline = pipeline
+        self.flow = flow
+        self.metrics = metrics
+        self.client = client
+        self.clock = clock
+        self.label = config.name
+
+    # -- reading the request ---------------------------------------------------------------------
+
+    def routing_request(
+        self, parsed: ParsedRequest, headers: Mapping[str, str], arrival_key: str
+    ) -> RoutingRequest:
+        body = parsed.body
+        token_ids: list[int] = []
+        if parsed.endpoint == "completions" and isinstance(body.get("prompt"), list):
+            prompt = body["prompt"]
+            if prompt and all(isinstance(t, int) for t in prompt):
+                token_ids = prompt
+        blocks = block_hashes(parsed.prompt_text, token_ids, self.config.prefix.block_chars)
+        session = headers.get(self.config.session_header) or None
+        user = body.get("user")
+        if session is None and self.config.session_from_user and isinstance(user, str) and user:
+            session = user
+        key_source = parsed.prompt_text or arrival_key
+        return RoutingRequest(
+            model=parsed.model,
+            blocks=blocks,
+            prompt_tokens=parsed.prompt_tokens_estimate,
+            session=session,
+            tenant=tenant_of(headers),
+            priority=headers.get(HEADER_PRIORITY) or "default",
+            ttft_objective_s=None,
+            key=stable_hash(key_source),
+        )
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    async def handle(self, raw: bytes, route: Route, headers: Mapping[str, str]) -> Response:
+        arrival = self.clock()
+        request_id = (
+            headers.get("x-request-id")
+            or hashlib.blake2b(raw + str(arrival).encode(), digest_size=12).hexdigest()
+        )
+        try:
+            parsed = parse_request(raw, route, (), None)
+        except OpenAIError as error:
+            self._outcome("invalid")
+            return error.response()
+        request = self.routing_request(parsed, headers, request_id)
+        if not self.table.eligible():
+            self._outcome("no_replica")
+            return no_replica().response()
+        try:
+            waited = await self.flow.admit(request.tenant, request.priority)
+        except OpenAIError as error:
+            self._outcome("rejected")
+            return error.response()
+        if waited:
+            self.metrics.queue_wait.labels(self.label).observe(waited)
+        granted = True
+        try:
+            decided = self.clock()
+            decision = self.pipeline.decide(request, self.table.eligible())
+            self.metrics.overhead.labels(self.label).observe(self.clock() - decided)
+            if not decision.ranked:
+                self._outcome("no_replica")
+                return no_replica().response()
+            self.metrics.decisions.labels(self.label, decision.stage).inc()
+            forward = self._forward_headers(headers, request_id)
+            attempts = decision.ranked[: self.config.retries + 1]
+            last_error: Response | None = None
+            for i, endpoint in enumerate(attempts):
+                final = i == len(attempts) - 1
+                self._sent(endpoint, request)
+                if granted:
+                    self.flow.dispatched()
+                    granted = False
+                outcome = await self._try(endpoint, raw, parsed, route, forward, arrival, final)
+                if isinstance(outcome, Response):
+                    return outcome
+                reason, last_error = outcome
+                self.metrics.retries.labels(self.label, reason).inc()
+            self._outcome("error")
+            return last_error or no_replica().response()
+        finally:
+            if granted:
+                self.flow.dispatched()
+
+    def _sent(self, endpoint: Endpoint, request: RoutingRequest) -> None:
+        endpoint.outstanding += 1
+        endpoint.sent_since_report += 1
+        if request.blocks:
+            index = self.pipeline.prefix_index
+            matched = 0 if index is None else index.matched_blocks(endpoint.name, request.blocks)
+            self.metrics.prefix_blocks.labels(self.label).inc(len(request.blocks))
+            self.metrics.prefix_predicted_hit_blocks.labels(self.label).inc(matched)
+        self.pipeline.chosen(request, endpoint)
+
+    def _ended(self, endpoint: Endpoint) -> None:
+        endpoint.outstanding = max(0, endpoint.outstanding - 1)
+        self.flow.release()
+
+    def _forward_headers(self, headers: Mapping[str, str], request_id: str) -> dict[str, str]:
+        forward = {"content-type": "application/json", "x-request-id": request_id}
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower in _FORWARDED or lower.startswith(_FORWARDED_PREFIX):
+                forward[lower] = value
+        return forward
+
+    async def _try(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        parsed: ParsedRequest,
+        route: Route,
+        forward: dict[str, str],
+        arrival: float,
+        final: bool,
+    ) -> Response | tuple[str, Response | None]:
+        """The relayed answer, or (why to retry, the answer to give if nothing else works)."""
+        url = endpoint.url + _PATHS[route]
+        try:
+            upstream = await self.client.send(
+                self.client.build_request("POST", url, content=body, headers=forward), stream=True
+            )
+        except httpx.HTTPError as exc:
+            log.info("replica %s failed before answering: %s", endpoint.name, exc)
+            endpoint.failed(self.clock())
+            self._ended(endpoint)
+            return "unavailable", engine_failed(f"replica {endpoint.name}: {exc}").response()
+        endpoint.succeeded()
+        if upstream.status_code in _RETRYABLE_STATUS and not final:
+            answer = await self._read_whole(upstream)
+            self._ended(endpoint)
+            return "rejected", answer
+        if not parsed.stream or upstream.status_code != 200:
+            try:
+                answer = await self._read_whole(upstream)
+            except httpx.HTTPError as exc:
+                endpoint.failed(self.clock())
+                self._ended(endpoint)
+                return "failed", engine_failed(f"replica {endpoint.name}: {exc}").response()
+            self._ended(endpoint)
+            self._outcome("ok" if upstream.status_code < 400 else "rejected")
+            return answer
+        chunks = upstream.aiter_raw()
+        try:
+            first = await anext(chunks)
+        except (httpx.HTTPError, StopAsyncIteration) as exc:
+            await upstream.aclose()
+            endpoint.failed(self.clock())
+            self._ended(endpoint)
+            return "failed", engine_failed(f"replica {endpoint.name}: {exc}").response()
+        self.metrics.ttft.labels(self.label).observe(self.clock() - arrival)
+        self._outcome("ok")
+        return StreamingResponse(
+            self._relay(endpoint, upstream, first, chunks),
+            status_code=upstream.status_code,
+            headers=_relayed(upstream.headers),
+        )
+
+    async def _relay(
+        self,
+        endpoint: Endpoint,
+        upstream: httpx.Response,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in rest:
+                yield chunk
+        except httpx.HTTPError as exc:
+            log.info("replica %s failed mid-stream: %s", endpoint.name, exc)
+            yield engine_failed(f"replica {endpoint.name} failed mid-stream").sse_event()
+        finally:
+            await upstream.aclose()
+            self._ended(endpoint)
+
+    async def _read_whole(self, upstream: httpx.Response) -> Response:
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        return Response(
+            content, status_code=upstream.status_code, headers=_relayed(upstream.headers)
+        )
+
+    def _outcome(self, outcome: str) -> None:
+        self.metrics.requests.labels(self.label, outcome).inc()
+
+    async def models(self) -> Response:
+        """The models of the first replica that answers (all replicas serve the same ones)."""
+        for endpoint in self.table.eligible():
+            try:
+                reply = await self.client.get(endpoint.url + "/v1/models")
+            except httpx.HTTPError:
+                continue
+            if reply.status_code == 200:
+                return Response(reply.content, media_type="application/json")
+        return no_replica().response()
+
+    def ready(self) -> bool:
+        return bool(self.table.eligible())
+
+    def replace_endpoints(self, endpoints: list[tuple[str, str, bool, bool]]) -> None:
+        """Discovery's new view: ``(name, url, ready, draining)`` each. Replicas that left are
+        forgotten by the prefix index (a new pod of the same name starts with an empty cache)."""
+        index = self.pipeline.prefix_index
+        for name in self.table.replace(endpoints):
+            if index is not None:
+                index.forget(name)
+        self.flow.release()
+
+
+def _relayed(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in _RELAYED_HEADERS if name in headers}
+
+
+def status_body(router: Router) -> dict[str, Any]:
+    """The router's view of its replicas, for ``GET /v1/goodput/endpoints`` (operators'
+    debugging)."""
+    return {
+        "endpoints": [
+            {
+                "name": e.name,
+                "url": e.url,
+                "ready": e.ready,
+                "draining": e.draining,
+                "load": e.load,
+                "outstanding": e.outstanding,
+                "report": None if e.report is None else e.report.model_dump(by_alias=True),
+            }
+            for e in router.table.all()
+        ],
+        "queue": router.flow.depth,
+    }
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)

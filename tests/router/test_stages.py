@@ -1,0 +1,151 @@
+"""Each routing stage on its own, and the pipeline composed from config."""
+
+from __future__ import annotations
+
+import random
+
+from goodput.api.load_report import LoadReport
+from goodput.api.router_config import RouterConfig
+from goodput.router.endpoints import Endpoint
+from goodput.router.prefix import PrefixIndex, block_hashes
+from goodput.router.stages import (
+    LeastLoadScorer,
+    MaxScorePicker,
+    PrefixCacheScorer,
+    ReadyFilter,
+    RoutingPipeline,
+    RoutingRequest,
+    SessionAffinityScorer,
+    SLOHeadroomFilter,
+    SLOHeadroomScorer,
+)
+
+
+def endpoint(name: str, **report: object) -> Endpoint:
+    e = Endpoint(name, f"http://{name}")
+    fields: dict[str, object] = {"ready": True, "queue": 0, "inflight": 0, "ttftObjectiveS": 1.0}
+    fields.update(report)
+    e.report = LoadReport.model_validate(fields)
+    return e
+
+
+def request(text: str = "", session: str | None = None, key: int = 7) -> RoutingRequest:
+    return RoutingRequest(
+        model="m",
+        blocks=block_hashes(text, [], 16),
+        prompt_tokens=len(text) // 4,
+        session=session,
+        tenant="t",
+        priority="default",
+        ttft_objective_s=None,
+        key=key,
+    )
+
+
+def test_ready_filter_drops_unready_draining_failed_and_self_reported_unready() -> None:
+    ok = endpoint("ok")
+    unready = endpoint("unready")
+    unready.ready = False
+    draining = endpoint("draining")
+    draining.draining = True
+    failed = endpoint("failed")
+    failed.failed(now=100.0)
+    says_no = endpoint("says-no", ready=False)
+    kept = ReadyFilter(lambda: 100.0).filter(request(), [ok, unready, draining, failed, says_no])
+    assert kept == [ok]
+
+
+def test_slo_filter_keeps_only_replicas_predicted_in_time_when_there_are_any() -> None:
+    fast = endpoint("fast", predictedWaitS=0.1, firstTokenS=0.1)
+    slow = endpoint("slow", predictedWaitS=5.0, firstTokenS=0.1)
+    unknown = endpoint("unknown")  # no prediction yet: not excluded
+    f = SLOHeadroomFilter()
+    assert f.filter(request(), [fast, slow, unknown]) == [fast, unknown]
+    assert f.filter(request(), [slow]) == [slow]  # nobody in time: left to the scorers
+
+
+def test_slo_scorer_rates_headroom_against_the_objective() -> None:
+    scores = SLOHeadroomScorer().score(
+        request(),
+        [endpoint("a", predictedWaitS=0.0), endpoint("b", predictedWaitS=0.5), endpoint("c")],
+    )
+    assert scores == [1.0, 0.5, 0.5]
+
+
+def test_least_load_scorer_counts_what_was_sent_since_the_last_report() -> None:
+    a, b = endpoint("a", inflight=2), endpoint("b", inflight=1)
+    assert LeastLoadScorer().score(request(), [a, b]) == [0.0, 1.0]
+    b.sent_since_report = 3
+    assert LeastLoadScorer().score(request(), [a, b]) == [1.0, 0.0]
+
+
+def test_prefix_scorer_prefers_the_holder_then_the_home_replica() -> None:
+    index = PrefixIndex(1000)
+    scorer = PrefixCacheScorer(index, affinity_blocks=2, bounded_load=1.25)
+    a, b, c = endpoint("a"), endpoint("b"), endpoint("c")
+    req = request("p" * 160)
+    first = scorer.score(req, [a, b, c])
+    assert sorted(first) == [0.0, 0.0, 0.5]  # nobody holds it: its home only
+    home = [a, b, c][first.index(0.5)]
+    other = next(e for e in (a, b, c) if e is not home)
+    scorer.chosen(req, other)  # it went elsewhere anyway (e.g. load)
+    again = scorer.score(req, [a, b, c])
+    assert again[[a, b, c].index(other)] == 1.0
+    # A different prompt sharing the first two blocks has the same home: routers agree on it.
+    sibling = request("p" * 32 + "q" * 128)
+    assert scorer.score(sibling, [a, b, c])[[a, b, c].index(home)] == 0.5
+
+
+def test_affinity_yields_to_bounded_load() -> None:
+    index = PrefixIndex(1000)
+    scorer = PrefixCacheScorer(index, affinity_blocks=2, bounded_load=1.25)
+    hot, idle = endpoint("hot", inflight=10), endpoint("idle")
+    req = request("p" * 160)
+    scorer.chosen(req, hot)
+    scores = scorer.score(req, [hot, idle])
+    assert scores[0] == 0.0  # 10 > 1.25 * 5 + 1
+    sessions = SessionAffinityScorer(bounded_load=1.25)
+    for key in range(20):
+        s = sessions.score(request(session=f"s{key}"), [hot, idle])
+        assert s[0] == 0.0
+
+
+def test_sessions_spread_and_stick() -> None:
+    scorer = SessionAffinityScorer(bounded_load=1.25)
+    a, b = endpoint("a"), endpoint("b")
+    homes = {scorer.score(request(session=f"user-{i}"), [a, b]).index(1.0) for i in range(40)}
+    assert homes == {0, 1}
+    first = scorer.score(request(session="alice"), [a, b])
+    assert all(scorer.score(request(session="alice"), [a, b]) == first for _ in range(5))
+    assert scorer.score(request(session=None), [a, b]) == [0.0, 0.0]
+
+
+def test_the_picker_sums_weights_and_names_the_deciding_stage() -> None:
+    a, b = endpoint("a"), endpoint("b")
+    decision = MaxScorePicker().pick(
+        request(),
+        [a, b],
+        {"prefix-cache": [1.0, 0.0], "least-load": [0.0, 1.0]},
+        {"prefix-cache": 3.0, "least-load": 1.0},
+    )
+    assert decision.ranked == [a, b]
+    assert decision.stage == "prefix-cache"
+    tie = MaxScorePicker().pick(request(), [a, b], {"least-load": [1.0, 1.0]}, {"least-load": 1.0})
+    assert tie.stage == "tie"
+    same = MaxScorePicker().pick(request(), [b, a], {"least-load": [1.0, 1.0]}, {"least-load": 1.0})
+    assert same.ranked == tie.ranked  # ties break alike whatever the order
+
+
+def test_the_pipeline_composes_what_the_config_names() -> None:
+    config = RouterConfig.model_validate(
+        {"endpoints": ["http://a"], "scorers": [{"type": "least-load"}], "picker": "round-robin"}
+    )
+    pipeline = RoutingPipeline.from_config(config, lambda: 0.0, random.Random(1))
+    assert [f.name for f in pipeline.filters] == ["ready", "slo-headroom"]
+    assert [s.name for s, _ in pipeline.scorers] == ["least-load"]
+    assert pipeline.prefix_index is None
+    a, b = endpoint("a"), endpoint("b")
+    names = [pipeline.decide(request(), [a, b]).ranked[0].name for _ in range(4)]
+    assert names == ["a", "b", "a", "b"]
+    a.ready = b.ready = False
+    assert pipeline.decide(request(), [a, b]).ranked == []
