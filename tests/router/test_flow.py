@@ -21,23 +21,25 @@ async def test_saturated_replicas_hold_requests_and_release_them_fairly() -> Non
     slots = {"free": 0}
     flow = FlowController(FlowConfig(), lambda: slots["free"])
     order: list[str] = []
+    left = asyncio.Event()
 
     async def client(tenant: str, priority: str = "default") -> None:
         await flow.admit(tenant, priority)
         order.append(tenant)
         flow.dispatched()
+        left.set()
 
     tasks = [asyncio.create_task(client("heavy")) for _ in range(6)]
     tasks += [asyncio.create_task(client("light")) for _ in range(2)]
     tasks.append(asyncio.create_task(client("urgent", "interactive")))
     await asyncio.sleep(0.01)
     assert flow.depth == 9 and order == []
-    for released in range(1, 10):  # one slot frees at a time
+    for _ in range(9):  # one slot frees at a time
+        left.clear()
         slots["free"] = 1
         flow.release()
         slots["free"] = 0
-        while len(order) < released:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(left.wait(), 5)
     await asyncio.gather(*tasks)
     assert order[0] == "urgent"  # the interactive band leaves first
     assert order[1:5] == ["heavy", "light", "heavy", "light"]  # then tenants in turn
