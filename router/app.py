@@ -33,9 +33,9 @@ def free_slots(table: EndpointTable) -> int:
         elif report.queue > 0:
             continue
         elif report.limit is None:
-            total += 1 if e.sent_since_report == 0 else 0
+            total += 1 if e.since_report <= 0 else 0
         else:
-            total += max(0, report.limit - report.inflight - e.sent_since_report)
+            total += max(0, report.limit - e.inflight_now())
     return total
 
 

@@ -38,6 +38,7 @@ class Endpoint:
     outstanding: int = 0
     """This router's requests there that have not ended."""
     sent_since_report: int = 0
+    ended_since_report: int = 0
     down_until: float = -math.inf
     """After a failed connection: skipped until then."""
     failures: int = field(default=0)
@@ -56,7 +57,18 @@ class Endpoint:
         reported = 0.0
         if self.report is not None:
             reported = self.report.queue + self.report.inflight
-        return max(reported + self.sent_since_report, float(self.outstanding))
+        return max(reported + self.since_report, float(self.outstanding), 0.0)
+
+    @property
+    def since_report(self) -> int:
+        """This router's requests there that started minus those that ended since the report:
+        what to add to the reported count (negative when some it counted have ended)."""
+        return self.sent_since_report - self.ended_since_report
+
+    def inflight_now(self) -> int:
+        """The report's in-flight count brought up to date with this router's own traffic."""
+        reported = 0 if self.report is None else self.report.inflight
+        return max(0, reported + self.since_report)
 
     @property
     def saturated(self) -> bool:
@@ -66,7 +78,7 @@ class Endpoint:
             return False
         if report.queue > 0:
             return True
-        return report.limit is not None and report.inflight + self.sent_since_report >= report.limit
+        return report.limit is not None and self.inflight_now() >= report.limit
 
     def predicted_ttft_s(self) -> float | None:
         """Queueing plus first token for a request sent now; ``None`` before any report."""
@@ -77,10 +89,10 @@ class Endpoint:
         if wait is None:
             return None
         first = report.first_token_s or 0.0
-        if self.sent_since_report and report.limit:
+        if self.since_report > 0 and report.limit:
             # Each request sent since the report takes a slot; past the limit each one waits
             # about a first-token time more.
-            over = report.inflight + report.queue + self.sent_since_report - report.limit
+            over = self.inflight_now() + report.queue - report.limit
             wait += max(0, over) * max(first, 0.001)
         return wait + first
 
@@ -164,7 +176,7 @@ class LoadPoller:
         else:
             endpoint.report = report
         endpoint.reported_at = self.table.clock()
-        endpoint.sent_since_report = 0
+        endpoint.sent_since_report = endpoint.ended_since_report = 0
 
     async def _run(self) -> None:
         while True:

@@ -172,6 +172,7 @@ class Router:
 
     def _ended(self, endpoint: Endpoint) -> None:
         endpoint.outstanding = max(0, endpoint.outstanding - 1)
+        endpoint.ended_since_report += 1
         self.flow.release()
 
     def _forward_headers(self, headers: Mapping[str, str], request_id: str) -> dict[str, str]:
