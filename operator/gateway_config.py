@@ -68,7 +68,8 @@ def gateway_config(obj: LLMDeployment, placement: Placement | None = None) -> Ga
         ],
         default_priority=sched.default_priority,
         predictor=PredictorConfig(kind="learned", refit=RefitConfig()),
-        request_log=RequestLogConfig(path=REQUEST_LOG_PATH),
+        # The refit learns from the prompts; the log is the pod's own (0600, on its emptyDir).
+        request_log=RequestLogConfig(path=REQUEST_LOG_PATH, keep_prompts=True),
     )
 
 

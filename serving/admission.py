@@ -23,6 +23,7 @@ class RejectReason(enum.Enum):
     QUEUE_FULL = "queue_full"
     DRAINING = "draining"
     INVALID = "invalid"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
 
 
 class Rejection(Exception):

@@ -1,27 +1,35 @@
-"""The gateway's HTTP surface: the OpenAI routes, health, readiness and metrics."""
+"""The gateway's HTTP surface: the OpenAI routes behind the API-key check, health and
+readiness for the kubelet, and the admin routes (metrics, the router's load report) — on a port
+of their own when one is configured, else on the API port behind the same key check."""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from goodput.api.load_report import LOAD_PATH
 from goodput.serving.admission import RejectReason
+from goodput.serving.auth import AccessDenied, Tenant
 from goodput.serving.engine_client import EngineBroken, EngineUnreachable
 from goodput.serving.gateway import Gateway
+from goodput.serving.http_guard import HttpLimits, RequestGuard
 from goodput.serving.job import Job
 from goodput.serving.load_report import load_report
 from goodput.serving.openai_errors import (
     OpenAIError,
+    access_denied,
     draining,
     engine_unavailable,
     error_body,
+    internal_error,
     invalid_request,
     normalize_engine_error,
 )
@@ -29,10 +37,17 @@ from goodput.serving.openai_request import Endpoint, parse_request
 from goodput.serving.proxy import ProxyExchange
 
 HEADER_ORACLE_TOKENS = "x-goodput-oracle-output-tokens"
-_FORWARDED_HEADERS = ("authorization",)
+#: A client's request id is echoed and forwarded only if it is short and plain.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+#: While the engine is down, clients are told to come back after this many seconds.
+_ENGINE_DOWN_RETRY_S = 2
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(
+    gateway: Gateway, *, limits: HttpLimits | None = None, admin_port: bool = False
+) -> ASGIApp:
+    """The API app (``admin_port``: the admin routes are served by ``create_admin_app``)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
@@ -45,13 +60,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         title="Goodput gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.gateway = gateway
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_body(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers
-        )
+    _common_routes(app, gateway)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -62,7 +71,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         return await _accept(gateway, request, "completions")
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        try:
+            gateway.keys.authenticate(request.headers)
+        except AccessDenied as denied:
+            return _refused(gateway, denied)
         try:
             upstream = await gateway.client.get("/v1/models")
         except (EngineUnreachable, EngineBroken) as exc:
@@ -71,6 +84,35 @@ def create_app(gateway: Gateway) -> FastAPI:
             body = normalize_engine_error(upstream.status, upstream.body)
             return JSONResponse(body, status_code=upstream.status)
         return Response(upstream.body, media_type="application/json")
+
+    if not admin_port:
+        _admin_routes(app, gateway, guarded=True)
+    return RequestGuard(
+        app, limits or HttpLimits(), on_internal_error=gateway.metrics.internal_errors.inc
+    )
+
+
+def create_admin_app(gateway: Gateway) -> ASGIApp:
+    """Metrics and the load report, for Prometheus and the router only (the chart's
+    NetworkPolicy lets nothing else reach this port), plus health and readiness."""
+    app = FastAPI(title="Goodput gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+    _common_routes(app, gateway)
+    _admin_routes(app, gateway, guarded=False)
+    return RequestGuard(app, HttpLimits(), on_internal_error=gateway.metrics.internal_errors.inc)
+
+
+def _common_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(
+            error_body(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        # Starlette answers with this, then re-raises to the guard, which logs and counts it.
+        return internal_error().response()
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -83,20 +125,41 @@ def create_app(gateway: Gateway) -> FastAPI:
         reason = "draining" if gateway.draining else "engine not ready"
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
-    @app.get(LOAD_PATH)
-    async def load() -> Response:
-        """For the cluster router: cheap, polled every few hundred milliseconds."""
-        return JSONResponse(load_report(gateway).model_dump(by_alias=True))
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
+def _admin_routes(app: FastAPI, gateway: Gateway, *, guarded: bool) -> None:
+    def route(answer: Callable[[], Response]) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            if guarded:
+                try:
+                    gateway.keys.authenticate(request.headers)
+                except AccessDenied as denied:
+                    return _refused(gateway, denied)
+            return answer()
 
-    return app
+        return handler
+
+    app.add_api_route(
+        LOAD_PATH,
+        route(lambda: JSONResponse(load_report(gateway).model_dump(by_alias=True))),
+        methods=["GET"],
+    )
+    app.add_api_route(
+        "/metrics",
+        route(lambda: Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)),
+        methods=["GET"],
+    )
+
+
+def _refused(gateway: Gateway, denied: AccessDenied) -> Response:
+    reason = {401: "unauthorized", 403: "forbidden"}.get(denied.status, "quota")
+    gateway.metrics.refusals.labels(**gateway.metrics.base_labels, reason=reason).inc()
+    return access_denied(denied).response()
 
 
 async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Response:
-    """Validate and classify a request, then hand it to a ``ProxyExchange`` to queue and serve."""
+    """Authenticate, validate and classify a request, then hand it to a ``ProxyExchange`` to
+    queue and serve. Everything cheap is checked before anything costly: the key and quota
+    before the body is parsed, the body before the length predictor runs."""
     arrival = gateway.dispatcher.clock()
     default_priority = gateway.config.default_priority
     if gateway.draining:
@@ -104,15 +167,28 @@ async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Res
         return draining().response()
     headers = request.headers
     try:
+        tenant: Tenant = gateway.keys.authenticate(headers)
+        gateway.quotas.admit(tenant)
+    except AccessDenied as denied:
+        return _refused(gateway, denied)
+    if not gateway.monitor.up:
+        gateway.rejected(RejectReason.ENGINE_UNAVAILABLE, default_priority)
+        error = engine_unavailable("it does not answer its health check; retry shortly")
+        error.headers["Retry-After"] = str(_ENGINE_DOWN_RETRY_S)
+        return error.response()
+    try:
+        slo = gateway.resolver.resolve(headers, tenant)
         parsed = parse_request(
             await request.body(), endpoint, gateway.known_models, gateway.max_model_len
         )
-        slo = gateway.resolver.resolve(headers)
         oracle = _oracle_tokens(headers.get(HEADER_ORACLE_TOKENS))
+    except AccessDenied as denied:
+        return _refused(gateway, denied)
     except OpenAIError as error:
         gateway.rejected(RejectReason.INVALID, default_priority)
         return error.response()
-    request_id = headers.get("x-request-id") or uuid.uuid4().hex
+    given_id = headers.get("x-request-id")
+    request_id = given_id if given_id and _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
     job = Job(
         request_id=request_id,
         arrival=arrival,
@@ -124,18 +200,14 @@ async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Res
         max_tokens=parsed.max_tokens,
         oracle_output_tokens=oracle,
     )
-    forward = {"x-request-id": request_id}
-    for name in _FORWARDED_HEADERS:
-        if name in headers:
-            forward[name] = headers[name]
-    return ProxyExchange(gateway, parsed, job, forward)
+    return ProxyExchange(gateway, parsed, job, {"x-request-id": request_id}, tenant, gateway.quotas)
 
 
 def _oracle_tokens(raw: str | None) -> int | None:
     if raw is None:
         return None
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 9 else -1
     except ValueError:
         value = -1
     if value < 0:

@@ -49,6 +49,26 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option("--engine-url", help="The vLLM OpenAI server, e.g. http://127.0.0.1:8000.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--admin-port",
+    type=int,
+    help="Serve /metrics and the router's load report on this port (no API key there; let "
+    "only Prometheus and the router reach it). Default: on --port, behind the API-key check.",
+)
+@click.option(
+    "--max-body-mb",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Largest request body accepted (413 beyond).",
+)
+@click.option(
+    "--max-connections",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="Open client connections at most (503 beyond).",
+)
 @click.option("--policy", type=click.Choice(["fcfs", "slo", "oracle"]))
 @click.option("--overload", type=click.Choice(["reject", "best-effort"]))
 @click.option("--deployment", help="Deployment name (metrics label).")
@@ -102,6 +122,9 @@ def serve(
     engine_url: str | None,
     host: str,
     port: int,
+    admin_port: int | None,
+    max_body_mb: float,
+    max_connections: int,
     policy: str | None,
     overload: str | None,
     deployment: str | None,
@@ -124,10 +147,11 @@ def serve(
     # Imported here so that `goodput --help` does not load the web stack.
     import uvicorn
 
-    from goodput.serving.app import create_app
+    from goodput.serving.app import create_admin_app, create_app
     from goodput.serving.drain import DrainingServer
     from goodput.serving.engine_process import EngineProcess
     from goodput.serving.gateway import Gateway
+    from goodput.serving.http_guard import HttpLimits, server_config
     from goodput.serving.request_log import RequestLog
 
     logging.basicConfig(
@@ -161,16 +185,30 @@ def serve(
         gateway = Gateway(
             config, request_log=log, engine_metrics_interval_s=engine_metrics_interval
         )
-        server_config = uvicorn.Config(
-            create_app(gateway),
+        limits = HttpLimits(
+            max_body_bytes=int(max_body_mb * 1024 * 1024), max_connections=max_connections
+        )
+        api = server_config(
+            create_app(gateway, limits=limits, admin_port=admin_port is not None),
             host=host,
             port=port,
+            limits=limits,
             log_level=log_level,
             access_log=False,
             timeout_graceful_shutdown=5,
             lifespan="on",
         )
-        DrainingServer(server_config, gateway, grace_s=drain_timeout).run()
+        admin = None
+        if admin_port is not None:
+            admin = uvicorn.Config(
+                create_admin_app(gateway),
+                host=host,
+                port=admin_port,
+                log_level=log_level,
+                access_log=False,
+                lifespan="off",
+            )
+        DrainingServer(api, gateway, grace_s=drain_timeout, admin=admin).run()
     finally:
         if engine is not None:
             engine.stop()

@@ -22,6 +22,9 @@ from goodput.serving.job import Job, JobState
 from goodput.serving.policies import SchedulingPolicy
 from goodput.serving.service_model import ServiceModel
 
+#: Oversized jobs one dispatch pass looks past (each pass is on the event loop).
+_MAX_PASSED = 64
+
 
 class Dispatcher:
     def __init__(
@@ -61,15 +64,16 @@ class Dispatcher:
     def concurrency_limit(
         self, job: Job | None = None, *, explore: bool = True, urgent: bool = False
     ) -> int | None:
-        """The policy's limit for the running set plus ``job``, under their tightest SLOs
-        (``explore=False``: only what the measurements show; see the policy)."""
+        """The policy's limit for the running set plus ``job``, under their tightest class
+        objectives — never a per-request header's, which would let one client shrink the batch
+        for all (``explore=False``: only what the measurements show; see the policy)."""
         slos = [j.slo for j in self._running]
         if job is not None:
             slos.append(job.slo)
         if not slos:
             return None
         return self.policy.concurrency_limit(
-            min(s.tpot_s for s in slos),
+            min(s.batch_limit_tpot_s for s in slos),
             min(s.ttft_s for s in slos),
             self.service,
             self.clock(),
@@ -148,7 +152,14 @@ class Dispatcher:
     # -- dispatch ------------------------------------------------------------------------------
 
     def _pump(self, now: float) -> None:
-        """Start waiting jobs in key order while the budget allows."""
+        """Start waiting jobs in key order while the budget allows.
+
+        A job too large for the KV cache beside any other (``EngineBudget.oversized``) goes
+        alone, when the engine is idle; until then the jobs behind it are not held up by it —
+        one such prompt used to stop all dispatch for seconds. If no idle moment comes within
+        its TTFT objective, it is turned away like any request that cannot meet it.
+        """
+        passed: list[tuple[tuple[float, ...], int, Job]] = []
         while self._heap:
             _, seq, job = self._heap[0]
             if not self._valid(seq, job):
@@ -159,17 +170,22 @@ class Dispatcher:
             limit = self.concurrency_limit(job)
             if limit is not None and len(self._running) >= limit:
                 if not self._due(job, now):
-                    return
+                    break
                 stretched = self.concurrency_limit(job, urgent=True)
                 if stretched is not None and len(self._running) >= stretched:
-                    return
+                    break
             if not self.budget.kv_fits(job.kv_tokens):
-                return
+                if self.budget.oversized(job.kv_tokens) and len(passed) < _MAX_PASSED:
+                    passed.append(heapq.heappop(self._heap))
+                    continue
+                break
             if not self._prefill_fits(job, now):
-                return
+                break
             heapq.heappop(self._heap)
             self._waiting -= 1
             self._start(job, now)
+        for entry in passed:
+            heapq.heappush(self._heap, entry)
 
     def _due(self, job: Job, now: float) -> bool:
         """Whether ``job`` would miss its TTFT waiting for the next slot to free.

@@ -57,9 +57,17 @@ class EngineStream:
 
 class EngineClient:
     def __init__(
-        self, base_url: str, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 600.0
+        self,
+        base_url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 600.0,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # The engine's own key (vLLM --api-key), sent on every request; a client's key is the
+        # gateway's to check and never reaches the engine.
+        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
@@ -79,7 +87,9 @@ class EngineClient:
         session = self._open_session()
         try:
             async with session.get(
-                self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                self.base_url + path,
+                headers=self._auth,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 return EngineReply(response.status, await response.read())
         except (TimeoutError, aiohttp.ClientConnectorError) as exc:
@@ -95,7 +105,9 @@ class EngineClient:
         exception, a cancelled task) closes the connection, which makes vLLM abort the request."""
         session = self._open_session()
         try:
-            response = await session.post(self.base_url + path, data=body, headers=dict(headers))
+            response = await session.post(
+                self.base_url + path, data=body, headers={**headers, **self._auth}
+            )
         except (TimeoutError, aiohttp.ClientConnectorError) as exc:
             raise EngineUnreachable(_describe(exc)) from exc
         except aiohttp.ClientError as exc:

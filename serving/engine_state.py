@@ -132,6 +132,11 @@ class EngineBudget:
             return True
         return self.inflight_tokens + tokens <= capacity * self._headroom
 
+    def oversized(self, tokens: float) -> bool:
+        """Whether ``tokens`` fit the KV cache only with nothing else running."""
+        capacity = self.snapshot.kv_capacity_tokens or self._configured_capacity
+        return capacity is not None and tokens > capacity * self._headroom
+
 
 class EngineMonitor:
     """Watches the engine: ``/health`` often (cheap: is it up?), ``/metrics`` seldom.
@@ -149,10 +154,13 @@ class EngineMonitor:
         budget: EngineBudget,
         *,
         health_interval_s: float = 1.0,
+        health_timeout_s: float = 3.0,
         metrics_interval_s: float = 10.0,
         on_poll: Callable[[EngineSnapshot], None] | None = None,
     ) -> None:
         self._client = client
+        self._health_timeout = health_timeout_s
+        self._problem: str | None = None
         self._budget = budget
         self._health_interval = health_interval_s
         self._metrics_interval = metrics_interval_s
@@ -171,7 +179,7 @@ class EngineMonitor:
         now = time.monotonic()
         previous = self._budget.snapshot
         try:
-            _ok(await self._client.get("/health"))
+            _ok(await self._client.get("/health", timeout_s=self._health_timeout))
             if not previous.up or now - self._metrics_read_at >= self._metrics_interval:
                 metrics = _ok(await self._client.get("/metrics"))
                 snapshot = parse_engine_metrics(metrics.decode(errors="replace"), now=now)
@@ -181,16 +189,23 @@ class EngineMonitor:
             else:
                 snapshot = previous
         except (EngineUnreachable, EngineBroken, ValueError) as exc:
-            if previous.up:
-                log.warning("engine is down: %s", exc)
+            problem = str(exc)
+            if previous.up or problem != self._problem:  # each new reason once, not every poll
+                log.warning("engine is not ready: %s", problem)
+            self._problem = problem
             snapshot = EngineSnapshot(up=False, polled_at=now)
+        else:
+            self._problem = None
         self._budget.snapshot = snapshot
         if self._on_poll is not None:
             self._on_poll(snapshot)
         return snapshot
 
     async def _read_models(self) -> None:
-        cards = json.loads(_ok(await self._client.get("/v1/models"))).get("data", [])
+        listing = json.loads(_ok(await self._client.get("/v1/models")))
+        cards = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(cards, list):
+            raise ValueError("engine's /v1/models is not a model list")
         self.models = [str(card.get("id")) for card in cards if isinstance(card, dict)]
         lengths = [
             int(card["max_model_len"])
@@ -216,6 +231,11 @@ class EngineMonitor:
 
 
 def _ok(reply: EngineReply) -> bytes:
+    if reply.status == 401:
+        raise ValueError(
+            "engine answered HTTP 401: it requires an API key (give the gateway the engine's "
+            "key: engineApiKeyFile) or the key the gateway sends is not the engine's"
+        )
     if reply.status != 200:
         raise ValueError(f"engine answered HTTP {reply.status}")
     return reply.body

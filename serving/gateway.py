@@ -1,6 +1,11 @@
 """The gateway's parts wired together from a ``GatewayConfig``, and what happens when a request
 ends: metrics, the rolling SLO attainment, the request log, and the length predictor's update
-(each answer, and the periodic refit from the request log when the config asks for it)."""
+(each answer, and the periodic refit from the request log when the config asks for it).
+
+It also keeps the requests in flight, to fail them fast: when the engine stops answering its
+health check, a request that has had no byte from it for ``stall_s`` is ended at once with an
+OpenAI error (an error event in a stream) instead of waiting out the read timeout, and new
+requests are answered 503 until the engine is back."""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ import contextlib
 import logging
 import math
 import time
+from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
 from goodput.api.gateway_config import GatewayConfig
 from goodput.serving.admission import AdmissionController, RejectReason
+from goodput.serving.auth import ANONYMOUS, KeyStore, Quotas, Tenant
 from goodput.serving.dispatcher import Dispatcher
 from goodput.serving.engine_client import EngineClient
 from goodput.serving.engine_state import EngineBudget, EngineMonitor, EngineSnapshot
@@ -33,6 +41,18 @@ from goodput.serving.slo import SLOResolver, met_slo
 log = logging.getLogger(__name__)
 
 
+class Exchange(Protocol):
+    """A request in flight, as the gateway sees it (``proxy.ProxyExchange``)."""
+
+    def engine_idle_since(self) -> float | None:
+        """Monotonic time of the engine's last byte for it; ``None`` while not at the engine."""
+        ...
+
+    def abandon(self, message: str, code: str) -> None:
+        """End it now with a 503 (an error event, if streaming) saying ``message``."""
+        ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -41,11 +61,22 @@ class Gateway:
         request_log: RequestLog | None = None,
         predictor: LengthPredictor | None = None,
         engine_health_interval_s: float = 1.0,
+        engine_health_timeout_s: float = 3.0,
         engine_metrics_interval_s: float = 10.0,
         upstream_connect_timeout_s: float = 5.0,
         upstream_read_timeout_s: float = 600.0,
+        stall_s: float = 2.0,
     ) -> None:
         self.config = config
+        self.stall_s = stall_s
+        auth = config.auth
+        self.keys = KeyStore(
+            auth.keys_dir,
+            anonymous=Tenant(ANONYMOUS, priorities=(config.default_priority,))
+            if auth.anonymous
+            else None,
+        )
+        self.quotas = Quotas()
         self.registry = CollectorRegistry(auto_describe=True)
         self.resolver = SLOResolver(config)
         self.predictor = predictor or make_predictor(
@@ -53,7 +84,11 @@ class Gateway:
         )
         self.service = ServiceModel()
         self.budget = EngineBudget(kv_capacity_tokens=config.kv_cache_tokens)
-        self.policy = make_policy(config.policy, max_concurrency=config.max_concurrency)
+        self.policy = make_policy(
+            config.policy,
+            max_concurrency=config.max_concurrency,
+            initial_concurrency=config.initial_concurrency,
+        )
         self.admission = AdmissionController(
             self.service,
             overload=config.overload,
@@ -75,7 +110,10 @@ class Gateway:
         )
         if request_log is None and config.request_log is not None:
             request_log = RequestLog(
-                config.request_log.path, max_bytes=config.request_log.max_bytes
+                config.request_log.path,
+                max_bytes=config.request_log.max_bytes,
+                keep_prompts=config.request_log.keep_prompts,
+                max_prompt_chars=config.request_log.max_prompt_chars,
             )
         self.request_log = request_log
         self.refitter: PredictorRefitter | None = None
@@ -87,16 +125,18 @@ class Gateway:
             config.engine_url,
             connect_timeout_s=upstream_connect_timeout_s,
             read_timeout_s=upstream_read_timeout_s,
+            api_key=_read_key(config.engine_api_key_file),
         )
         self.monitor = EngineMonitor(
             self.client,
             self.budget,
             health_interval_s=engine_health_interval_s,
+            health_timeout_s=engine_health_timeout_s,
             metrics_interval_s=engine_metrics_interval_s,
             on_poll=self._engine_polled,
         )
         self.draining = False
-        self.active_exchanges = 0
+        self._exchanges: set[Exchange] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -110,6 +150,8 @@ class Gateway:
 
     def _engine_polled(self, snapshot: EngineSnapshot) -> None:
         self.metrics.engine_polled(snapshot)
+        if not snapshot.up:
+            self.abandon_stalled()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "engine running=%s waiting=%s kv=%s | gateway queue=%d inflight=%d limit=%s "
@@ -137,14 +179,34 @@ class Gateway:
     def ready(self) -> bool:
         return self.monitor.up and not self.draining
 
-    def exchange_started(self) -> None:
-        self.active_exchanges += 1
+    @property
+    def active_exchanges(self) -> int:
+        return len(self._exchanges)
+
+    def exchange_started(self, exchange: Exchange) -> None:
+        self._exchanges.add(exchange)
         self._idle.clear()
 
-    def exchange_ended(self) -> None:
-        self.active_exchanges -= 1
-        if self.active_exchanges == 0:
+    def exchange_ended(self, exchange: Exchange) -> None:
+        self._exchanges.discard(exchange)
+        if not self._exchanges:
             self._idle.set()
+
+    def abandon_stalled(self) -> None:
+        """The engine failed its health check: end every request it has been silent on for
+        ``stall_s`` (a request that just got bytes is left to the next poll)."""
+        now = time.monotonic()
+        for exchange in list(self._exchanges):
+            idle_since = exchange.engine_idle_since()
+            if idle_since is not None and now - idle_since >= self.stall_s:
+                exchange.abandon(
+                    "The inference engine stopped answering (it fails its health check).",
+                    "engine_unavailable",
+                )
+
+    def abandon_all(self, message: str, code: str) -> None:
+        for exchange in list(self._exchanges):
+            exchange.abandon(message, code)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request is in the gateway; False if ``timeout_s`` passed first."""
@@ -239,6 +301,10 @@ class Gateway:
                     finish_reason=finish_reason,
                 )
             )
+
+
+def _read_key(path: str | None) -> str | None:
+    return None if path is None else Path(path).read_text().strip() or None
 
 
 def _line(fit: LinearFit | None) -> str:

@@ -117,6 +117,19 @@ class GatewayMetrics:
             _ERROR_RATIO_BUCKETS,
             BASE_LABELS,
         ).labels(**self._base)
+        self.internal_errors = Counter(
+            "goodput_internal_errors",
+            "Requests answered 500 because of an unexpected error in the gateway itself.",
+            BASE_LABELS,
+            registry=registry,
+        ).labels(**self._base)
+        self.refusals = Counter(
+            "goodput_auth_refusals",
+            "Requests refused before admission: no or a wrong API key (unauthorized), a class "
+            "the key may not use (forbidden), over the tenant's quota (quota).",
+            (*BASE_LABELS, "reason"),
+            registry=registry,
+        )
         self.generated_tokens = Counter(
             "goodput_generated_tokens", "Output tokens generated.", BASE_LABELS, registry=registry
         ).labels(**self._base)
@@ -147,6 +160,10 @@ class GatewayMetrics:
         self.engine_waiting = gauge(
             "goodput_engine_waiting_requests", "Requests waiting inside the engine."
         )
+
+    @property
+    def base_labels(self) -> dict[str, str]:
+        return dict(self._base)
 
     def labels(self, priority: str) -> dict[str, str]:
         return {**self._base, "priority": priority}

@@ -11,6 +11,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from goodput.serving.auth import AccessDenied
+
 
 class OpenAIError(Exception):
     """A failure to answer with an OpenAI-format error body and the given HTTP status."""
@@ -94,6 +96,25 @@ def engine_unavailable(detail: str) -> OpenAIError:
         f"The inference engine is unavailable: {detail}",
         "server_error",
         code="engine_unavailable",
+    )
+
+
+def access_denied(denied: AccessDenied) -> OpenAIError:
+    """401/403 as the OpenAI API answers them; 429 for a quota, with ``Retry-After``."""
+    if denied.status == 429:
+        return rate_limited(
+            denied.message, reason=denied.code, retry_after_s=denied.retry_after_s or 1.0
+        )
+    type_ = "invalid_request_error" if denied.status == 401 else "permission_denied"
+    return OpenAIError(denied.status, denied.message, type_, code=denied.code)
+
+
+def internal_error() -> OpenAIError:
+    return OpenAIError(
+        500,
+        "The server had an error processing the request.",
+        "server_error",
+        code="internal_error",
     )
 
 

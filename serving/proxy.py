@@ -4,7 +4,9 @@ relay the answer (streamed or not), and account for how it ended.
 It is a raw ASGI callable rather than a ``StreamingResponse`` because it must notice a client
 that leaves at any point — while queued, before the engine's first byte, mid-stream — and then
 cancel the upstream request, which closes the engine connection so vLLM aborts the generation
-and the dispatcher frees the slot.
+and the dispatcher frees the slot. The gateway may end it the same way (``abandon``): an engine
+gone silent, a drain past its grace period; the client then gets an OpenAI error (an error event
+if the stream had started) rather than a cut connection.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from goodput.serving.admission import Rejection, RejectReason
+from goodput.serving.auth import Quotas, Tenant
 from goodput.serving.engine_client import EngineBroken, EngineStream, EngineUnreachable
 from goodput.serving.gateway import Gateway
 from goodput.serving.job import Job
@@ -34,6 +38,8 @@ from goodput.serving.openai_request import ParsedRequest, upstream_body
 log = logging.getLogger(__name__)
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+#: Token counts above this are not believed from any engine.
+_MAX_PLAUSIBLE_TOKENS = 10_000_000
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -43,37 +49,67 @@ _SSE_HEADERS = [
 
 class ProxyExchange(Response):
     def __init__(
-        self, gateway: Gateway, request: ParsedRequest, job: Job, headers: dict[str, str]
+        self,
+        gateway: Gateway,
+        request: ParsedRequest,
+        job: Job,
+        headers: dict[str, str],
+        tenant: Tenant,
+        quotas: Quotas,
     ) -> None:
         # Response.__init__ is not called: this object writes its own ASGI messages.
         self.gateway = gateway
         self.request = request
         self.job = job
         self.forward_headers = headers
+        self.tenant = tenant
+        self.quotas = quotas
         self.background = None
         self._started = False
         self._completed = False
         self._output_tokens = 0
         self._end: float | None = None
+        self._engine_byte_at: float | None = None
+        self._abandoned = asyncio.Event()
+        self._abandon_error: OpenAIError | None = None
+
+    def engine_idle_since(self) -> float | None:
+        return self._engine_byte_at
+
+    def abandon(self, message: str, code: str) -> None:
+        self._abandon_error = OpenAIError(
+            503, message, "server_error", code=code, headers={"Retry-After": "1"}
+        )
+        self._abandoned.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway
-        gw.exchange_started()
+        gw.exchange_started(self)
         work = asyncio.ensure_future(self._serve(send))
         watcher = asyncio.ensure_future(_client_gone(receive))
+        abandoned = asyncio.ensure_future(self._abandoned.wait())
         try:
-            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if work not in done:  # the client left: abort everything it started
+            done, _ = await asyncio.wait(
+                {work, watcher, abandoned}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if work in done:
+                work.result()
+            else:  # the client left, or the gateway gave up: abort everything it started
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-                log.debug("client disconnected: %s", self.job.request_id)
-            else:
-                work.result()
+                if watcher in done:
+                    log.debug("client disconnected: %s", self.job.request_id)
+                else:
+                    assert self._abandon_error is not None
+                    log.warning("request %s ended: %s", self.job.request_id, self._abandon_error)
+                    gw.failed(self.job)
+                    with contextlib.suppress(OSError, RuntimeError):
+                        await self._send_error(send, self._abandon_error)
         finally:
-            for task in (work, watcher):
+            for task in (work, watcher, abandoned):
                 task.cancel()
-            gw.exchange_ended()
+            gw.exchange_ended(self)
 
     async def _serve(self, send: Send) -> None:
         gw, job = self.gateway, self.job
@@ -97,8 +133,12 @@ class ProxyExchange(Response):
             gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority)).observe(
                 job.dispatched_at - job.arrival
             )
+            self._engine_byte_at = time.monotonic()
             await self._exchange(send)
         finally:
+            self._engine_byte_at = None
+            if job.dispatched_at is not None:
+                self.quotas.charge(self.tenant, job.prompt_tokens + self._output_tokens)
             # Whatever happened (done, rejected, failed, cancelled by a departed client), the
             # job's place in the queue or the engine is given back here.
             gw.dispatcher.release(
@@ -160,6 +200,7 @@ class ProxyExchange(Response):
         gw, job = self.gateway, self.job
         usage: dict[str, Any] = {}
         finish_reason = "unknown"
+        error: dict[str, Any] | None = None
         tokens = 0
         last_token_at = 0.0
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
@@ -168,12 +209,17 @@ class ProxyExchange(Response):
         fresh = 0
         try:
             async for chunk in upstream.chunks():
+                self._engine_byte_at = time.monotonic()
                 pending += chunk
                 out: list[bytes] = []
                 while (cut := pending.find(b"\n\n")) >= 0:
                     event, pending = pending[: cut + 2], pending[cut + 2 :]
+                    if event.startswith(b'data: {"error"'):
+                        # The engine refused the request inside the stream (vLLM validates
+                        # some parameters only once generation starts): relayed as it is.
+                        error = _event_json(event).get("error") or {}
                     # Only the rare events that may carry usage or a finish reason are parsed.
-                    if _may_carry_usage_or_finish(event):
+                    elif _may_carry_usage_or_finish(event):
                         parsed = _event_json(event)
                         if isinstance(parsed.get("usage"), dict) and not parsed.get("choices"):
                             usage = parsed["usage"]
@@ -194,12 +240,20 @@ class ProxyExchange(Response):
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}
                     )
         except asyncio.CancelledError:
-            if tokens:
+            if tokens and not self._abandoned.is_set():
                 self._account(tokens, last_token_at, {}, "cancelled", streamed=True)
             raise
         end = gw.dispatcher.clock()
         if pending:
             await send({"type": "http.response.body", "body": pending, "more_body": True})
+        if error is not None and not usage and finish_reason == "unknown":
+            # Already told to the client, with the engine's own [DONE]: only counted here.
+            if _error_status(error) < 500:
+                gw.rejected(RejectReason.INVALID, job.slo.priority)
+            else:
+                gw.failed(job)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if not usage and finish_reason == "unknown":
             raise EngineBroken("the engine closed the stream before it finished")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -214,8 +268,14 @@ class ProxyExchange(Response):
         *,
         streamed: bool,
     ) -> None:
-        """Record a request that delivered its answer (all of it, or until the client left)."""
-        self._output_tokens = int(usage.get("completion_tokens") or tokens)
+        """Record a request that delivered its answer (all of it, or until the client left).
+
+        The engine's usage numbers are taken only if they are plausible — whole numbers within
+        the request's bounds — since they feed the scheduler's models and the tenant's quota;
+        otherwise what the gateway counted itself stands."""
+        bound = self.job.max_tokens or self.gateway.max_model_len or _MAX_PLAUSIBLE_TOKENS
+        reported = _count(usage.get("completion_tokens"), bound)
+        self._output_tokens = reported if reported is not None else min(tokens, bound)
         self._completed = True
         self._end = end
         self.gateway.finished(
@@ -224,7 +284,9 @@ class ProxyExchange(Response):
             streamed=streamed,
             end=end,
             output_tokens=self._output_tokens,
-            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            prompt_tokens=_count(
+                usage.get("prompt_tokens"), self.gateway.max_model_len or _MAX_PLAUSIBLE_TOKENS
+            ),
             finish_reason=finish_reason,
         )
 
@@ -321,5 +383,14 @@ def _usage_and_finish(payload: bytes) -> tuple[dict[str, Any], str]:
     return usage or {}, finish
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _count(value: Any, bound: int) -> int | None:
+    """A token count from the engine if it is a whole number in ``[0, bound]``, else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound:
+        return value
+    return None
+
+
+def _error_status(error: Any) -> int:
+    """The HTTP status an engine's in-stream error stands for (vLLM puts it in ``code``)."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code < 600 else 500

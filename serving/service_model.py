@@ -139,6 +139,10 @@ class ServiceModel:
         live = self.live.estimate(concurrency, now)
         return live if live is not None else self.step.predict(concurrency)
 
+    def knows_step_time(self, now: float) -> bool:
+        """Whether any step time was measured yet (live or from finished requests)."""
+        return bool(self.live.profile(now)) or self.step.fit is not None
+
     def tpot_limit(
         self, tpot_s: float, headroom: float, now: float, *, explore: bool = True
     ) -> int | None:

@@ -91,6 +91,43 @@ class RequestLogConfig(BaseModel):
         alias="maxBytes",
         description="Rotate to <path>.1 past this size.",
     )
+    keep_prompts: bool = Field(
+        default=False,
+        alias="keepPrompts",
+        description="Write each prompt (its first `maxPromptChars` characters) into the log; "
+        "by default prompts are left out. The predictor's refit learns from them, so it needs "
+        "this.",
+    )
+    max_prompt_chars: int = Field(
+        default=16_384,
+        gt=0,
+        alias="maxPromptChars",
+        description="A kept prompt is cut to this many characters: one line stays bounded.",
+    )
+
+
+class AuthConfig(BaseModel):
+    """Who may send requests: API keys of tenants from a directory (a mounted Secret; the file
+    format is in `goodput.serving.auth`), and whether callers without a key are served."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    keys_dir: str | None = Field(
+        default=None,
+        alias="keysDir",
+        description="Directory of tenant files with hashed API keys, reloaded when it changes.",
+    )
+    anonymous: bool = Field(
+        default=True,
+        description="Serve requests without a key as tenant `anonymous`: the default priority "
+        "class only, objectives only loosened, never tightened. The Helm chart turns it off.",
+    )
+
+    @model_validator(mode="after")
+    def _someone_may_enter(self) -> AuthConfig:
+        if self.keys_dir is None and not self.anonymous:
+            raise ValueError("auth: with anonymous access off, keysDir must name the API keys")
+        return self
 
 
 class GatewayConfig(BaseModel):
@@ -129,6 +166,29 @@ class GatewayConfig(BaseModel):
     default_priority: str = Field(default="default", alias="defaultPriority")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     request_log: RequestLogConfig | None = Field(default=None, alias="requestLog")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    engine_api_key_file: str | None = Field(
+        default=None,
+        alias="engineApiKeyFile",
+        description="A file (a mounted Secret) holding the key the engine was started with "
+        "(vLLM --api-key); the gateway sends it on every request to the engine.",
+    )
+    initial_concurrency: int = Field(
+        default=4,
+        gt=0,
+        alias="initialConcurrency",
+        description="The batch limit a gateway starts from before it has measured its engine "
+        "(slo/oracle policies); it explores upward from there.",
+    )
+
+    @model_validator(mode="after")
+    def _refit_reads_prompts(self) -> GatewayConfig:
+        refit = self.predictor.refit is not None
+        if refit and self.request_log is not None and not self.request_log.keep_prompts:
+            raise ValueError(
+                "predictor.refit learns from the logged prompts: set requestLog.keepPrompts"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_priority_exists(self) -> GatewayConfig:

@@ -1,5 +1,6 @@
-"""``goodput serve`` as a real process: it serves, writes the request log, and drains on SIGTERM
-(readiness false, new requests 503, the in-flight stream finishes, then a clean exit)."""
+"""``goodput serve`` as a real process: it serves, writes the request log (prompts left out,
+readable by its owner only), and drains on SIGTERM (readiness false, new requests 503, the
+in-flight stream finishes, then a clean exit)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def test_serve_drains_on_sigterm(fake_engine: tuple[FakeEngine, str], tmp_path: 
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(records) == 1
     assert records[0]["output_tokens"] == 400 and records[0]["max_tokens"] == 400
-    assert records[0]["prompt"] == "x" and records[0]["deployment"] == "d"
+    assert records[0]["prompt"] == "" and records[0]["deployment"] == "d"  # not kept by default
+    assert log_path.stat().st_mode & 0o777 == 0o600
     assert set(records[0]) == {
         "ts", "deployment", "model", "request_id", "prompt", "prompt_tokens", "max_tokens",
         "predicted_p50", "predicted_p90", "output_tokens", "finish_reason",

@@ -54,7 +54,7 @@ def test_the_tail_returns_whole_new_lines_only(tmp_path: Path) -> None:
 def test_the_tail_follows_the_request_logs_rotation(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
     line = len(json.dumps(asdict(_record(0, "prompt number 0", 10)))) + 1
-    log = RequestLog(path, max_bytes=int(3.5 * line))
+    log = RequestLog(path, max_bytes=int(3.5 * line), keep_prompts=True)
     tail = LogTail(path)
     log.write(_record(0, "prompt number 0", 10))
     assert len(tail.read()) == 1
@@ -86,7 +86,7 @@ def test_a_refit_swaps_a_new_model_in_once_enough_requests_arrived(
     refitter = PredictorRefitter(
         predictor, path, RefitConfig(minNewRecords=40, minPrompts=20, intervalS=1)
     )
-    log = RequestLog(path)
+    log = RequestLog(path, keep_prompts=True)
     prompts = _long_answer_prompts(60)
     for i, prompt in enumerate(prompts[:20]):
         log.write(_record(i, prompt, 900))
@@ -111,7 +111,9 @@ def _config(tmp_path: Path, kind: str) -> GatewayConfig:
         servedModelName="tiny-llama",
         slo=SLOTargets(ttftMs=2000, tpotMs=200),
         predictor=PredictorConfig(kind=kind, refit=RefitConfig()),  # type: ignore[arg-type]
-        requestLog=RequestLogConfig(path=str(tmp_path / "state" / "requests.jsonl")),
+        requestLog=RequestLogConfig(
+            path=str(tmp_path / "state" / "requests.jsonl"), keepPrompts=True
+        ),
     )
 
 
