@@ -15,16 +15,22 @@ from goodput.api.gateway_config import GatewayConfig
 from goodput.dev.processes import free_port
 from goodput.serving.app import create_app
 from goodput.serving.gateway import Gateway
+from goodput.serving.http_guard import HttpLimits, server_config
 
 from .fake_engine import FakeEngine
 
 
 @contextmanager
-def running_server(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+def running_server(
+    app: Any, limits: HttpLimits | None = None
+) -> Iterator[tuple[str, uvicorn.Server]]:
+    """``limits``: served as ``goodput serve`` serves the gateway (its guarded HTTP protocol)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    if limits is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        config = server_config(app, host="127.0.0.1", port=port, limits=limits, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -51,11 +57,12 @@ GatewayFactory = Callable[..., tuple[Gateway, str]]
 
 @pytest.fixture
 def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]:
-    """Start a gateway in front of the fake engine; keyword arguments override the config."""
+    """Start a gateway in front of the fake engine; keyword arguments override the config
+    (``limits``: the HTTP limits it is served with)."""
     _, engine_url = fake_engine
     stack: list[Any] = []
 
-    def start(**overrides: Any) -> tuple[Gateway, str]:
+    def start(limits: HttpLimits | None = None, **overrides: Any) -> tuple[Gateway, str]:
         data: dict[str, Any] = {
             "deployment": "test",
             "servedModelName": "tiny",
@@ -69,7 +76,8 @@ def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]
             engine_health_interval_s=0.2,
             engine_metrics_interval_s=0.2,
         )
-        cm = running_server(create_app(gateway))
+        limits = limits or HttpLimits()
+        cm = running_server(create_app(gateway, limits=limits), limits)
         url, _ = cm.__enter__()
         stack.append(cm)
         return gateway, url

@@ -34,6 +34,7 @@ class FakeEngine:
         max_model_len: int = 2048,
         kv_blocks: int = 1024,
         fail_after_tokens: int | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.model = model
         self.step_base_s = step_base_s
@@ -41,6 +42,7 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.kv_blocks = kv_blocks
         self.fail_after_tokens = fail_after_tokens
+        self.api_key = api_key
         self.running: list[_Running] = []
         self.completed = 0
         self.aborted = 0
@@ -74,6 +76,15 @@ class FakeEngine:
             stepper.cancel()
 
         app = FastAPI(lifespan=lifespan)
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next: Any) -> Response:
+            # As vLLM's --api-key: every /v1 route wants the key; /health and /metrics do not.
+            guarded = self.api_key and request.url.path.startswith("/v1")
+            if guarded and request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return JSONResponse({"error": "Unauthorized"}, status_code=401)
+            response: Response = await call_next(request)
+            return response
 
         @app.get("/health")
         async def health() -> Response:

@@ -382,3 +382,38 @@ def test_engine_death_mid_stream_ends_cleanly(
             await c.close()
 
         asyncio.run(scenario())
+
+
+def test_a_frozen_engine_fails_requests_within_seconds(
+    vllm_engine: EngineProcess, tmp_path: Path
+) -> None:
+    """The engine freezes (SIGSTOP) mid-stream: the stream ends with an error event within 10 s
+    (it waited 600 s), new requests get 503 with ``Retry-After`` at once, readiness follows; the
+    engine thawed, the gateway serves again."""
+    with serve(vllm_engine.url, tmp_path) as (url, _):
+
+        async def scenario() -> None:
+            c, start = long_completion(url)
+            async with frozen_mid_request(vllm_engine, start) as in_flight:
+                frozen_at = time.monotonic()  # about: the stream has been quiet for 1.5 s
+                rest = await in_flight.rest(within_s=30)
+                failed_after = time.monotonic() - frozen_at + 1.5
+                assert rest and isinstance(rest[-1], openai.APIError), rest[-1:]
+                assert failed_after < 10, failed_after
+                async with httpx.AsyncClient(base_url=url) as http:
+                    asked = time.monotonic()
+                    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+                    refused = await http.post("/v1/completions", json=body)
+                    assert time.monotonic() - asked < 1.0  # answered at once, not queued
+                    assert refused.status_code == 503
+                    assert int(refused.headers["retry-after"]) >= 1
+                    assert refused.json()["error"]["code"] == "engine_unavailable"
+                    assert (await http.get("/readyz")).status_code == 503
+            assert await until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60)
+            answer = await c.completions.create(model=MODEL, prompt="x", max_tokens=2)
+            assert answer.choices
+            await c.close()
+
+        asyncio.run(scenario())
+        errors = metric_sum(httpx.get(f"{url}/metrics").text, "goodput_internal_errors_total")
+        assert errors == 0

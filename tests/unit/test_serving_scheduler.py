@@ -505,3 +505,42 @@ def test_a_level_seen_only_during_prefills_is_not_judged_by_them_alone() -> None
     assert m.max_concurrency(0.030, 0.9, 10.0, explore=False) is None  # 8 is fast enough
     # Judged by its with-prefill samples alone (40 ms), 8 would have been too slow.
     assert m.max_concurrency(0.030, 0.9, 10.0) >= 8
+
+
+def test_a_cold_gateway_starts_from_a_small_batch_and_admits_by_measurements_only() -> None:
+    service = ServiceModel()
+    policy = SloPolicy(initial_concurrency=4, max_concurrency=64)
+    assert policy.concurrency_limit(0.1, 1.0, service, 0.0) == 4  # dispatch: a safe start
+    # Admission is held only to what is known: the configured cap, not the starting point.
+    assert policy.concurrency_limit(0.1, 1.0, service, 0.0, explore=False) == 64
+    assert (
+        SloPolicy(initial_concurrency=4, max_concurrency=2).concurrency_limit(
+            0.1, 1.0, service, 0.0
+        )
+        == 2
+    )
+    for c in (1, 2, 3, 4) * 3:
+        service.step.observe(c, 0.01 * c)  # measured: the learned limit takes over
+    assert policy.concurrency_limit(0.1, 1.0, service, 0.0) == 9
+
+
+async def test_a_request_too_large_for_the_kv_cache_goes_alone_without_blocking_the_queue() -> None:
+    clock = Clock()
+    service = ServiceModel()
+    admission = AdmissionController(
+        service, overload="reject", max_queue_length=10, max_queue_delay_s=None
+    )
+    budget = EngineBudget(kv_capacity_tokens=1000)
+    d = Dispatcher(SloPolicy(), admission, service, budget, clock=clock)
+    running = job("running", clock.now, 100, slo=PATIENT)
+    d.submit(running)
+    giant = job("giant", clock.now, 2000, slo=PATIENT)  # 10 + 4000 KV tokens: never beside others
+    later_class = RequestSLO(ttft_s=1000.0, tpot_s=0.1, e2e_s=None, priority="bulk", rank=1)
+    small = job("small", clock.now, 100, slo=later_class)
+    d.submit(giant)
+    d.submit(small)
+    assert d.policy.order_key(giant) < d.policy.order_key(small)  # the giant is first in line
+    assert small.state is JobState.RUNNING and giant.state is JobState.WAITING
+    d.release(running, completed=False)
+    d.release(small, completed=False)
+    assert giant.state is JobState.RUNNING and d.inflight == 1  # alone, once the engine idles
