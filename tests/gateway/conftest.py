@@ -55,6 +55,18 @@ def fake_engine() -> Iterator[tuple[FakeEngine, str]]:
 GatewayFactory = Callable[..., tuple[Gateway, str]]
 
 
+def gateway_config(engine_url: str, **overrides: Any) -> GatewayConfig:
+    """The tests' gateway config (SLO 2 s to first token, 200 ms per token), with overrides."""
+    data: dict[str, Any] = {
+        "deployment": "test",
+        "servedModelName": "tiny",
+        "engineUrl": engine_url,
+        "slo": {"ttftMs": 2000, "tpotMs": 200},
+        "policy": "slo",
+    }
+    return GatewayConfig.model_validate({**data, **overrides})
+
+
 @pytest.fixture
 def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]:
     """Start a gateway in front of the fake engine; keyword arguments override the config
@@ -63,16 +75,8 @@ def gateway_for(fake_engine: tuple[FakeEngine, str]) -> Iterator[GatewayFactory]
     stack: list[Any] = []
 
     def start(limits: HttpLimits | None = None, **overrides: Any) -> tuple[Gateway, str]:
-        data: dict[str, Any] = {
-            "deployment": "test",
-            "servedModelName": "tiny",
-            "engineUrl": engine_url,
-            "slo": {"ttftMs": 2000, "tpotMs": 200},
-            "policy": "slo",
-        }
-        data.update(overrides)
         gateway = Gateway(
-            GatewayConfig.model_validate(data),
+            gateway_config(engine_url, **overrides),
             engine_health_interval_s=0.2,
             engine_metrics_interval_s=0.2,
         )

@@ -18,14 +18,13 @@ import httpx
 import openai
 import pytest
 
-from goodput.api.gateway_config import GatewayConfig
 from goodput.serving.app import create_app
 from goodput.serving.auth import hash_key
 from goodput.serving.gateway import Gateway
 from goodput.serving.http_guard import HttpLimits
 from goodput.serving.length_estimate import LengthPrediction
 
-from .conftest import GatewayFactory, running_server
+from .conftest import GatewayFactory, gateway_config, running_server
 from .fake_engine import FakeEngine
 
 CHAT = "/v1/chat/completions"
@@ -119,15 +118,7 @@ def test_an_abusive_objective_does_not_shrink_the_batch_for_others(tmp_path: Pat
     engine = FakeEngine(step_base_s=0.02, step_per_request_s=0.005)
     with ExitStack() as stack:
         engine_url, _ = stack.enter_context(running_server(engine.app))
-        config = GatewayConfig.model_validate(
-            {
-                "deployment": "abuse",
-                "servedModelName": "tiny",
-                "engineUrl": engine_url,
-                "slo": {"ttftMs": 2000, "tpotMs": 200},
-                "auth": {"keysDir": str(keys), "anonymous": False},
-            }
-        )
+        config = gateway_config(engine_url, auth={"keysDir": str(keys), "anonymous": False})
         gateway = Gateway(config, engine_health_interval_s=0.2, engine_metrics_interval_s=0.2)
         url, _ = stack.enter_context(running_server(create_app(gateway), HttpLimits()))
 
@@ -229,15 +220,9 @@ class _BrokenPredictor:
 def test_an_unexpected_error_is_a_counted_openai_500_on_a_connection_that_stays_usable(
     fake_engine: tuple[FakeEngine, str],
 ) -> None:
-    config = GatewayConfig.model_validate(
-        {
-            "deployment": "t",
-            "servedModelName": "tiny",
-            "engineUrl": fake_engine[1],
-            "slo": {"ttftMs": 2000, "tpotMs": 200},
-        }
+    gateway = Gateway(
+        gateway_config(fake_engine[1]), predictor=_BrokenPredictor(), engine_health_interval_s=0.2
     )
-    gateway = Gateway(config, predictor=_BrokenPredictor(), engine_health_interval_s=0.2)
     with running_server(create_app(gateway), HttpLimits()) as (url, _):
         conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
         body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 2})
@@ -299,16 +284,10 @@ def test_an_engine_that_wants_an_api_key_gets_it(tmp_path: Path) -> None:
     key_file.write_text("engine-secret\n")
     with ExitStack() as stack:
         engine_url, _ = stack.enter_context(running_server(engine.app))
-        base = {
-            "deployment": "k",
-            "servedModelName": "tiny",
-            "engineUrl": engine_url,
-            "slo": {"ttftMs": 2000, "tpotMs": 200},
-        }
-        keyless = Gateway(GatewayConfig.model_validate(base), engine_health_interval_s=0.2)
+        keyless = Gateway(gateway_config(engine_url), engine_health_interval_s=0.2)
         keyless_url, _ = stack.enter_context(running_server(create_app(keyless)))
         keyed = Gateway(
-            GatewayConfig.model_validate({**base, "engineApiKeyFile": str(key_file)}),
+            gateway_config(engine_url, engineApiKeyFile=str(key_file)),
             engine_health_interval_s=0.2,
         )
         url, _ = stack.enter_context(running_server(create_app(keyed)))
