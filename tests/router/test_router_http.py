@@ -1,0 +1,160 @@
+"""The router over real gateways (before fake engines): OpenAI clients through it, retries
+before the first byte, replicas that die or drain, and no replica at all."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from goodput.dev.processes import free_port
+
+from .conftest import API_KEY, Replica
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_openai_clients_stream_and_complete_through_the_router(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    reps = replicas(2)
+    _, url = router_for([r.url for r in reps])
+    c = client(url)
+    text = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+        )
+        if chunk.choices
+    )
+    assert text
+    done = c.completions.create(model="tiny", prompt="hello", max_tokens=4)
+    assert done.usage is not None and done.usage.completion_tokens == 4
+    assert [m.id for m in c.models.list()] == ["tiny"]
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="tiny", messages=[], max_tokens=3)
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'goodput_router_requests_total{outcome="ok",router="router"} 2.0' in metrics
+    assert 'goodput_router_requests_total{outcome="invalid",router="router"} 1.0' in metrics
+    assert 'goodput_router_endpoints{router="router",state="ready"} 2.0' in metrics
+
+
+def test_a_session_keeps_landing_on_one_replica(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    reps = replicas(3)
+    _, url = router_for([r.url for r in reps])
+    for i in range(9):
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": f"turn {i}", "max_tokens": 2, "user": "alice"},
+            timeout=30,
+            headers=AUTH,
+        ).raise_for_status()
+    served = [len(r.engine.received) for r in reps]
+    assert sorted(served) == [0, 0, 9], served
+
+
+def test_a_replica_that_dies_loses_no_request(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    doomed, alive = replicas(2)
+    # Polled once at start (both ready), then not again during the test: the router learns of
+    # the death only by connecting, as it would between two polls.
+    _, url = router_for([doomed.url, alive.url], pollIntervalS=30)
+    doomed.server.should_exit = True
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(f"{doomed.url}/healthz", timeout=1)
+        except httpx.ConnectError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    statuses = [
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": f"p{i}" * 40, "max_tokens": 2},
+            timeout=30,
+            headers=AUTH,
+        ).status_code
+        for i in range(12)
+    ]
+    assert statuses == [200] * 12
+    assert len(alive.engine.received) == 12
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'goodput_router_retries_total{reason="unavailable",router="router"}' in metrics
+
+
+def test_a_replica_answering_429_is_retried_elsewhere(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    full, free = replicas(2, maxQueueLength=1, maxConcurrency=1)
+    full.gateway.draining = True  # answers 503 draining to anything new
+    _, url = router_for([full.url, free.url], pollIntervalS=30, filters=["slo-headroom"])
+    for i in range(6):
+        reply = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": f"q{i}" * 30, "max_tokens": 2},
+            timeout=30,
+            headers=AUTH,
+        )
+        assert reply.status_code == 200, reply.text
+    assert len(free.engine.received) == 6 and not full.engine.received
+
+
+def test_a_draining_replica_gets_nothing_new_and_finishes_its_streams(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    a, b = replicas(2)
+    router, url = router_for([a.url, b.url])
+    body = {"model": "tiny", "prompt": "long", "max_tokens": 300, "stream": True, "user": "s"}
+    chunks: list[bytes] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST", f"{url}/v1/completions", json=body, timeout=60, headers=AUTH
+        ) as r:
+            chunks.extend(r.iter_raw())
+
+    t = threading.Thread(target=stream)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not (a.engine.running or b.engine.running):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    busy, other = (a, b) if a.engine.running else (b, a)
+    # Discovery marks the busy replica terminating (what an EndpointSlice says of a deleted pod).
+    router.replace_endpoints(
+        [(busy.url, busy.url, False, True), (other.url, other.url, True, False)]
+    )
+    for i in range(5):
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": f"new {i}", "max_tokens": 2, "user": "s"},
+            timeout=30,
+            headers=AUTH,
+        ).raise_for_status()
+    t.join(60)
+    assert b"[DONE]" in b"".join(chunks)
+    assert len(busy.engine.received) == 1 and len(other.engine.received) == 5
+
+
+def test_no_ready_replica_is_a_503_with_retry_after(
+    router_for: Callable[..., tuple[Any, str]],
+) -> None:
+    _, url = router_for([f"http://127.0.0.1:{free_port()}"])
+    reply = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=30)
+    assert reply.status_code == 503
+    assert reply.headers["retry-after"] == "1"
+    assert reply.json()["error"]["code"] == "no_replica"
+    assert httpx.get(f"{url}/readyz").status_code == 503
