@@ -63,6 +63,16 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     help="Largest request body accepted (413 beyond).",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this certificate (PEM; e.g. tls.crt of a mounted TLS Secret).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The certificate's private key (PEM; tls.key).",
+)
+@click.option(
     "--max-connections",
     default=2048,
     show_default=True,
@@ -124,6 +134,8 @@ def serve(
     port: int,
     admin_port: int | None,
     max_body_mb: float,
+    tls_cert: str | None,
+    tls_key: str | None,
     max_connections: int,
     policy: str | None,
     overload: str | None,
@@ -154,6 +166,8 @@ def serve(
     from goodput.serving.http_guard import HttpLimits, server_config
     from goodput.serving.request_log import RequestLog
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -197,6 +211,8 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=5,
             lifespan="on",
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         admin = None
         if admin_port is not None:

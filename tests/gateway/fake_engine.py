@@ -35,6 +35,7 @@ class FakeEngine:
         kv_blocks: int = 1024,
         fail_after_tokens: int | None = None,
         api_key: str | None = None,
+        stream_error: bool = False,
     ) -> None:
         self.model = model
         self.step_base_s = step_base_s
@@ -43,6 +44,9 @@ class FakeEngine:
         self.kv_blocks = kv_blocks
         self.fail_after_tokens = fail_after_tokens
         self.api_key = api_key
+        # As vLLM does with parameters it validates only once generation starts: an error event
+        # inside the stream, then [DONE].
+        self.stream_error = stream_error
         self.running: list[_Running] = []
         self.completed = 0
         self.aborted = 0
@@ -178,6 +182,12 @@ class FakeEngine:
             chunk_kind = f"{kind}.chunk" if chat else kind
 
             async def events() -> AsyncIterator[bytes]:
+                if self.stream_error:
+                    self.running.remove(running)
+                    error = {"message": "bad parameter", "type": "BadRequestError", "code": 400}
+                    yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                    yield b"data: [DONE]\n\n"
+                    return
                 finished = False
                 try:
                     for i in range(n):

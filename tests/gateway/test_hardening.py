@@ -298,3 +298,21 @@ def test_an_engine_that_wants_an_api_key_gets_it(tmp_path: Path) -> None:
         assert httpx.get(f"{keyless_url}/readyz").status_code == 503
         refused = httpx.post(f"{keyless_url}/v1/completions", json={"model": "tiny", "prompt": "x"})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+
+
+def test_an_error_the_engine_reports_inside_a_stream_is_relayed_once_and_counted_as_invalid(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine(stream_error=True)
+    with ExitStack() as stack:
+        engine_url, _ = stack.enter_context(running_server(engine.app))
+        gateway = Gateway(gateway_config(engine_url), engine_health_interval_s=0.2)
+        url, _ = stack.enter_context(running_server(create_app(gateway), HttpLimits()))
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True}
+        streamed = httpx.post(f"{url}/v1/completions", json=body)
+        events = [e for e in streamed.content.split(b"\n\n") if e]
+        assert [e.startswith(b'data: {"error"') for e in events] == [True, False]
+        assert events[-1] == b"data: [DONE]"  # nothing after it
+        assert metric(url, "goodput_rejections_total") == 1  # the client's fault: invalid
+        text = httpx.get(f"{url}/metrics").text
+        assert 'outcome="error"' not in text

@@ -1,11 +1,13 @@
 """``goodput serve`` as a real process: it serves, writes the request log (prompts left out,
 readable by its owner only), and drains on SIGTERM (readiness false, new requests 503, the
-in-flight stream finishes, then a clean exit)."""
+in-flight stream finishes, then a clean exit); it speaks TLS and keeps its metrics on an admin
+port when asked."""
 
 from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 
+from goodput.dev.pki import ClusterPKI
 from goodput.dev.processes import free_port
 
 from .fake_engine import FakeEngine
@@ -69,3 +72,41 @@ def test_serve_drains_on_sigterm(fake_engine: tuple[FakeEngine, str], tmp_path: 
         "ts", "deployment", "model", "request_id", "prompt", "prompt_tokens", "max_tokens",
         "predicted_p50", "predicted_p90", "output_tokens", "finish_reason",
     }  # fmt: skip
+
+
+def test_serve_speaks_tls_and_keeps_metrics_on_the_admin_port(
+    fake_engine: tuple[FakeEngine, str], tmp_path: Path
+) -> None:
+    pki = ClusterPKI(tmp_path / "pki")
+    pki.ensure()  # a CA and a server certificate for 127.0.0.1
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "goodput", "serve",
+            "--engine-url", fake_engine[1], "--port", str(port), "--admin-port", str(admin),
+            "--deployment", "d", "--served-model-name", "tiny",
+            "--ttft-ms", "2000", "--tpot-ms", "200",
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        ],
+    )  # fmt: skip
+    trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust) as api:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if api.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                time.sleep(0.1)
+            body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+            assert api.post("/v1/completions", json=body).status_code == 200
+            assert api.get("/metrics").status_code == 404  # not on the API port
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics")
+        assert metrics.status_code == 200 and "goodput_requests_total" in metrics.text
+        assert httpx.get(f"http://127.0.0.1:{admin}/v1/goodput/load").json()["ready"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
