@@ -310,3 +310,27 @@ def test_every_namespaced_object_is_in_the_release_namespace(chart: ChartRendere
             assert "namespace" not in doc["metadata"], doc["metadata"]
         else:
             assert doc["metadata"]["namespace"] == "goodput-system", doc["metadata"]
+
+
+def test_network_policies_let_only_the_router_and_prometheus_reach_serving_pods(
+    chart: ChartRenderer,
+) -> None:
+    assert not chart.render().all("NetworkPolicy")  # all namespaces watched: none known
+    watched = chart.render({"operator": {"watchNamespace": "team-a"}}).one("NetworkPolicy")
+    assert watched["metadata"]["namespace"] == "team-a"
+    assert watched["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "goodput",
+        "app.kubernetes.io/name": "goodput-llm",
+    }
+    assert watched["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = watched["spec"]["ingress"]
+    assert [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]
+    ] == [
+        "goodput-router",
+        "prometheus",
+    ]
+    listed = chart.render({"networkPolicy": {"namespaces": ["a", "b"]}}).all("NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in listed) == ["a", "b"]
+    off = {"operator": {"watchNamespace": "team-a"}, "networkPolicy": {"enabled": False}}
+    assert not chart.render(off).all("NetworkPolicy")
