@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from goodput.dev.pki import ClusterPKI
 from goodput.dev.processes import free_port
@@ -110,3 +111,51 @@ def test_serve_speaks_tls_and_keeps_metrics_on_the_admin_port(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def _serve(engine_url: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "goodput", "serve", "--engine-url", engine_url,
+         "--port", str(port), "--deployment", "d", "--served-model-name", "tiny",
+         "--ttft-ms", "2000", "--tpot-ms", "200", *args],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_stream_past_the_drain_ends_with_an_error_event(
+    fake_engine: tuple[FakeEngine, str], signals: int
+) -> None:
+    """Past the grace period (one signal) or at once (a second signal), a stream still running
+    ends with an error event rather than a cut connection, and the gateway exits."""
+    proc, url = _serve(fake_engine[1], "--drain-timeout", "1")
+    try:
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2000, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as stream:
+            events = stream.iter_lines()
+            assert next(events).startswith("data: {")  # in flight, ~5 s of tokens to come
+            proc.send_signal(signal.SIGTERM)
+            if signals == 2:
+                time.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            rest = [line for line in events if line]
+            ended_after = time.monotonic() - started
+        assert rest[-1].startswith('data: {"error"') and '"draining"' in rest[-1]
+        assert ended_after < (1.0 if signals == 2 else 3.0), ended_after
+        # A forced exit reports the signal, as a process killed by it would.
+        assert proc.wait(timeout=10) == (0 if signals == 1 else 128 + signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
