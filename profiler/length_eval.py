@@ -18,6 +18,7 @@ prompt-only predictor on this data.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,10 +41,13 @@ __all__ = [
     "CONTENDERS",
     "LengthMetrics",
     "LengthReport",
+    "RankingReport",
     "ScenarioResult",
     "evaluate",
+    "held_out_model_names",
     "length_metrics",
     "measure_latency",
+    "ranking_benchmark",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -185,9 +189,13 @@ def _rows_X(data: AlpacaEvalSet, idx: npt.NDArray[np.intp]) -> list[tuple[str, s
 
 
 def _reference_rows(
-    data: AlpacaEvalSet, train: npt.NDArray[np.bool_], test: npt.NDArray[np.bool_]
+    data: AlpacaEvalSet,
+    train: npt.NDArray[np.bool_],
+    test: npt.NDArray[np.bool_],
+    keep: set[int] | None = None,
 ) -> list[tuple[str, int, float, float]]:
-    """Predict each held-out response from the other models' answers to the same prompt."""
+    """Predict each held-out response from the other models' answers to the same prompt
+    (only the rows in ``keep``, when given)."""
     y_log = np.log1p(data.output_tokens.astype(np.float64))
     models = data.model_array
     offsets = {m: float(np.mean(y_log[train & (models == m)])) for m in data.model_names}
@@ -199,7 +207,7 @@ def _reference_rows(
     for members in by_prompt.values():
         for i in members:
             others = [j for j in members if j != i]
-            if not others:
+            if not others or (keep is not None and i not in keep):
                 continue
             score = np.mean([y_log[j] - offsets[data.models[j]] for j in others])
             guess = float(np.expm1(score + offsets.get(data.models[i], pooled)))
@@ -214,6 +222,16 @@ def _calibration_split(
     idx = np.flatnonzero(model_rows)
     order = sorted(idx, key=lambda i: hash_fraction(str(int(data.prompt_ids[i])), "calibration"))
     return np.asarray(sorted(order[:k]), dtype=np.intp), np.asarray(sorted(order[k:]), np.intp)
+
+
+def _observation_order(
+    data: AlpacaEvalSet, model_rows: npt.NDArray[np.bool_], k: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """A model's first ``k`` held-out responses in a fixed hashed order (the order it is
+    observed in), and the rest."""
+    idx = np.flatnonzero(model_rows)
+    order = sorted(idx, key=lambda i: hash_fraction(str(int(data.prompt_ids[i])), "calibration"))
+    return np.asarray(order[:k], dtype=np.intp), np.asarray(sorted(order[k:]), np.intp)
 
 
 def evaluate(
@@ -310,3 +328,128 @@ def measure_latency(
         "cpu_p50": float(np.percentile(cpu, 50)),
         "cpu_p99": float(np.percentile(cpu, 99)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The ranking benchmark: prompts *and* models held out, and learning curves of new models.
+
+ORACLE = "oracle"
+
+
+def held_out_model_names(
+    names: Sequence[str], n: int = 6, salt: str = "goodput-models-v1"
+) -> list[str]:
+    """A fixed set of ``n`` models, chosen by a hash of the name (adding models keeps old picks)."""
+    return sorted(sorted(names, key=lambda m: hash_fraction(m, salt))[:n])
+
+
+@dataclass
+class RankingReport:
+    """Known models on held-out prompts, and new models after 0, 8, ... observed answers."""
+
+    test_fraction: float
+    held_out_models: list[str]
+    n_test_prompts: int
+    n_eval_prompts_new_models: int
+    known_models: dict[str, ScenarioResult]
+    new_models: dict[str, dict[int, ScenarioResult]]
+
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        """``{contender: {metric: value}}``, the headline numbers."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name, known in self.known_models.items():
+            row: dict[str, float | None] = {
+                "tau_known_models": known.mean.kendall_tau,
+                "mae_known_models": known.mean.mae_tokens,
+                "p90_coverage_known_models": known.mean.p90_coverage,
+            }
+            for k, result in self.new_models.get(name, {}).items():
+                row[f"tau_new_models_{k}obs"] = result.mean.kendall_tau
+                row[f"mae_new_models_{k}obs"] = result.mean.mae_tokens
+                row[f"p90_coverage_new_models_{k}obs"] = result.mean.p90_coverage
+            out[name] = row
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "protocol": {
+                "test_fraction": self.test_fraction,
+                "held_out_models": self.held_out_models,
+                "n_test_prompts": self.n_test_prompts,
+                "n_eval_prompts_new_models": self.n_eval_prompts_new_models,
+            },
+            "known_models": {k: v.to_json() for k, v in self.known_models.items()},
+            "new_models": {
+                name: {str(k): r.to_json() for k, r in curve.items()}
+                for name, curve in self.new_models.items()
+            },
+        }
+
+
+def ranking_benchmark(
+    data: AlpacaEvalSet,
+    contenders: Mapping[str, Callable[[], Contender]],
+    *,
+    test_fraction: float = 0.25,
+    n_held_out_models: int = 6,
+    observations: Sequence[int] = (0, 8, 32, 100),
+    on_step: Callable[[str], None] | None = None,
+) -> RankingReport:
+    """Fit every contender once on training prompts of the known models, then score it.
+
+    * Known models: every held-out prompt.
+    * New models (never in training): each observes its answers to the first ``k`` held-out
+      prompts in a fixed hashed order (a deployment's first traffic), for each ``k`` in
+      ``observations``, and is scored on the held-out prompts after the largest ``k``: the same
+      prompts for every ``k``, none of them seen by the text model or observed.
+    """
+    step = on_step or (lambda _msg: None)
+    test = split_prompts(data.prompt_ids, test_fraction)
+    held = held_out_model_names(data.model_names, n_held_out_models)
+    is_new = np.isin(data.model_array, held)
+    train_idx = np.flatnonzero(~test & ~is_new)
+    known_idx = np.flatnonzero(test & ~is_new)
+    pool = max(observations)
+    splits = {m: _observation_order(data, test & (data.model_array == m), pool) for m in held}
+    y = data.output_tokens
+
+    known: dict[str, ScenarioResult] = {}
+    new: dict[str, dict[int, ScenarioResult]] = {}
+    for name, make in contenders.items():
+        fitted = make().fit(_rows_X(data, train_idx), y[train_idx])
+        q = fitted.predict_quantiles(_rows_X(data, known_idx), (0.5, 0.9))
+        known[name] = ScenarioResult.from_rows(
+            [
+                (data.models[i], int(y[i]), float(q[j, 0]), float(q[j, 1]))
+                for j, i in enumerate(known_idx)
+            ]
+        )
+        curve: dict[int, list[tuple[str, int, float, float]]] = {k: [] for k in observations}
+        for model, (observed, evaluated) in splits.items():
+            X_eval = _rows_X(data, evaluated)
+            for k in observations:
+                est = copy.deepcopy(fitted)
+                if k:
+                    est.partial_fit(_rows_X(data, observed[:k]), y[observed[:k]])
+                q = est.predict_quantiles(X_eval, (0.5, 0.9))
+                curve[k].extend(
+                    (model, int(y[i]), float(q[j, 0]), float(q[j, 1]))
+                    for j, i in enumerate(evaluated)
+                )
+        new[name] = {k: ScenarioResult.from_rows(rows) for k, rows in curve.items()}
+        step(name)
+
+    oracle = _reference_rows(data, ~test, test)
+    known[ORACLE] = ScenarioResult.from_rows([r for r in oracle if r[0] not in held])
+    evaluated_rows = {int(i) for _, ev in splits.values() for i in ev}
+    oracle_rows = _reference_rows(data, ~test, test, keep=evaluated_rows)
+    new[ORACLE] = {k: ScenarioResult.from_rows(oracle_rows) for k in observations}
+    return RankingReport(
+        test_fraction=test_fraction,
+        held_out_models=held,
+        n_test_prompts=len(set(data.prompt_ids[test].tolist())),
+        n_eval_prompts_new_models=len(next(iter(splits.values()))[1]) if splits else 0,
+        known_models=known,
+        new_models=new,
+    )

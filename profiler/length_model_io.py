@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import skops.io as sio
 
-from goodput.profiler.length_predictor import LengthPredictor
+from goodput.profiler.length_predictor import FORMAT_VERSION, LengthPredictor
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -87,18 +87,25 @@ def load_default_length_model() -> LengthPredictor:
 def _check(model: object) -> None:
     if not isinstance(model, LengthPredictor):
         raise UntrustedModelFile(f"expected a LengthPredictor, found {type(model).__name__}")
+    version = getattr(model, "format_version_", 1)
+    if version != FORMAT_VERSION:
+        raise UntrustedModelFile(
+            f"length model file has format {version}, this version reads {FORMAT_VERSION}: "
+            "refit it (goodput profile train, or profile update from a request log)"
+        )
     try:
         n = int(model.n_features)
         n_cues = model.cue_mean_.shape[0]
+        dim = 2 + (n_cues if model.correction else 0)
         shapes_ok = (
             model.coef_.shape == (2 * n + n_cues,)
             and model.word_idf_.shape == (n,)
             and model.char_idf_.shape == (n,)
             and model.cue_scale_.shape == (n_cues,)
-            and model.prior_mean_.shape == (2,)
-            and model.prior_cov_.shape == (2, 2)
+            and model.prior_mean_.shape == (dim,)
+            and model.prior_cov_.shape == (dim, dim)
             and model.residual_quantiles_.shape == (99,)
-            and all(np.shape(v) == (9,) for v in model.verbosity_.values())
+            and all(np.shape(v) == (dim * dim + dim + 3,) for v in model.verbosity_.values())
         )
     except (AttributeError, TypeError, ValueError) as err:
         raise UntrustedModelFile(f"incomplete length model: {err}") from err

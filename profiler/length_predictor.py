@@ -6,9 +6,16 @@ model is: ``log(1 + tokens) = a_m * z(prompt) + b_m + noise_m``.
 * ``z(prompt)`` is shared by all models: a ridge regression on hashed word and character n-grams
   of the prompt plus hand-written cues (``prompt_features``). It is trained on each prompt's
   consensus length across models, a far less noisy target than any single response.
-* ``(a_m, b_m, noise_m)`` is the model's verbosity: a Bayesian linear calibration per model whose
-  prior is the population of known models. An unseen model starts at that prior and moves toward
-  its own behaviour with every observed response (``partial_fit``): a few dozen responses suffice.
+* ``(a_m, b_m, noise_m)`` is the model's verbosity and ``w_m . cues(prompt)`` its *correction*:
+  what this model writes longer or shorter than the consensus for a kind of prompt (one model
+  pads code with explanations, another answers questions tersely). Both are one Bayesian linear
+  model per served model, on ``[z, 1, standardised cues]``, whose prior is the population of
+  known models (empirical Bayes: their mean and spread). An unseen model starts at that prior and
+  moves toward its own behaviour with every observed response (``partial_fit``), so what it
+  learns changes the *ranking* of its prompts, not only their scale.
+* Observations are untrusted (an engine's usage numbers): non-finite or negative ones are
+  dropped, the rest clipped to ``max_output_tokens``, and each update's residual is clipped to
+  ``outlier_sigma`` noise deviations, so one absurd answer cannot move a model far.
 * Quantiles come from the empirical distribution of standardised out-of-fold residuals, so the
   p90 is calibrated on prompts the text model did not see, not on its (optimistic) training fit.
 
@@ -34,12 +41,22 @@ from sklearn.utils.validation import check_is_fitted
 
 from goodput.profiler.prompt_features import prompt_cue_matrix, prompt_cues
 
-__all__ = ["LengthPredictor", "as_requests"]
+__all__ = ["FORMAT_VERSION", "LengthPredictor", "as_requests"]
+
+# What a saved model's arrays mean; a file of another version is refused, not misread.
+# 1: verbosity-only calibration (2 parameters per model); 2: per-model cue correction.
+FORMAT_VERSION = 2
 
 FloatArray = npt.NDArray[np.float64]
 # Levels at which the standardised residual distribution is stored: any quantile in between is
 # interpolated, so callers may ask for p50, p90, p99 or anything else without refitting.
 _LEVELS = np.linspace(0.01, 0.99, 99)
+# Stage-one ridge on a model's cue weights (in units of its residual variance per observation),
+# and the least prior variance a cue weight keeps: chosen on held-out prompts and models.
+_CUE_RIDGE = 10.0
+_CUE_PRIOR_FLOOR = 1e-3
+# Derived state rebuilt on demand, never saved.
+_CACHES = ("_calibration_cache", "_offsets_cache", "_prior_cache")
 
 
 def as_requests(X: Any) -> tuple[list[str], list[str]]:
@@ -61,11 +78,15 @@ def as_requests(X: Any) -> tuple[list[str], list[str]]:
 
 
 def _clip_text(text: str, max_chars: int) -> str:
-    """Head and tail of a long prompt: instructions sit at either end, the middle is material."""
-    if len(text) <= max_chars:
-        return text
-    head = (max_chars * 2) // 3
-    return text[:head] + "\n" + text[-(max_chars - head) :]
+    """Head and tail of a long prompt: instructions sit at either end, the middle is material.
+
+    Lone surrogates (``"\\ud800"`` is valid JSON) become ``?``: the hashing vectorizer encodes
+    the text as UTF-8 and would raise on them.
+    """
+    if len(text) > max_chars:
+        head = (max_chars * 2) // 3
+        text = text[:head] + "\n" + text[-(max_chars - head) :]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,6 +133,31 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     warm_start:
         When refitting, shrink the prompt model toward the current one instead of toward zero,
         so a small log of the deployment's own traffic refines rather than replaces it.
+    correction:
+        Learn a per-model correction on the prompt's cues beside its verbosity; ``False`` is the
+        verbosity-only calibration of earlier versions (an affine map of ``z`` per model, which
+        cannot change a model's ranking).
+    max_output_tokens:
+        Largest output length an observation may claim (the longest context served); larger
+        ones are clipped to it.
+    outlier_sigma:
+        An observation's residual is clipped to this many noise deviations before it updates the
+        model's posterior.
+
+    Attributes
+    ----------
+    coef_, intercept_:
+        The prompt model's ridge weights on ``[word n-grams, char n-grams, cues]``.
+    word_idf_, char_idf_, cue_mean_, cue_scale_:
+        Feature scalings fixed at the first fit.
+    prior_mean_, prior_cov_, prior_noise_:
+        The population prior of a model's ``[slope, offset, cue weights...]`` and noise.
+    verbosity_:
+        Per served model, its posterior as one flat array (precision, shift, counts).
+    residual_quantiles_:
+        Quantiles of standardised out-of-fold residuals at 1%..99%.
+    format_version_:
+        ``FORMAT_VERSION`` of the code that fitted it.
     """
 
     def __init__(
@@ -125,6 +171,9 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         prior_strength: float = 8.0,
         forgetting: float = 1.0,
         warm_start: bool = False,
+        correction: bool = True,
+        max_output_tokens: int = 131072,
+        outlier_sigma: float = 3.0,
     ) -> None:
         self.n_features = n_features
         self.alpha = alpha
@@ -134,6 +183,9 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.prior_strength = prior_strength
         self.forgetting = forgetting
         self.warm_start = warm_start
+        self.correction = correction
+        self.max_output_tokens = max_output_tokens
+        self.outlier_sigma = outlier_sigma
 
     # ----------------------------------------------------------------------------------------
     # Features
@@ -163,7 +215,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     # Fitting
 
     def fit(self, X: Any, y: Any) -> Self:
-        """Fit the prompt model on consensus lengths, then each model's verbosity calibration."""
+        """Fit the prompt model on consensus lengths, then each model's verbosity and correction."""
         prompts, models = as_requests(X)
         y_log = np.log1p(np.asarray(y, dtype=np.float64))
         if len(prompts) != y_log.shape[0]:
@@ -172,32 +224,34 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             raise ValueError("need at least two responses to fit")
         if np.any(~np.isfinite(y_log)) or np.any(y_log < 0):
             raise ValueError("y must hold non-negative token counts")
+        y_log = np.minimum(y_log, math.log1p(self.max_output_tokens))
         previous = self._previous_state() if self.warm_start else None
 
         uniq, prompt_idx = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
         uniq_prompts = [str(p) for p in uniq]
         model_names = sorted(set(models))
         model_idx = np.searchsorted(np.asarray(model_names), np.asarray(models))
+        blocks = self._ngram_blocks(uniq_prompts)
+        cues = prompt_cue_matrix(uniq_prompts, self.max_chars)
 
         if previous is None:
             z, weight = _consensus(
                 y_log, prompt_idx, model_idx, len(uniq_prompts), len(model_names)
             )
         else:
-            # Reuse the current verbosity to map each response back to its prompt's scale.
-            a_b = np.array([self._posterior_mean(m) for m in model_names])
-            a, b = a_b[model_idx, 0], a_b[model_idx, 1]
-            per_row = (y_log - b) / np.maximum(a, 0.05)
+            # Reuse each model's current calibration to map its responses to the prompt's scale.
+            phi = self._phi((cues - previous["cue_mean"]) / previous["cue_scale"])[prompt_idx]
+            means = np.array([self._posterior_mean(m) for m in model_names])[model_idx]
+            rest = np.einsum("ij,ij->i", phi, means[:, 2:]) if phi.shape[1] else 0.0
+            per_row = (y_log - means[:, 1] - rest) / np.maximum(means[:, 0], 0.05)
             weight = np.bincount(prompt_idx, minlength=len(uniq_prompts)).astype(np.float64)
             z = np.bincount(prompt_idx, weights=per_row, minlength=len(uniq_prompts)) / weight
 
-        blocks = self._ngram_blocks(uniq_prompts)
-        cues = prompt_cue_matrix(uniq_prompts, self.max_chars)
         self._fit_scalers(blocks, cues, previous)
         design = self._design(blocks, cues)
         coef, intercept = self._fit_ridge(design, z, weight, previous)
 
-        # Out-of-fold prompt scores: the verbosity calibration and the residual spread must be
+        # Out-of-fold prompt scores: the per-model calibration and the residual spread must be
         # learned from predictions on prompts the ridge did not see, or both come out too tight.
         folds = np.array([_fold_of(p, self.n_oof_folds) for p in uniq_prompts])
         z_oof = np.empty(len(uniq_prompts))
@@ -212,8 +266,15 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.coef_ = coef
         self.intercept_ = float(intercept)
         self.n_features_in_ = 2  # scikit-learn's convention: X's columns, (prompt, model)
-        self._fit_verbosity(z_oof[prompt_idx], y_log, models, model_names, previous)
+        self.format_version_ = FORMAT_VERSION
+        phi = self._phi((cues - self.cue_mean_) / self.cue_scale_)
+        rows = np.column_stack([z_oof, np.ones(len(uniq_prompts)), phi])[prompt_idx]
+        self._fit_verbosity(rows, y_log, models, model_names, previous)
         return self
+
+    def _phi(self, standardised_cues: FloatArray) -> FloatArray:
+        """The correction's features: the standardised cues, or none without a correction."""
+        return standardised_cues if self.correction else standardised_cues[:, :0]
 
     def _previous_state(self) -> dict[str, Any] | None:
         if not hasattr(self, "coef_"):
@@ -265,93 +326,141 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def _fit_verbosity(
         self,
-        z: FloatArray,
+        rows: FloatArray,
         y_log: FloatArray,
         models: list[str],
         model_names: list[str],
         previous: dict[str, Any] | None,
     ) -> None:
-        """Per-model (slope, offset, noise) and the population prior an unseen model starts from."""
+        """Per model, a posterior over ``[slope, offset, cue weights]``; and the population prior.
+
+        The prior is empirical Bayes: the known models' mean, and their spread less what each
+        model's own estimate is uncertain by (else the prior would let one new model's handful
+        of answers move its cue weights as far as estimation noise moved them in training).
+        """
         model_arr = np.asarray(models)
-        fits: dict[str, tuple[FloatArray, float, int]] = {}
+        dim = rows.shape[1]
+        # Ridge on the cue weights only: the stage-one estimate of each model on its own.
+        penalty = np.diag(np.r_[1e-6, 1e-6, np.full(dim - 2, _CUE_RIDGE)])
+        fits: dict[str, tuple[FloatArray, float, int, FloatArray]] = {}
         for name in model_names:
-            rows = model_arr == name
-            design = np.column_stack([z[rows], np.ones(rows.sum())])
-            coef, *_ = np.linalg.lstsq(design, y_log[rows], rcond=None)
-            if rows.sum() < 3 or not np.all(np.isfinite(coef)):
-                coef = np.array([1.0, float(np.mean(y_log[rows] - z[rows]))])
-            resid = y_log[rows] - design @ coef
-            fits[name] = (coef, float(np.sqrt(np.mean(resid**2)) + 1e-3), int(rows.sum()))
+            X = rows[model_arr == name]
+            t = y_log[model_arr == name]
+            gram = X.T @ X + penalty
+            coef = np.linalg.solve(gram, X.T @ t)
+            if X.shape[0] < 3 or not np.all(np.isfinite(coef)):
+                coef = np.r_[1.0, float(np.mean(t - X[:, 0])), np.zeros(dim - 2)]
+            resid = t - X @ coef
+            noise = float(np.sqrt(np.mean(resid**2)) + 1e-3)
+            fits[name] = (coef, noise, X.shape[0], noise**2 * np.linalg.inv(gram))
 
-        if previous is None or not hasattr(self, "prior_mean_"):
-            coefs = np.array([c for c, _, _ in fits.values()])
+        fresh = previous is None or getattr(self, "prior_mean_", np.zeros(0)).shape != (dim,)
+        if fresh:
+            coefs = np.array([c for c, _, _, _ in fits.values()])
             self.prior_mean_ = coefs.mean(axis=0)
-            spread = np.cov(coefs.T) if len(coefs) > 2 else np.diag([0.1, 0.25])
             # A floor keeps the prior honest about models unlike any seen in training.
-            self.prior_cov_ = spread + np.diag([0.02, 0.05])
-            self.prior_noise_ = float(np.median([s for _, s, _ in fits.values()]))
+            floor = np.diag(np.r_[0.02, 0.05, np.full(dim - 2, _CUE_PRIOR_FLOOR)])
+            if len(coefs) > 2:
+                spread = np.cov(coefs.T).reshape(dim, dim)
+                sampling = np.mean([v for _, _, _, v in fits.values()], axis=0)
+                cov = np.zeros((dim, dim))
+                cov[:2, :2] = spread[:2, :2]
+                # Cue weights: the spread beyond estimation noise, kept as a full matrix, since
+                # cues fire together and models differ along combinations of them.
+                values, vectors = np.linalg.eigh(spread[2:, 2:] - sampling[2:, 2:])
+                cov[2:, 2:] = (vectors * np.maximum(values, 0.0)) @ vectors.T
+                cov += floor
+            else:
+                cov = np.diag(np.r_[0.1, 0.25, np.full(dim - 2, 1e-3)]) + floor
+            self.prior_cov_ = cov
+            self.prior_noise_ = float(np.median([s for _, s, _, _ in fits.values()]))
 
-        self.__dict__.pop("_verbosity_cache", None)
-        self.__dict__.pop("_offsets_cache", None)
+        self._clear_caches()
         # Standardised residuals pooled over models give the quantile shape.
         std_resid = np.concatenate(
             [
-                (y_log[model_arr == n] - np.column_stack([z[model_arr == n], np.ones(k)]) @ c) / s
-                for n, (c, s, k) in fits.items()
+                (y_log[model_arr == n] - rows[model_arr == n] @ c) / s
+                for n, (c, s, _, _) in fits.items()
             ]
         )
         self.residual_quantiles_ = np.quantile(std_resid, _LEVELS)
 
         # Each model's evidence as a Gaussian in natural parameters: precision and shift.
-        prior_precision = np.linalg.inv(self.prior_cov_)
-        self.verbosity_ = {} if previous is None else dict(getattr(self, "verbosity_", {}))
-        for name, (_, noise, n) in fits.items():
-            design = np.column_stack([z[model_arr == name], np.ones(n)])
-            precision = prior_precision + design.T @ design / noise**2
-            shift = (
-                prior_precision @ self.prior_mean_ + design.T @ y_log[model_arr == name] / noise**2
-            )
+        prior_precision, prior_shift = self._prior_natural()
+        kept = {} if previous is None or fresh else dict(getattr(self, "verbosity_", {}))
+        self.verbosity_ = kept
+        for name, (_, noise, n, _) in fits.items():
+            X = rows[model_arr == name]
+            precision = prior_precision + X.T @ X / noise**2
+            shift = prior_shift + X.T @ y_log[model_arr == name] / noise**2
             self.verbosity_[name] = _pack(precision, shift, n, noise**2 * n, n)
 
-    def partial_fit(self, X: Any, y: Any) -> Self:
-        """Update each model's verbosity from observed responses; the prompt model is unchanged.
+    def _prior_natural(self) -> tuple[FloatArray, FloatArray]:
+        """The prior's precision and shift (natural parameters), computed once per fit."""
+        cached: tuple[FloatArray, FloatArray] | None = self.__dict__.get("_prior_cache")
+        if cached is None:
+            precision = np.asarray(np.linalg.inv(self.prior_cov_), dtype=np.float64)
+            cached = (precision, np.asarray(precision @ self.prior_mean_, dtype=np.float64))
+            self.__dict__["_prior_cache"] = cached
+        return cached
 
-        Cheap (a 2x2 update per response), so a gateway can call it for every finished request.
+    def _clear_caches(self) -> None:
+        for name in _CACHES:
+            self.__dict__.pop(name, None)
+
+    def partial_fit(self, X: Any, y: Any) -> Self:
+        """Update each model's calibration from observed responses; the prompt model is unchanged.
+
+        Cheap (a rank-one update per response), so a gateway can call it for every finished
+        request. Unusable observations (NaN, infinite, negative) are skipped.
         """
         check_is_fitted(self, "coef_")
         prompts, models = as_requests(X)
-        y_log = np.log1p(np.asarray(y, dtype=np.float64))
-        z = self.prompt_scores(prompts)
-        for zi, yi, name in zip(z, y_log, models, strict=True):
-            self._observe(name, float(zi), float(yi))
+        tokens = np.asarray(y, dtype=np.float64).reshape(-1)
+        if tokens.shape[0] != len(prompts):
+            raise ValueError(f"X has {len(prompts)} rows but y has {tokens.shape[0]}")
+        rows = self._rows(prompts)
+        for row, value, name in zip(rows, tokens, models, strict=True):
+            y_log = self._usable_log(float(value))
+            if y_log is not None:
+                self._observe(name, row, y_log)
         return self
 
-    def _observe(self, model: str, z: float, y_log: float) -> None:
+    def _usable_log(self, tokens: float) -> float | None:
+        """``log1p`` of a length clipped to ``max_output_tokens``; None if it is not a length."""
+        if not math.isfinite(tokens) or tokens < 0:
+            return None
+        return math.log1p(min(tokens, float(self.max_output_tokens)))
+
+    def _observe(self, model: str, row: FloatArray, y_log: float) -> None:
         precision, shift, n, sq, n_sq = self._state(model)
         noise2 = self._noise2(n_sq, sq)
-        mean = np.linalg.solve(precision, shift)
-        resid = y_log - (mean[0] * z + mean[1])
-        x = np.array([z, 1.0])
+        mean, _ = self._cached_calibration(model)
+        predicted = float(row @ mean)
+        limit = self.outlier_sigma * math.sqrt(noise2)
+        resid = min(max(y_log - predicted, -limit), limit)
         lam = self.forgetting
-        prior_precision = np.linalg.inv(self.prior_cov_)
-        prior_shift = prior_precision @ self.prior_mean_
+        prior_precision, prior_shift = self._prior_natural()
         # Forgetting decays the evidence, never the prior, so the state cannot drift to nothing.
-        precision = prior_precision + lam * (precision - prior_precision) + np.outer(x, x) / noise2
-        shift = prior_shift + lam * (shift - prior_shift) + x * y_log / noise2
+        precision = (
+            prior_precision + lam * (precision - prior_precision) + np.outer(row, row) / noise2
+        )
+        shift = prior_shift + lam * (shift - prior_shift) + row * (predicted + resid) / noise2
         self.verbosity_[model] = _pack(precision, shift, n + 1, lam * sq + resid**2, lam * n_sq + 1)
-        self.__dict__.pop("_verbosity_cache", None)
+        self.__dict__.get("_calibration_cache", {}).pop(model, None)
 
     def _state(self, model: str) -> tuple[FloatArray, FloatArray, float, float, float]:
         packed = self.verbosity_.get(model)
         if packed is None:
-            precision = np.linalg.inv(self.prior_cov_)
-            return precision, precision @ self.prior_mean_, 0.0, 0.0, 0.0
+            precision, shift = self._prior_natural()
+            return precision, shift, 0.0, 0.0, 0.0
+        dim = self.prior_mean_.shape[0]
         return (
-            packed[:4].reshape(2, 2),
-            packed[4:6].copy(),
-            float(packed[6]),
-            float(packed[7]),
-            float(packed[8]),
+            packed[: dim * dim].reshape(dim, dim),
+            packed[dim * dim : dim * dim + dim].copy(),
+            float(packed[-3]),
+            float(packed[-2]),
+            float(packed[-1]),
         )
 
     def _noise2(self, n_sq: float, sq: float) -> float:
@@ -368,20 +477,24 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def prompt_scores(self, prompts: Sequence[str]) -> FloatArray:
         """The shared, model-independent length score ``z`` of each prompt (log-token scale)."""
+        return self._rows(prompts)[:, 0]
+
+    def _rows(self, prompts: Sequence[str]) -> FloatArray:
+        """Each prompt's ``[z, 1, correction features]``, what a model's calibration weighs."""
         check_is_fitted(self, "coef_")
+        dim = self.prior_mean_.shape[0]
         if not prompts:
-            return np.zeros(0)
-        design = self._design(
-            self._ngram_blocks(prompts), prompt_cue_matrix(list(prompts), self.max_chars)
-        )
-        return np.asarray(design @ self.coef_ + self.intercept_, dtype=np.float64)
+            return np.zeros((0, dim))
+        cues = prompt_cue_matrix(list(prompts), self.max_chars)
+        z = self._design(self._ngram_blocks(prompts), cues) @ self.coef_ + self.intercept_
+        phi = self._phi((cues - self.cue_mean_) / self.cue_scale_)
+        return np.column_stack([z, np.ones(len(prompts)), phi]).astype(np.float64)
 
     def verbosity(self, model: str) -> tuple[float, float, float]:
         """``(slope, offset, noise)`` of ``model`` in log tokens; the population prior if unseen."""
         check_is_fitted(self, "coef_")
-        a, b = self._posterior_mean(model)
-        _, _, _, sq, n_sq = self._state(model)
-        return float(a), float(b), math.sqrt(self._noise2(n_sq, sq))
+        mean, noise = self._cached_calibration(model)
+        return float(mean[0]), float(mean[1]), noise
 
     def _quantile_offsets(self, quantiles: Iterable[float]) -> FloatArray:
         qs = np.asarray(list(quantiles), dtype=np.float64)
@@ -392,15 +505,12 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     def predict_quantiles(self, X: Any, quantiles: Sequence[float] = (0.5, 0.9)) -> FloatArray:
         """Output-token quantiles, one row per request and one column per quantile."""
         prompts, models = as_requests(X)
-        z = self.prompt_scores(prompts)
+        rows = self._rows(prompts)
         offsets = self._quantile_offsets(quantiles)
         out = np.empty((len(prompts), offsets.shape[0]))
-        cache: dict[str, tuple[float, float, float]] = {}
-        for i, (zi, name) in enumerate(zip(z, models, strict=True)):
-            if name not in cache:
-                cache[name] = self.verbosity(name)
-            a, b, noise = cache[name]
-            out[i] = np.expm1(a * zi + b + offsets * noise)
+        for i, (row, name) in enumerate(zip(rows, models, strict=True)):
+            mean, cov, noise = self._calibration(name)
+            out[i] = np.expm1(float(row @ mean) + offsets * self._spread(row, cov, noise))
         return np.maximum(out, 1.0)
 
     def predict(self, X: Any) -> FloatArray:
@@ -413,24 +523,33 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         """``(p50, p90)`` output tokens of one request; the gateway's per-request call.
 
         Works on one row's indices and values directly (no sparse-matrix algebra), and caches
-        each model's verbosity, so a request costs about the time to hash its n-grams. Capped at
-        ``max_tokens`` when the client set one: the engine stops there.
+        each model's calibration, so a request costs about the time to hash its n-grams. Capped
+        at ``max_tokens`` when the client set one (the engine stops there), and never below one
+        token, whatever the cap.
         """
-        z = self._request_score(prompt)
-        a, b, noise = self._cached_verbosity(model)
+        row = self._request_row(prompt)
+        mean, cov, noise = self._calibration(model)
         u50, u90 = self._request_offsets()
-        p50 = max(math.expm1(a * z + b + u50 * noise), 1.0)
-        p90 = max(math.expm1(a * z + b + u90 * noise), p50)
+        mu = float(row @ mean)
+        spread = self._spread(row, cov, noise)
+        p50 = max(math.expm1(mu + u50 * spread), 1.0)
+        p90 = max(math.expm1(mu + u90 * spread), p50)
         if max_tokens is not None:
-            p50, p90 = min(p50, float(max_tokens)), min(p90, float(max_tokens))
+            cap = max(float(max_tokens), 1.0)
+            p50, p90 = min(p50, cap), min(p90, cap)
         return p50, p90
 
-    def observe_request(self, prompt: str, model: str, output_tokens: int) -> None:
-        """Learn from one finished request: ``partial_fit`` for a single row, at request speed."""
-        self._observe(model, self._request_score(prompt), math.log1p(max(output_tokens, 0)))
+    def observe_request(self, prompt: str, model: str, output_tokens: float) -> None:
+        """Learn from one finished request: ``partial_fit`` for a single row, at request speed.
 
-    def _request_score(self, prompt: str) -> float:
-        """``prompt_scores`` of one prompt, on the row's indices and values directly."""
+        An unusable count (NaN, infinite, negative) is ignored.
+        """
+        y_log = self._usable_log(float(output_tokens))
+        if y_log is not None:
+            self._observe(model, self._request_row(prompt), y_log)
+
+    def _request_row(self, prompt: str) -> FloatArray:
+        """``_rows`` of one prompt, on the row's indices and values directly."""
         check_is_fitted(self, "coef_")
         text = _clip_text(prompt, self.max_chars)
         z = self.intercept_
@@ -444,16 +563,32 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             z += float(values @ self.coef_[start + idx]) / norm
             start += self.n_features
         cues = (prompt_cues(prompt, self.max_chars) - self.cue_mean_) / self.cue_scale_
-        return z + self.cue_weight * float(cues @ self.coef_[start:])
+        z += self.cue_weight * float(cues @ self.coef_[start:])
+        phi = cues if self.prior_mean_.shape[0] > 2 else cues[:0]
+        return np.concatenate([[z, 1.0], phi])
 
-    def _cached_verbosity(self, model: str) -> tuple[float, float, float]:
-        cache: dict[str, tuple[float, float, float]] = self.__dict__.setdefault(
-            "_verbosity_cache", {}
+    def _cached_calibration(self, model: str) -> tuple[FloatArray, float]:
+        """The posterior mean of ``model``'s calibration and its noise, solved once per update."""
+        mean, _, noise = self._calibration(model)
+        return mean, noise
+
+    def _calibration(self, model: str) -> tuple[FloatArray, FloatArray, float]:
+        """Posterior mean and covariance of ``model``'s calibration, and its noise; cached."""
+        cache: dict[str, tuple[FloatArray, FloatArray, float]] = self.__dict__.setdefault(
+            "_calibration_cache", {}
         )
         hit = cache.get(model)
         if hit is None:
-            hit = cache[model] = self.verbosity(model)
+            precision, shift, _, sq, n_sq = self._state(model)
+            cov = np.asarray(np.linalg.inv(precision), dtype=np.float64)
+            mean = np.asarray(cov @ shift, dtype=np.float64)
+            hit = cache[model] = (mean, cov, math.sqrt(self._noise2(n_sq, sq)))
         return hit
+
+    def _spread(self, row: FloatArray, cov: FloatArray, noise: float) -> float:
+        """Predictive deviation: the noise and what the model's calibration is unsure of, so an
+        unseen model's quantiles are wider than a well-observed one's."""
+        return math.sqrt(noise**2 + float(row @ cov @ row))
 
     def _request_offsets(self) -> tuple[float, float]:
         offsets = self.__dict__.get("_offsets_cache")
@@ -465,8 +600,8 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     def __getstate__(self) -> dict[str, Any]:
         # Caches are derived: keep them out of saved files (and out of skops' type check).
         state = dict(super().__getstate__())
-        state.pop("_verbosity_cache", None)
-        state.pop("_offsets_cache", None)
+        for name in _CACHES:
+            state.pop(name, None)
         return state
 
 

@@ -201,14 +201,15 @@ _NON_SPACE = re.compile(r"\S")
 
 
 def _strip_bounds(text: str) -> tuple[int, int]:
-    """``text.strip()`` as a slice ``[start, end)``, without copying the text."""
+    """``text.strip()`` as a slice ``[start, end)``.
+
+    The end comes from ``rstrip`` (one copy at C speed): a Python loop over trailing whitespace
+    made 200k trailing spaces cost ~10 ms.
+    """
     first = _NON_SPACE.search(text)
     if first is None:
         return 0, 0
-    end = len(text)
-    while end > first.start() and text[end - 1].isspace():
-        end -= 1
-    return first.start(), end
+    return first.start(), len(text.rstrip())
 
 
 def _words(text: str, start: int, end: int) -> int:

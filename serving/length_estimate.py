@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from goodput.profiler.length_predictor import LengthPredictor as ProfilerLengthModel
 
 
+# Longest output an observation may claim (the longest context served anywhere).
+_MAX_OBSERVED_TOKENS = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class LengthPrediction:
     """Predicted output tokens: median and 90th percentile."""
@@ -26,10 +30,12 @@ class LengthPrediction:
     p90: float
 
     def clipped(self, max_tokens: int | None) -> LengthPrediction:
-        """A request cannot generate more than its ``max_tokens``."""
+        """A request cannot generate more than its ``max_tokens``; nor, for the scheduler's
+        costs, less than one token (a cap of 0 or below must not make a request free)."""
         if max_tokens is None:
             return self
-        return LengthPrediction(min(self.p50, max_tokens), min(self.p90, max_tokens))
+        cap = max(float(max_tokens), 1.0)
+        return LengthPrediction(min(self.p50, cap), min(self.p90, cap))
 
 
 class LengthPredictor(Protocol):
@@ -81,6 +87,8 @@ class OnlineLengthEstimator:
         return (cached or self._global).clipped(max_tokens)
 
     def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+        if not 0 <= output_tokens <= _MAX_OBSERVED_TOKENS:
+            return  # an engine's usage numbers are not trusted blindly
         band = self._band(prompt_tokens)
         samples = self._bands.setdefault(band, deque(maxlen=self._window))
         samples.append(output_tokens)
