@@ -56,8 +56,8 @@ def latency_us(predictor: LengthPredictor, prompts: list[str]) -> dict[str, floa
 
 
 def plot(report: RankingReport, path: Path) -> None:
-    fig = Figure(figsize=(11, 4.2))
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4.2))
+    left, middle, right = fig.subplots(1, 3)
     names = [n for n in report.known_models if report.known_models[n].mean.kendall_tau is not None]
     taus = [report.known_models[n].mean.kendall_tau or 0.0 for n in names]
     left.barh(names, taus, color=["tab:green" if n == "goodput" else "tab:gray" for n in names])
@@ -68,16 +68,23 @@ def plot(report: RankingReport, path: Path) -> None:
     left.set_xlim(0, 0.75)
     for name, curve in report.new_models.items():
         ks = list(curve)
-        ts = [curve[k].mean.kendall_tau for k in ks]
-        if all(t is None for t in ts):
-            continue
         style = "--" if name == ORACLE else "-o"
-        right.plot(ks, [t if t is not None else np.nan for t in ts], style, label=name)
-    right.set_xlabel("observed answers of the new model")
-    right.set_ylabel("mean per-model Kendall τ")
-    right.set_title(f"New models ({len(report.held_out_models)}), held-out prompts", fontsize=10)
-    right.set_ylim(0, 0.75)
-    right.legend(fontsize=8)
+        for ax, values in (
+            (middle, [curve[k].mean.kendall_tau for k in ks]),
+            (right, [curve[k].mean.p90_coverage for k in ks]),
+        ):
+            if any(v is not None for v in values):
+                ax.plot(ks, [np.nan if v is None else v for v in values], style, label=name)
+    middle.set_ylabel("mean per-model Kendall τ")
+    middle.set_ylim(-0.1, 0.75)
+    right.set_ylabel("p90 coverage (share of answers ≤ predicted p90)")
+    right.axhspan(0.85, 0.95, color="tab:green", alpha=0.1, label="target 0.85-0.95")
+    right.set_ylim(0.7, 1.0)
+    n = len(report.held_out_models)
+    for ax, what in ((middle, "ranking"), (right, "p90 calibration")):
+        ax.set_xlabel("observed answers of the new model")
+        ax.set_title(f"New models ({n}), held-out prompts: {what}", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
