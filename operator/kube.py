@@ -38,15 +38,20 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     def apply(self, obj: Mapping[str, Any]) -> Obj:
-        """Server-side apply an owned object (Deployment, Service or ConfigMap)."""
+        """Server-side apply an owned object (Deployment, Service, ConfigMap, or the router's
+        ServiceAccount, Role and RoleBinding)."""
         kind, meta = obj["kind"], obj["metadata"]
         patch = {
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "ConfigMap": self.core.patch_namespaced_config_map,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }[kind]
         return _json(
             patch(
@@ -92,6 +97,22 @@ class Kube:
             self.apps.delete_namespaced_deployment(
                 name, namespace, propagation_policy="Background", _preload_content=False
             )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an owned object of ``kind`` (what ``apply`` writes); gone already is fine."""
+        remove = {
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "Service": self.core.delete_namespaced_service,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "ServiceAccount": self.core.delete_namespaced_service_account,
+            "Role": self.rbac.delete_namespaced_role,
+            "RoleBinding": self.rbac.delete_namespaced_role_binding,
+        }[kind]
+        try:
+            remove(name, namespace, propagation_policy="Background", _preload_content=False)
         except ApiException as err:
             if err.status != 404:
                 raise

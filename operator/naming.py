@@ -15,6 +15,8 @@ from goodput.api.llmdeployment import API_VERSION, KIND
 
 LABEL_DEPLOYMENT = "goodput.dev/deployment"
 LABEL_REPLICA = "goodput.dev/replica"
+#: On the router's objects and pods, instead of LABEL_DEPLOYMENT (which selects the gateways).
+LABEL_ROUTER = "goodput.dev/router"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

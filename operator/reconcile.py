@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from goodput.api.llmdeployment import LLMDeployment
-from goodput.operator import engine_args, gateway_config, naming, service, status, workload
+from goodput.operator import (
+    engine_args,
+    gateway_config,
+    naming,
+    router,
+    service,
+    status,
+    workload,
+)
 from goodput.operator.gpu_selection import (
     FirstFitSelector,
     GPUSelector,
@@ -48,6 +56,7 @@ class KubeAPI(Protocol):
     def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
     def list_deployments(self, namespace: str, selector: str) -> list[Obj]: ...
     def delete_deployment(self, namespace: str, name: str) -> None: ...
+    def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None: ...
     def patch_llmdeployment_status(
         self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
@@ -200,15 +209,6 @@ class Reconciler:
             else self.selector.select(spec, nodes, context)
         )
         notices: list[Notice] = []
-        if spec.routing.prefix_aware:
-            notices.append(
-                Notice(
-                    True,
-                    "PrefixRoutingUnavailable",
-                    "routing.prefixAware is not implemented yet; requests are balanced by the "
-                    "Service",
-                )
-            )
         fields: dict[str, Any] = {
             "observedGeneration": meta.generation,
             "selector": naming.selector_string(meta.name),
@@ -219,7 +219,8 @@ class Reconciler:
             if old_placed != placed:
                 notices.append(Notice(True, outcome.reason, outcome.message))
             return Outcome(placed, fields, tuple(notices))
-        self._apply(obj, outcome)
+        self._apply(obj, outcome, had_router=bool(previous.get("router")))
+        fields["router"] = router.router_name(meta.name) if spec.routing.uses_router else None
         message = (
             f"{spec.replicas} x {outcome.gpus_per_replica} {outcome.gpu_product} "
             f"(tensor={outcome.tensor}, pipeline={outcome.pipeline})"
@@ -245,7 +246,7 @@ class Reconciler:
             )
         return Outcome(placed, fields, tuple(notices))
 
-    def _apply(self, obj: LLMDeployment, placement: Placement) -> None:
+    def _apply(self, obj: LLMDeployment, placement: Placement, had_router: bool = False) -> None:
         """Apply the config, the Service and one Deployment per replica, then delete the
         Deployments of replicas the placement no longer has (scaled down, or from an older
         layout). Each replica's Deployment depends only on its own node, so an unchanged replica
@@ -259,6 +260,7 @@ class Reconciler:
             (i, None) for i in range(obj.spec.replicas)
         ]
         self.kube.apply(cm)
+        self._apply_router(obj, had_router)
         self.kube.apply(service.service(obj))
         owned = [
             d
@@ -292,6 +294,19 @@ class Reconciler:
         for name in sorted(set(current) - wanted):
             self.log.info(f"{key}: deleting replica workload {name}")
             self.kube.delete_deployment(meta.namespace, name)
+
+    def _apply_router(self, obj: LLMDeployment, had_router: bool) -> None:
+        """The router's objects when ``spec.routing`` asks for one, before the Service turns to
+        it; deleted (the Service back on the gateways first) when it no longer does."""
+        meta = obj.metadata
+        if obj.spec.routing.uses_router:
+            for item in router.objects(obj, self.settings):
+                self.kube.apply(item)
+            return
+        if had_router:
+            self.kube.apply(service.service(obj))
+            for kind, name in router.object_keys(meta.name):
+                self.kube.delete(kind, meta.namespace, name)
 
     def status_of(
         self,

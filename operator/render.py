@@ -54,6 +54,9 @@ class DryRunAPI:
     def delete_deployment(self, namespace: str, name: str) -> None:
         """Nothing exists to delete."""
 
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Nothing exists to delete."""
+
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None:
         return self.parent
 

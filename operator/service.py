@@ -12,11 +12,15 @@ GATEWAY_PORT_NAME = "http"
 
 
 def service(obj: LLMDeployment) -> dict[str, Any]:
-    """A ClusterIP Service on port 80 to the gateways' port; ClientIP affinity on request."""
+    """A ClusterIP Service on port 80: to the router's pods when ``spec.routing`` asks for one
+    (which then does the affinity), else straight to the gateways."""
     meta = obj.metadata
+    routed = obj.spec.routing.uses_router
     spec: dict[str, Any] = {
         "type": "ClusterIP",
-        "selector": naming.selector_labels(meta.name),
+        "selector": (
+            {naming.LABEL_ROUTER: meta.name} if routed else naming.selector_labels(meta.name)
+        ),
         "ports": [
             {
                 "name": "http",
@@ -26,7 +30,7 @@ def service(obj: LLMDeployment) -> dict[str, Any]:
                 "appProtocol": "http",
             }
         ],
-        "sessionAffinity": "ClientIP" if obj.spec.routing.session_affinity else "None",
+        "sessionAffinity": "None",
     }
     return {
         "apiVersion": "v1",

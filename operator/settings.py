@@ -45,6 +45,17 @@ def parse_toleration(text: str) -> dict[str, Any]:
     return tol
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k=v`` (kubectl's selector syntax, equality only) as a node selector."""
+    selector: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"node selector item {item!r} is not KEY=VALUE")
+        selector[key] = value
+    return selector
+
+
 @dataclass(frozen=True)
 class WorkloadSettings:
     """What every serving pod gets unless its LLMDeployment says otherwise."""
@@ -67,6 +78,20 @@ class WorkloadSettings:
     )
     # Tolerations for site-specific GPU node taints (nvidia.com/gpu is always tolerated).
     tolerations: tuple[dict[str, Any], ...] = ()
+    # Where router pods run (they need no GPU): ``k=v,k=v`` and ``KEY[=VALUE]:EFFECT`` lists.
+    router_node_selector: dict[str, str] = field(
+        default_factory=lambda: parse_labels(_env("GOODPUT_ROUTER_NODE_SELECTOR", ""))
+    )
+    router_tolerations: tuple[dict[str, Any], ...] = field(
+        default_factory=lambda: tuple(
+            parse_toleration(t) for t in _env("GOODPUT_ROUTER_TOLERATIONS", "").split()
+        )
+    )
+    # ``host:port`` of the API server as pods should reach it, for clusters without kube-proxy
+    # (the dev cluster): the router pods get it as KUBERNETES_SERVICE_HOST/PORT.
+    pod_api_server: str | None = field(
+        default_factory=lambda: os.environ.get("GOODPUT_POD_API_SERVER") or None
+    )
     # The whole stop of a pod: the gateway's drain, its exit, then the engine's.
     termination_grace_seconds: int = 90
     # How long the engine may take to load the model before the gateway's startup probe gives up.

@@ -108,7 +108,7 @@ def _env(var: EnvVar) -> dict[str, Any]:
     return {"name": var.name, "value": var.value or ""}
 
 
-def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": GATEWAY_PORT_NAME},
         "periodSeconds": period,
@@ -117,7 +117,7 @@ def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _security_context(read_only_root: bool) -> dict[str, Any]:
+def container_security_context(read_only_root: bool) -> dict[str, Any]:
     """A container's half of the "restricted" Pod Security profile (the pod's half, non-root
     and seccomp, is in the pod's securityContext)."""
     return {
@@ -199,7 +199,7 @@ def pod_template(
         # vLLM, torch and Triton write caches and compiled kernels to paths of their own
         # choosing (under $HOME and /tmp mostly); a read-only root would break on the first
         # one nobody listed. Everything else of the restricted profile holds.
-        "securityContext": _security_context(read_only_root=False),
+        "securityContext": container_security_context(read_only_root=False),
         "volumeMounts": [
             {"name": "shm", "mountPath": "/dev/shm"},
             # One volume: a mount nested inside it would make the runtime create its parent
@@ -226,18 +226,18 @@ def pod_template(
         ],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "startupProbe": _http_probe(
+        "startupProbe": http_probe(
             "/readyz",
             period=STARTUP_PERIOD_SECONDS,
             failures=math.ceil(settings.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
         ),
-        "readinessProbe": _http_probe("/readyz", period=5, failures=2),
-        "livenessProbe": _http_probe("/healthz", period=10, failures=6),
+        "readinessProbe": http_probe("/readyz", period=5, failures=2),
+        "livenessProbe": http_probe("/healthz", period=10, failures=6),
         "resources": {
             "requests": {"cpu": "250m", "memory": "512Mi"},
             "limits": {"memory": "2Gi"},
         },
-        "securityContext": _security_context(read_only_root=True),
+        "securityContext": container_security_context(read_only_root=True),
         "volumeMounts": [
             {"name": "gateway-config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "gateway-state", "mountPath": STATE_DIR},

@@ -432,22 +432,64 @@ class KVCacheSpec(_Spec):
     )
 
 
+class RouterSpec(_Spec):
+    """The cluster router's own settings (docs/router.md)."""
+
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Router pods. Each routes alone (no shared store): prefixes and sessions "
+        "find their replica by rendezvous hashing, alike in every router.",
+    )
+    bounded_load: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=10.0,
+        alias="boundedLoad",
+        description="Prefix and session affinity yield once a replica carries more than this "
+        "factor times the mean load plus one request.",
+    )
+    max_queue: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        alias="maxQueue",
+        description="Requests the router holds while every replica is saturated; beyond, 429.",
+    )
+    block_chars: int = Field(
+        default=64,
+        ge=8,
+        le=65536,
+        alias="blockChars",
+        description="Prompt characters per prefix block (about a quarter as many tokens).",
+    )
+
+
 class RoutingSpec(_Spec):
-    """How requests are spread over replicas."""
+    """How requests are spread over replicas. With ``prefixAware`` or ``sessionAffinity`` the
+    operator deploys a router (``goodput route``) and the deployment's Service leads to it; without
+    either, the Service leads straight to the replicas' gateways."""
 
     session_affinity: bool = Field(
         default=False,
         alias="sessionAffinity",
-        description="Keep each client on one replica (Service ClientIP affinity).",
+        description="Keep each session (header x-session-id, else the OpenAI `user` field) on one "
+        "replica while it is not overloaded.",
     )
     prefix_aware: bool = Field(
         default=False,
         alias="prefixAware",
-        description=(
-            "Route requests sharing a prompt prefix to the same replica. Needs a prefix-aware "
-            "router in front of the Service; not implemented yet (the operator warns)."
-        ),
+        description="Send requests sharing a prompt prefix to the replica that holds it in its KV "
+        "cache, weighed against SLO headroom and load.",
     )
+    router: RouterSpec = Field(
+        default_factory=RouterSpec, description="The router, when one is deployed."
+    )
+
+    @property
+    def uses_router(self) -> bool:
+        return self.session_affinity or self.prefix_aware
 
 
 class SecretKeyRef(_Spec):
@@ -722,6 +764,11 @@ class LLMDeploymentStatus(BaseModel):
         default=None, description="Label selector of the pods (for the scale subresource)."
     )
     endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL.")
+    router: str | None = Field(
+        default=None,
+        description="The router Deployment in front of the replicas (set while spec.routing "
+        "asks for one).",
+    )
     gpus: int | None = Field(default=None, description="GPUs requested by all desired replicas.")
     gpu_type: str | None = Field(
         default=None, alias="gpuType", description="GPU product the replicas run on."

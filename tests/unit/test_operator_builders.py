@@ -202,9 +202,12 @@ def test_config_hash_changes_only_with_content() -> None:
 
 
 def test_service_and_endpoint() -> None:
-    svc = service.service(_obj(routing={"sessionAffinity": True}))
+    svc = service.service(_obj())
     assert svc["spec"]["selector"] == {naming.LABEL_DEPLOYMENT: "llama"}
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
-    assert svc["spec"]["sessionAffinity"] == "ClientIP"
-    assert service.service(_obj())["spec"]["sessionAffinity"] == "None"
+    assert svc["spec"]["sessionAffinity"] == "None"
+    # With routing asked for, the Service leads to the router (which keeps the sessions).
+    routed = service.service(_obj(routing={"sessionAffinity": True}))
+    assert routed["spec"]["selector"] == {naming.LABEL_ROUTER: "llama"}
+    assert routed["spec"]["sessionAffinity"] == "None"
     assert service.endpoint(_obj()) == "http://llama.ml.svc:80/v1"

@@ -79,6 +79,10 @@ class FakeKube:
         self.deleted.append(name)
         self.objects.pop(("Deployment", namespace, name), None)
 
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append(f"{kind}/{name}")
+        self.objects.pop((kind, namespace, name), None)
+
     def deployment(self, name: str) -> dict[str, Any]:
         return self.objects[("Deployment", "ml", name)]
 

@@ -35,7 +35,15 @@ def test_every_example_renders_as_the_operator_would_apply_it(path: Path) -> Non
     manifest = yaml.safe_load(path.read_text())
     kinds = [d["kind"] for d in docs]
     replicas = manifest["spec"].get("replicas", 1)
-    assert kinds == ["ConfigMap", "Service", *["Deployment"] * replicas, "LLMDeployment"]
+    routing = manifest["spec"].get("routing") or {}
+    router = (
+        ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
+        if routing.get("prefixAware") or routing.get("sessionAffinity")
+        else []
+    )
+    assert kinds == [
+        "ConfigMap", *router, "Service", *["Deployment"] * replicas, "LLMDeployment"
+    ]  # fmt: skip
     llmd = docs[-1]
     assert llmd["metadata"]["name"] == manifest["metadata"]["name"]
     assert llmd["spec"] == manifest["spec"]
@@ -43,7 +51,11 @@ def test_every_example_renders_as_the_operator_would_apply_it(path: Path) -> Non
     placed = next(c for c in status["conditions"] if c["type"] == "Placed")
     assert placed["status"] == "True", placed["message"]
     fleet = {n["metadata"]["name"]: n for n in Fleet.load("default").all_nodes()}
-    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    deployments = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and not d["metadata"]["name"].endswith("-router")
+    ]
     for replica, dep in zip(status["placement"], deployments, strict=True):
         node = dep["metadata"]["annotations"]["goodput.dev/node"]
         assert replica["nodes"] == [node] and node in fleet, "placed on a node of the fleet"

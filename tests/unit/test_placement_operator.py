@@ -187,6 +187,10 @@ class FakeKube:
         self.deleted.append(name)
         del self.objects[("Deployment", name)]
 
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append(f"{kind}/{name}")
+        self.objects.pop((kind, name), None)
+
     def get_llmdeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 

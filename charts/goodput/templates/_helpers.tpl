@@ -117,6 +117,17 @@ Call with (list $ "ServiceMonitor").
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# The cluster router (spec.routing): its identity, and read access to EndpointSlices, which the
+# operator may grant only because it holds it.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
 # Which nodes each replica landed on.
 - apiGroups: [""]
   resources: ["pods"]

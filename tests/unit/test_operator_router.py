@@ -1,0 +1,112 @@
+"""spec.routing made real: the router's objects, the Service turned to it, and everything
+removed again when routing no longer asks for a router."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from llmd_builders import make_body, make_node
+from test_operator_reconcile import H100, FakeKube, _reconciler, _run
+
+from goodput.api.llmdeployment import LLMDeployment
+from goodput.api.router_config import RouterConfig
+from goodput.operator import naming, router
+from goodput.operator.settings import WorkloadSettings, parse_labels
+
+
+def _obj(**spec: Any) -> LLMDeployment:
+    body = make_body(**spec)
+    body["metadata"]["uid"] = "uid-1"
+    return LLMDeployment.model_validate(body)
+
+
+def test_the_router_config_follows_spec_routing() -> None:
+    obj = _obj(routing={"prefixAware": True, "router": {"boundedLoad": 2.0, "maxQueue": 10}})
+    config = router.router_config(obj)
+    assert [s.type for s in config.scorers] == ["prefix-cache", "slo-headroom", "least-load"]
+    assert config.discovery is not None
+    assert (config.discovery.namespace, config.discovery.service) == ("ml", "llama-replicas")
+    assert config.bounded_load == 2.0 and config.flow.max_queue == 10
+    both = router.router_config(_obj(routing={"prefixAware": True, "sessionAffinity": True}))
+    assert [s.type for s in both.scorers][:2] == ["prefix-cache", "session-affinity"]
+    # The ConfigMap holds what `goodput route --config` reads back.
+    cm = router.config_map(obj)
+    assert RouterConfig.model_validate(json.loads(cm["data"]["router.json"])) == config
+
+
+def test_router_pods_are_small_restricted_and_reach_only_endpointslices() -> None:
+    obj = _obj(routing={"prefixAware": True, "router": {"replicas": 2}})
+    settings = WorkloadSettings(
+        router_node_selector=parse_labels("pool=cpu"),
+        router_tolerations=({"key": "k", "operator": "Exists", "effect": "NoSchedule"},),
+        pod_api_server="172.20.0.1:6443",
+    )
+    dep = router.deployment(obj, settings)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:4] == ["goodput", "route", "--config", "/etc/goodput/router.json"]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == "llama-router"
+    assert pod["nodeSelector"] == {"pool": "cpu"} and pod["tolerations"][0]["key"] == "k"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "172.20.0.1"
+    assert env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert dep["spec"]["replicas"] == 2
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    # Not a serving pod: the gateways' selector and the replica bookkeeping must not match it.
+    assert naming.LABEL_DEPLOYMENT not in labels and labels[naming.LABEL_ROUTER] == "llama"
+    assert labels[naming.LABEL_NAME] == "goodput-router"
+    account, role, binding = router.rbac(obj)
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    for item in router.objects(obj, settings):
+        assert item["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def _kube(**spec: Any) -> FakeKube:
+    kube = FakeKube([make_node("gpu-0", H100)])
+    kube.add_parent(make_body(**spec))
+    return kube
+
+
+def test_routing_deploys_the_router_and_turning_it_off_removes_it() -> None:
+    kube = _kube(replicas=2, routing={"prefixAware": True})
+    r, _ = _reconciler(kube)
+    _, status = _run(r, kube)
+    kinds = sorted(k[0] for k in kube.objects)
+    assert kinds == [
+        "ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "Role",
+        "RoleBinding", "Service", "Service", "ServiceAccount",
+    ]  # fmt: skip
+    replicas = kube.list_deployments("ml", naming.selector_string("llama"))
+    assert [d["metadata"]["name"] for d in replicas] == ["llama-r0", "llama-r1"]  # not the router
+    assert status["router"] == "llama-router"
+    svc = kube.objects[("Service", "ml", "llama")]
+    assert svc["spec"]["selector"] == {naming.LABEL_ROUTER: "llama"}
+    again = copy.deepcopy(kube.objects)
+    _run(r, kube)
+    assert kube.objects == again and not kube.deleted  # idempotent
+    _, status = _run(r, kube, routing={"prefixAware": False})
+    assert status["router"] is None
+    assert sorted(kube.deleted) == sorted(
+        f"{kind}/{name}" for kind, name in router.object_keys("llama")
+    )
+    assert sorted(k[0] for k in kube.objects) == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Service",
+    ]
+    assert kube.objects[("Service", "ml", "llama")]["spec"]["selector"] == {
+        naming.LABEL_DEPLOYMENT: "llama"
+    }
