@@ -40,6 +40,10 @@ from goodput.serving.slo import SLOResolver, met_slo
 
 log = logging.getLogger(__name__)
 
+#: An engine that sent a request nothing for this many of its steps (and fails its health
+#: check) is taken to have stopped.
+_STALL_STEPS = 10
+
 
 class Exchange(Protocol):
     """A request in flight, as the gateway sees it (``proxy.ProxyExchange``)."""
@@ -194,11 +198,14 @@ class Gateway:
 
     def abandon_stalled(self) -> None:
         """The engine failed its health check: end every request it has been silent on for
-        ``stall_s`` (a request that just got bytes is left to the next poll)."""
+        ``stall_s`` or ten of its current steps, whichever is longer (a request that just got
+        bytes is left to the next poll)."""
         now = time.monotonic()
+        step = self.service.step_time_s(max(self.dispatcher.inflight, 1), now) or 0.0
+        stall = max(self.stall_s, _STALL_STEPS * step)
         for exchange in list(self._exchanges):
             idle_since = exchange.engine_idle_since()
-            if idle_since is not None and now - idle_since >= self.stall_s:
+            if idle_since is not None and now - idle_since >= stall:
                 exchange.abandon(
                     "The inference engine stopped answering (it fails its health check).",
                     "engine_unavailable",
