@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import EndpointTable, LoadPoller
@@ -19,6 +20,7 @@ from goodput.router.flow import FlowController
 from goodput.router.metrics import RouterMetrics
 from goodput.router.proxy import Router, status_body
 from goodput.router.stages import RoutingPipeline
+from goodput.serving.http_guard import HttpLimits, RequestGuard
 
 
 def free_slots(table: EndpointTable) -> int:
@@ -61,6 +63,14 @@ def build_router(
     router = Router(config, table, pipeline, flow, metrics, client, clock)
     poller = LoadPoller(table, client, config.poll_interval_s, on_report=flow.release)
     return router, poller, registry
+
+
+def guarded(app: FastAPI, limits: HttpLimits) -> ASGIApp:
+    """The gateway's bounded HTTP edge around the router: body size and time, and every
+    unexpected exception a counted OpenAI-format 500 that keeps the connection."""
+    router: Router = app.state.router
+    counter = router.metrics.internal_errors.labels(router.label)
+    return RequestGuard(app, limits, on_internal_error=counter.inc)
 
 
 def create_app(config: RouterConfig) -> FastAPI:

@@ -56,6 +56,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
     multiple=True,
     help="TYPE[=WEIGHT], repeat; replaces the configured scorers (e.g. least-load, random).",
 )
+@click.option(
+    "--max-connections",
+    default=4096,
+    show_default=True,
+    type=int,
+    help="Open client connections; past it, 503.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option(
@@ -72,6 +79,7 @@ def route(
     name: str | None,
     picker: str | None,
     scorers: tuple[str, ...],
+    max_connections: int,
     host: str,
     port: int,
     log_level: str,
@@ -80,7 +88,8 @@ def route(
     headroom and load."""
     import uvicorn
 
-    from goodput.router.app import create_app
+    from goodput.router.app import create_app, guarded
+    from goodput.serving.http_guard import HttpLimits, server_config
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -95,15 +104,21 @@ def route(
         "scorers": [_scorer(s) for s in scorers],
     }
     config = load_config(config_path, overrides)
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-        lifespan="on",
+    limits = HttpLimits(max_connections=max_connections)
+    server = uvicorn.Server(
+        server_config(
+            guarded(create_app(config), limits),
+            host=host,
+            port=port,
+            limits=limits,
+            log_level=log_level,
+            access_log=False,
+            # In-flight streams finish on SIGTERM (the pod's grace period bounds the wait).
+            timeout_graceful_shutdown=50,
+            lifespan="on",
+        )
     )
+    server.run()
 
 
 def _scorer(text: str) -> dict[str, Any]:

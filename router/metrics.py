@@ -81,6 +81,12 @@ class RouterMetrics:
             (*labels, "outcome"),
             registry=registry,
         )
+        self.internal_errors = Counter(
+            "goodput_router_internal_errors_total",
+            "Unexpected exceptions answered with an OpenAI-format 500 (a bug: alert on it).",
+            labels,
+            registry=registry,
+        )
         self.decisions = Counter(
             "goodput_router_decisions_total",
             "Routing decisions by the stage that decided them (the scorer that most separated "

@@ -25,7 +25,8 @@ from goodput.router.flow import FlowController
 from goodput.router.metrics import RouterMetrics
 from goodput.router.prefix import block_hashes
 from goodput.router.stages import RoutingPipeline, RoutingRequest, stable_hash
-from goodput.serving.openai_errors import OpenAIError, engine_failed
+from goodput.serving.auth import ANONYMOUS, AccessDenied, KeyStore, Tenant
+from goodput.serving.openai_errors import OpenAIError, access_denied, engine_failed
 from goodput.serving.openai_request import Endpoint as Route
 from goodput.serving.openai_request import ParsedRequest, parse_request
 
@@ -50,15 +51,6 @@ def no_replica() -> OpenAIError:
     )
 
 
-def tenant_of(headers: Mapping[str, str]) -> str:
-    """The tenant a request belongs to: its API key (as a hash: the key itself never leaves the
-    request), else anonymous. A client cannot name another tenant."""
-    auth = headers.get("authorization", "")
-    if not auth:
-        return "anonymous"
-    return "key-" + hashlib.sha256(auth.encode(errors="surrogatepass")).hexdigest()[:12]
-
-
 class Router:
     def __init__(
         self,
@@ -78,11 +70,17 @@ class Router:
         self.client = client
         self.clock = clock
         self.label = config.name
+        # The gateways' own check, done here first: a bad key never takes a place in the queue,
+        # and a client cannot name another tenant to get its share.
+        self.keys = KeyStore(
+            config.auth.keys_dir,
+            anonymous=Tenant(ANONYMOUS) if config.auth.anonymous else None,
+        )
 
     # -- reading the request ---------------------------------------------------------------------
 
     def routing_request(
-        self, parsed: ParsedRequest, headers: Mapping[str, str], arrival_key: str
+        self, parsed: ParsedRequest, headers: Mapping[str, str], arrival_key: str, tenant: Tenant
     ) -> RoutingRequest:
         body = parsed.body
         token_ids: list[int] = []
@@ -96,13 +94,16 @@ class Router:
         if session is None and self.config.session_from_user and isinstance(user, str) and user:
             session = user
         key_source = parsed.prompt_text or arrival_key
+        priority = headers.get(HEADER_PRIORITY) or "default"
+        if tenant.priorities is not None and priority not in tenant.priorities:
+            priority = tenant.priorities[0]  # the gateway refuses it; no better band meanwhile
         return RoutingRequest(
             model=parsed.model,
             blocks=blocks,
             prompt_tokens=parsed.prompt_tokens_estimate,
             session=session,
-            tenant=tenant_of(headers),
-            priority=headers.get(HEADER_PRIORITY) or "default",
+            tenant=tenant.name,
+            priority=priority,
             ttft_objective_s=None,
             key=stable_hash(key_source),
         )
@@ -116,11 +117,16 @@ class Router:
             or hashlib.blake2b(raw + str(arrival).encode(), digest_size=12).hexdigest()
         )
         try:
+            tenant = self.keys.authenticate(headers)
+        except AccessDenied as denied:
+            self._outcome("unauthorized")
+            return access_denied(denied).response()
+        try:
             parsed = parse_request(raw, route, (), None)
         except OpenAIError as error:
             self._outcome("invalid")
             return error.response()
-        request = self.routing_request(parsed, headers, request_id)
+        request = self.routing_request(parsed, headers, request_id, tenant)
         if not self.table.eligible():
             self._outcome("no_replica")
             return no_replica().response()

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from goodput.api.gateway_config import AuthConfig
+
 FilterName = Literal["ready", "slo-headroom"]
 ScorerName = Literal["prefix-cache", "session-affinity", "slo-headroom", "least-load", "random"]
 PickerName = Literal["max-score", "round-robin"]
@@ -123,6 +125,11 @@ class RouterConfig(BaseModel):
         "before any byte reached the client.",
     )
     flow: FlowConfig = Field(default_factory=FlowConfig)
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        description="The same tenant keys as the gateways: a bad key is refused before it "
+        "queues, and tenants are who flow control shares capacity between.",
+    )
 
     @model_validator(mode="after")
     def _has_a_source(self) -> RouterConfig:

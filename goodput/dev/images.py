@@ -78,7 +78,7 @@ GOODPUT = ImageRecipe(
     name="goodput",
     reference=GOODPUT_IMAGE,
     containerfile="images/goodput/Containerfile",
-    sources=("pyproject.toml", "README.md", "goodput", "operator", "serving", "profiler"),
+    sources=("pyproject.toml", "README.md", "goodput", "operator", "serving", "router", "profiler"),
 )
 ENGINE = ImageRecipe(
     name="engine",

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +321,12 @@ class LocalNode:
             stdin=yaml.safe_dump_all(docs),
         )  # fmt: skip
 
+    @property
+    def apiserver_port(self) -> int:
+        port = urllib.parse.urlsplit(self.cluster.server).port
+        assert port is not None, self.cluster.server
+        return port
+
     def operator_env(self) -> dict[str, str]:
         """Serving-pod requests an operator needs for this node (``goodput operator run``'s
         environment): its defaults are sized for GPU servers, this node has a few cores. Each
@@ -328,7 +335,15 @@ class LocalNode:
         cores, memory_gib = this_machine()
         cpu = round(cores / (2 * self.spec.gpus), 2)
         memory = max(int(memory_gib / (4 * self.spec.gpus)), 2)
-        return {"GOODPUT_ENGINE_CPU": f"{cpu:g}", "GOODPUT_ENGINE_MEMORY_GIB": str(memory)}
+        return {
+            "GOODPUT_ENGINE_CPU": f"{cpu:g}",
+            "GOODPUT_ENGINE_MEMORY_GIB": str(memory),
+            # Router pods need no GPU, but here only this node runs containers; and with no
+            # kube-proxy they reach the API server at the bridge address, as the node does.
+            "GOODPUT_ROUTER_NODE_SELECTOR": f"{REAL_NODE_LABEL}=true",
+            "GOODPUT_ROUTER_TOLERATIONS": f"{REAL_NODE_TAINT.partition('=')[0]}:NoSchedule",
+            "GOODPUT_POD_API_SERVER": f"{self.network.address}:{self.apiserver_port}",
+        }
 
     def ctr(self, *args: str, timeout: float = 60) -> str:
         """Run containerd's ``ctr`` against this node's containerd, in the kubelet's namespace."""

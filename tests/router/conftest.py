@@ -33,13 +33,20 @@ API_KEY = "sk-router-test"
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[..., list[Replica]]]:
-    """Gateways that know one tenant's key (``API_KEY``): the router passes the caller's key on
-    and the gateway checks it."""
+def keys_dir(tmp_path: Path) -> str:
+    """One tenant, ``team``, with the key ``API_KEY`` (hashed, as in the Secret)."""
     keys = tmp_path / "keys"
     keys.mkdir()
     digest = hashlib.sha256(API_KEY.encode()).hexdigest()
     (keys / "team.yaml").write_text(f'keys: ["sha256:{digest}"]\n')
+    return str(keys)
+
+
+@pytest.fixture
+def replicas(keys_dir: str) -> Iterator[Callable[..., list[Replica]]]:
+    """Gateways that know one tenant's key (``API_KEY``): the router passes the caller's key on
+    and the gateway checks it."""
+    keys = keys_dir
     with ExitStack() as stack:
 
         def start(n: int, **gateway: Any) -> list[Replica]:
@@ -52,7 +59,7 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., list[Replica]]]:
                     "servedModelName": "tiny",
                     "engineUrl": engine_url,
                     "slo": {"ttftMs": 60_000, "tpotMs": 1000},
-                    "auth": {"keysDir": str(keys)},
+                    "auth": {"keysDir": keys},
                 }
                 data.update(gateway)
                 gw = Gateway(

@@ -3,9 +3,12 @@ before the first byte, replicas that die or drain, and no replica at all."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -158,3 +161,63 @@ def test_no_ready_replica_is_a_503_with_retry_after(
     assert reply.headers["retry-after"] == "1"
     assert reply.json()["error"]["code"] == "no_replica"
     assert httpx.get(f"{url}/readyz").status_code == 503
+
+
+def test_a_bad_key_is_refused_by_the_router_before_it_queues(
+    replicas: Callable[..., list[Replica]],
+    router_for: Callable[..., tuple[Any, str]],
+    keys_dir: str,
+) -> None:
+    (replica,) = replicas(1)
+    _, url = router_for([replica.url], auth={"keysDir": keys_dir, "anonymous": False})
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    bad = httpx.post(
+        f"{url}/v1/completions", json=body, headers={"authorization": "Bearer nope"}, timeout=30
+    )
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 401
+    good = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=30)
+    assert good.status_code == 200
+    assert len(replica.engine.received) == 1
+
+
+def test_goodput_route_runs_as_a_command(
+    replicas: Callable[..., list[Replica]], tmp_path: Path
+) -> None:
+    (replica,) = replicas(1)
+    port = free_port()
+    log = tmp_path / "router.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "goodput", "route", "--endpoint", replica.url,
+             "--port", str(port), "--name", "cli"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        reply = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": "hi", "max_tokens": 3},
+            headers=AUTH,
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        huge = httpx.post(
+            f"{url}/v1/completions", content=b"x" * (5 * 1024 * 1024), headers=AUTH, timeout=30
+        )
+        assert huge.status_code == 413
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'goodput_router_requests_total{outcome="ok",router="cli"} 1.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
