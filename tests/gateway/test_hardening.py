@@ -159,6 +159,13 @@ def test_an_abusive_objective_does_not_shrink_the_batch_for_others(tmp_path: Pat
 
         reasons = asyncio.run(scenario())
         assert reasons == ["length"] * 24  # 24 of 24 served (a 429 would have raised)
+        text = httpx.get(f"{url}/metrics", headers={"authorization": "Bearer key-ordinary"}).text
+        met = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("goodput_requests_total{") and 'outcome="met_slo"' in line
+        )
+        assert met >= 23  # the others' attainment within 5 points of all
 
 
 async def _drain(tokens: Any) -> None:
