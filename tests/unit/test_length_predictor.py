@@ -370,7 +370,8 @@ def test_prompt_cues_ignore_surrounding_whitespace_and_bound_long_prompts() -> N
     document = "Summarize this document.\n\n" + "lorem ipsum dolor sit amet " * 50_000
     cues = dict(zip(FEATURE_NAMES, prompt_cues(document), strict=True))
     # Sizes come from the whole document; the task words from its head.
-    assert cues["log_input_words"] == pytest.approx(math.log1p(250_001), rel=1e-6)
+    # Counted on the document's ends and scaled: close on the log scale, at a bounded cost.
+    assert cues["log_input_words"] == pytest.approx(math.log1p(250_001), rel=1e-3)
     assert cues["head_edit"] == 0.0 and cues["cue_long_form"] == 0.0
 
 
