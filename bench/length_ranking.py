@@ -109,6 +109,9 @@ def main() -> None:
         "540k_chars_document": latency_us(
             model, ["Summarise this.\n\n" + "lorem ipsum " * 45_000] * 10
         ),
+        "5.4M_chars_document": latency_us(
+            model, ["Summarise this.\n\n" + "lorem ipsum " * 450_000] * 10
+        ),
     }
     result["seconds"] = time.perf_counter() - started
     result["tokenizer"] = data.tokenizer
