@@ -268,6 +268,20 @@ def test_serving_pod_defaults(chart: ChartRenderer) -> None:
     assert "--toleration=dedicated=llm:NoSchedule" in c["args"]
 
 
+def test_router_placement_reaches_the_operator(chart: ChartRenderer) -> None:
+    env = {e["name"]: e.get("value") for e in operator_container(chart.render())["env"]}
+    assert "GOODPUT_ROUTER_NODE_SELECTOR" not in env and "GOODPUT_ROUTER_TOLERATIONS" not in env
+    values = {
+        "router": {
+            "nodeSelector": {"pool": "cpu", "zone": "a"},
+            "tolerations": ["dedicated=edge:NoSchedule", "spot:NoExecute"],
+        }
+    }
+    env = {e["name"]: e.get("value") for e in operator_container(chart.render(values))["env"]}
+    assert env["GOODPUT_ROUTER_NODE_SELECTOR"] == "pool=cpu,zone=a"
+    assert env["GOODPUT_ROUTER_TOLERATIONS"] == "dedicated=edge:NoSchedule spot:NoExecute"
+
+
 def test_existing_service_account(chart: ChartRenderer) -> None:
     r = chart.render({"serviceAccount": {"create": False, "name": "ops"}})
     assert not r.all("ServiceAccount")
@@ -289,6 +303,8 @@ def test_existing_service_account(chart: ChartRenderer) -> None:
         {"serving": {"tolerations": ["no-effect"]}},
         {"serving": {"imagePullPolicy": "Sometimes"}},
         {"serving": {"engineCPU": "four"}},
+        {"router": {"tolerations": ["no-effect"]}},
+        {"router": {"nodeSelector": {"a=b": "c"}}},
         {"unknownTopLevel": True},
     ],
 )

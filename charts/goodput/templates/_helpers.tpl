@@ -140,3 +140,12 @@ Call with (list $ "ServiceMonitor").
   resources: {{ toJson .peerings }}
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+
+{{/* A node selector map as the operator's GOODPUT_ROUTER_NODE_SELECTOR: k=v,k=v (sorted). */}}
+{{- define "goodput.routerNodeSelector" -}}
+{{- $items := list -}}
+{{- range $key, $value := . -}}
+{{- $items = append $items (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
