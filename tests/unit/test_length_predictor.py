@@ -27,7 +27,13 @@ from goodput.profiler.length_baselines import (
     InputLengthHistogram,
     PerModelMeanLength,
 )
-from goodput.profiler.length_eval import REFERENCE, evaluate, length_metrics
+from goodput.profiler.length_eval import (
+    ORACLE,
+    REFERENCE,
+    evaluate,
+    length_metrics,
+    ranking_benchmark,
+)
 from goodput.profiler.length_model_io import (
     UntrustedModelFile,
     default_model_path,
@@ -331,6 +337,27 @@ def test_evaluation_scores_every_contender_in_both_scenarios() -> None:
     assert cold is not None and warm is not None and warm < cold
     as_json = json.loads(json.dumps(report.to_json()))
     assert as_json["held_out_prompts"]["goodput"]["per_model"]["chatty-70b"]["n"] > 0
+
+
+def test_ranking_benchmark_holds_out_prompts_and_models_and_scores_a_learning_curve() -> None:
+    data = _synthetic_set()
+    contenders = {
+        "goodput": lambda: LengthPredictor(n_features=2**10),
+        "per-model-mean": PerModelMeanLength,
+    }
+    report = ranking_benchmark(
+        data, contenders, test_fraction=0.3, n_held_out_models=1, observations=(0, 8)
+    )
+    (new_model,) = report.held_out_models
+    # Known models are scored without the new one; the new one only on prompts it never showed.
+    assert new_model not in report.known_models["goodput"].per_model
+    assert set(report.new_models["goodput"][8].per_model) == {new_model}
+    summary = json.loads(json.dumps(report.to_json()))["summary"]
+    assert set(summary) == {"goodput", "per-model-mean", ORACLE}
+    assert summary["goodput"]["tau_known_models"] > 0.5
+    assert summary["per-model-mean"]["tau_known_models"] is None
+    # Eight answers fix the new model's scale: its error drops.
+    assert summary["goodput"]["mae_new_models_8obs"] < summary["goodput"]["mae_new_models_0obs"]
 
 
 def test_cli_update_learns_a_new_models_verbosity_from_a_log(tmp_path: Path) -> None:
