@@ -13,6 +13,8 @@ from prometheus_client.registry import Collector
 
 from goodput.router.endpoints import Endpoint
 
+OUTCOMES = ("ok", "rejected", "no_replica", "error", "invalid", "unauthorized")
+RETRY_REASONS = ("rejected", "unavailable", "failed")
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -133,6 +135,17 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        # Every label set exists from the start (at zero): a rate over "no retries yet" is 0,
+        # not an absent series.
+        for outcome in OUTCOMES:
+            self.requests.labels(router, outcome)
+        for reason in RETRY_REASONS:
+            self.retries.labels(router, reason)
+        for metric in (
+            self.internal_errors, self.prefix_blocks, self.prefix_predicted_hit_blocks,
+            self.overhead, self.queue_wait, self.ttft,
+        ):  # fmt: skip
+            metric.labels(router)
         queue = Gauge(
             "goodput_router_queue_depth",
             "Requests waiting in the router's queue.",

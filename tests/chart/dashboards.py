@@ -22,6 +22,7 @@ DEFAULT_BINDINGS = {
     "$deployment": ".*",
     "$priority": ".*",
     "$gpu_product": ".*",
+    "$router": ".*",
 }
 
 

@@ -81,7 +81,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 
 def test_dashboards_are_well_formed() -> None:
-    assert len(DASHBOARDS) == 5
+    assert len(DASHBOARDS) == 6
     uids = [load(p)["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
     for path in DASHBOARDS:
@@ -96,7 +96,7 @@ def test_dashboards_are_well_formed() -> None:
             assert panel["targets"], (path.name, panel["title"])
             assert panel["description"], (path.name, panel["title"])
             for target in panel["targets"]:
-                for var in ("$deployment", "$priority", "$gpu_product"):
+                for var in ("$deployment", "$priority", "$gpu_product", "$router"):
                     if var in target["expr"]:
                         assert var[1:] in variables, (path.name, panel["title"], var)
 
@@ -109,6 +109,7 @@ def test_the_required_views_exist() -> None:
         "Goodput / Queue and admission",
         "Goodput / Predictor accuracy",
         "Goodput / Fleet placement",
+        "Goodput / Router",
     }
     exprs = " ".join(q.expr for q in queries())
     for metric in (
@@ -121,6 +122,8 @@ def test_the_required_views_exist() -> None:
         "goodput_output_tokens_sum",
         "goodput_operator_gpus_allocated",
         "goodput_operator_gpus_capacity",
+        "goodput_router_decisions_total",
+        "goodput_router_engine_prefix_cache_hits_tokens_total",
     ):
         assert metric in exprs, metric
 
@@ -153,6 +156,7 @@ def produced_metrics() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from goodput.operator.metrics import OperatorMetrics
+    from goodput.router.metrics import RouterMetrics
     from goodput.serving.metrics import GatewayMetrics, RollingAttainment
 
     gateway = CollectorRegistry()
@@ -164,7 +168,9 @@ def produced_metrics() -> set[str]:
         inflight=lambda: 0.0,
         attainment=RollingAttainment(),
     )
-    registries = [gateway, OperatorMetrics().registry]
+    routed = CollectorRegistry()
+    RouterMetrics(routed, router="r", endpoints=list, queue_depth=lambda: 0.0)
+    registries = [gateway, OperatorMetrics().registry, routed]
     suffixes = {
         "counter": ("_total",),
         "histogram": ("_bucket", "_sum", "_count"),

@@ -183,7 +183,7 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar(chart: ChartRenderer)
     r = chart.render({"monitoring": {"dashboards": {"namespace": "monitoring"}}})
     files = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
     maps = r.all("ConfigMap")
-    assert len(maps) == len(files) == 5
+    assert len(maps) == len(files) == 6
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert cm["metadata"]["namespace"] == "monitoring"
