@@ -101,6 +101,14 @@ def operator() -> None:
     "--priority", type=int, default=0, show_default=True, help="Peering priority of this replica."
 )
 @click.option(
+    "--peering-lifetime",
+    type=click.IntRange(min=15),
+    default=60,
+    show_default=True,
+    help="Seconds a replica's peering record outlives its last keep-alive: the failover time "
+    "when the active replica dies without stopping.",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=9090,
@@ -127,6 +135,7 @@ def run(
     standalone: bool,
     peering: str | None,
     priority: int,
+    peering_lifetime: int,
     metrics_port: int,
     metrics_host: str,
     liveness_endpoint: str | None,
@@ -163,6 +172,7 @@ def run(
             namespaces=namespaces,
             peering=peering,
             priority=priority,
+            peering_lifetime_s=peering_lifetime,
             metrics_host=metrics_host,
             metrics_port=metrics_port or None,
             liveness_endpoint=liveness_endpoint,

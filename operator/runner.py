@@ -42,8 +42,11 @@ def run_operator(settings: OperatorSettings) -> None:
     metrics = OperatorMetrics()
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_host, settings.metrics_port)
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.peering.lifetime = settings.peering_lifetime_s
     kopf.run(
         registry=build_registry(settings, metrics),
+        settings=kopf_settings,
         standalone=settings.peering is None,
         peering_name=settings.peering,
         priority=settings.priority,

@@ -132,6 +132,10 @@ class OperatorSettings:
     # operator replicas run with only the highest-priority one active (needs the KopfPeering CRDs).
     peering: str | None = None
     priority: int = 0
+    # How long a replica's peering record counts after its last keep-alive (kopf renews it 5-10 s
+    # before then): how long a replica that died without saying goodbye (SIGKILL, a lost node)
+    # keeps the others standing by.
+    peering_lifetime_s: int = 60
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9090
     liveness_endpoint: str | None = None

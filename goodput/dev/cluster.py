@@ -287,6 +287,23 @@ class LocalCluster:
                     if child.name not in ("lock", "users"):
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
+    def restart(self, component: str, down_s: float = 0.0) -> None:
+        """Stop one control-plane component (SIGTERM), keep it down ``down_s`` seconds, start it
+        again with the same arguments and wait until it is healthy: the fault a client of the
+        cluster must ride out (an API server upgrade or crash)."""
+        specs = {spec.name: spec for spec in self._specs()}
+        probes: dict[str, Callable[[], bool]] = {
+            "etcd": lambda: _http_ok(f"http://127.0.0.1:{self.ports.etcd_client}/health"),
+            "kube-apiserver": self._readyz,
+        }
+        with self._lock():
+            self.supervisor.stop(component)
+            time.sleep(down_s)
+            self.supervisor.start(specs[component])
+            self._wait(
+                component, probes.get(component, lambda: self.supervisor.alive(component)), 120
+            )
+
     def _start_real_node(self, spec: RealNode, say: Progress) -> None:
         node = self.real_node(spec)
         node.dir.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,6 @@ The tests share one namespace and one operator process and run in file order (a 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -21,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from goodput.dev.processes import free_port
-
+from .operator_process import OperatorProcess
 from .waiting import wait_for
 
 if TYPE_CHECKING:
@@ -34,62 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CRD = ROOT / "crds" / "llmdeployment.yaml"
 H100 = "NVIDIA-H100-80GB-HBM3"
-
-
-class OperatorProcess:
-    """``python -m goodput operator run`` against the cluster, logging to a file."""
-
-    def __init__(
-        self, kubeconfig: Path, namespace: str, log: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
-        self.env = {**os.environ, **(env or {})}
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "goodput",
-            "operator",
-            "run",
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--namespace",
-            self.namespace,
-            "--standalone",
-            "--metrics-port",
-            str(self.metrics_port),
-        ]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of the operator's log, for a failure's explanation."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no operator log)"
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text: str = response.read().decode()
-            return text
 
 
 @pytest.fixture(scope="module")
