@@ -89,6 +89,11 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option("--max-queue-length", type=int)
 @click.option("--max-concurrency", type=int, help="Cap on requests sent to the engine at once.")
 @click.option(
+    "--initial-concurrency",
+    type=int,
+    help="Batch limit before anything is measured (default 4); it explores upward.",
+)
+@click.option(
     "--kv-cache-tokens",
     type=int,
     help="The engine's KV-cache capacity in tokens, if its /metrics does not report it.",
@@ -146,6 +151,7 @@ def serve(
     e2e_ms: float | None,
     max_queue_length: int | None,
     max_concurrency: int | None,
+    initial_concurrency: int | None,
     kv_cache_tokens: int | None,
     engine_cmd: str | None,
     engine_ready_timeout: float,
@@ -181,6 +187,7 @@ def serve(
             "servedModelName": served_model_name,
             "maxQueueLength": max_queue_length,
             "maxConcurrency": max_concurrency,
+            "initialConcurrency": initial_concurrency,
             "kvCacheTokens": kv_cache_tokens,
             "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
         },

@@ -43,8 +43,11 @@ CONTENDERS = (
 
 
 @contextmanager
-def gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Iterator[str]:
-    """A ``goodput serve`` process in front of ``engine``; yields its URL once ready."""
+def gateway(
+    policy: str, engine: EngineProcess, slo: SLO, log_path: Path, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A ``goodput serve`` process in front of ``engine`` (``extra``: more of its options);
+    yields its URL once ready."""
     port = free_port()
     command = [
         sys.executable, "-m", "goodput", "serve",
@@ -57,6 +60,7 @@ def gateway(policy: str, engine: EngineProcess, slo: SLO, log_path: Path) -> Ite
         "--ttft-ms", f"{slo.ttft_s * 1000:.1f}",
         "--tpot-ms", f"{slo.tpot_s * 1000:.2f}",
         "--log-level", "warning",
+        *extra,
     ]  # fmt: skip
     if engine.facts.kv_cache_tokens:
         # vLLM without statistics does not report its KV capacity; the gateway needs it.
