@@ -179,6 +179,9 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
         ],
         "env": env,
         "ports": [{"name": ROUTER_PORT_NAME, "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+        # Until the server listens (importing the client libraries takes a while on a busy
+        # node): liveness must not kill a router that is still starting.
+        "startupProbe": http_probe("/healthz", period=2, failures=90),
         "readinessProbe": http_probe("/readyz", period=2, failures=2),
         "livenessProbe": http_probe("/healthz", period=10, failures=6),
         "resources": {
