@@ -1,6 +1,7 @@
 """The gateway's HTTP surface: the OpenAI routes behind the API-key check, health and
-readiness for the kubelet, and the admin routes (metrics, the router's load report) — on a port
-of their own when one is configured, else on the API port behind the same key check."""
+readiness for the kubelet, and the admin routes (metrics, the router's load report) — behind the
+same key check on the API port, and without one on the admin port when one is configured (for
+Prometheus and the router, which a NetworkPolicy lets reach it)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _ENGINE_DOWN_RETRY_S = 2
 
 
-def create_app(
-    gateway: Gateway, *, limits: HttpLimits | None = None, admin_port: bool = False
-) -> ASGIApp:
-    """The API app (``admin_port``: the admin routes are served by ``create_admin_app``)."""
+def create_app(gateway: Gateway, *, limits: HttpLimits | None = None) -> ASGIApp:
+    """The API app; ``create_admin_app`` serves the admin routes without a key."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,8 +84,7 @@ def create_app(
             return JSONResponse(body, status_code=upstream.status)
         return Response(upstream.body, media_type="application/json")
 
-    if not admin_port:
-        _admin_routes(app, gateway, guarded=True)
+    _admin_routes(app, gateway, guarded=True)
     return RequestGuard(
         app, limits or HttpLimits(), on_internal_error=gateway.metrics.internal_errors.inc
     )

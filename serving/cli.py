@@ -27,11 +27,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
         if not isinstance(loaded, dict):
             raise click.BadParameter(f"{path} does not hold a mapping", param_hint="--config")
         data = loaded
-    slo_overrides = {k: v for k, v in overrides.pop("slo").items() if v is not None}
-    if slo_overrides:
-        slo = dict(data.get("slo") or {})
-        slo.update(slo_overrides)
-        data["slo"] = slo
+    for section in ("slo", "auth"):
+        given = {k: v for k, v in overrides.pop(section, {}).items() if v is not None}
+        if given:
+            data[section] = {**(data.get(section) or {}), **given}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return GatewayConfig.model_validate(data)
@@ -52,8 +51,18 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
 @click.option(
     "--admin-port",
     type=int,
-    help="Serve /metrics and the router's load report on this port (no API key there; let "
-    "only Prometheus and the router reach it). Default: on --port, behind the API-key check.",
+    help="Also serve /metrics and the router's load report on this port, without an API key "
+    "(let only Prometheus and the router reach it); on --port they want a key.",
+)
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False),
+    help="API keys of tenants: a directory of tenant files (a mounted Secret; docs/security.md).",
+)
+@click.option(
+    "--anonymous/--no-anonymous",
+    default=None,
+    help="Serve requests without an API key (default: yes).",
 )
 @click.option(
     "--max-body-mb",
@@ -138,6 +147,8 @@ def serve(
     host: str,
     port: int,
     admin_port: int | None,
+    keys_dir: str | None,
+    anonymous: bool | None,
     max_body_mb: float,
     tls_cert: str | None,
     tls_key: str | None,
@@ -190,6 +201,7 @@ def serve(
             "initialConcurrency": initial_concurrency,
             "kvCacheTokens": kv_cache_tokens,
             "slo": {"ttftMs": ttft_ms, "tpotMs": tpot_ms, "e2eMs": e2e_ms},
+            "auth": {"keysDir": keys_dir, "anonymous": anonymous},
         },
     )
     engine = EngineProcess(engine_cmd, config.engine_url) if engine_cmd else None
@@ -210,7 +222,7 @@ def serve(
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_connections=max_connections
         )
         api = server_config(
-            create_app(gateway, limits=limits, admin_port=admin_port is not None),
+            create_app(gateway, limits=limits),
             host=host,
             port=port,
             limits=limits,

@@ -19,6 +19,7 @@ import pytest
 
 from goodput.dev.pki import ClusterPKI
 from goodput.dev.processes import free_port
+from goodput.serving.auth import hash_key
 
 from .fake_engine import FakeEngine
 
@@ -75,9 +76,12 @@ def test_serve_drains_on_sigterm(fake_engine: tuple[FakeEngine, str], tmp_path: 
     }  # fmt: skip
 
 
-def test_serve_speaks_tls_and_keeps_metrics_on_the_admin_port(
+def test_serve_speaks_tls_wants_keys_and_serves_metrics_keyless_on_the_admin_port(
     fake_engine: tuple[FakeEngine, str], tmp_path: Path
 ) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "team.yaml").write_text(json.dumps({"keys": [hash_key("k")]}))
     pki = ClusterPKI(tmp_path / "pki")
     pki.ensure()  # a CA and a server certificate for 127.0.0.1
     port, admin = free_port(), free_port()
@@ -88,6 +92,7 @@ def test_serve_speaks_tls_and_keeps_metrics_on_the_admin_port(
             "--deployment", "d", "--served-model-name", "tiny",
             "--ttft-ms", "2000", "--tpot-ms", "200",
             "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--keys-dir", str(keys), "--no-anonymous",
         ],
     )  # fmt: skip
     trust = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -103,8 +108,11 @@ def test_serve_speaks_tls_and_keeps_metrics_on_the_admin_port(
                 assert time.monotonic() < deadline and proc.poll() is None, "did not start"
                 time.sleep(0.1)
             body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
-            assert api.post("/v1/completions", json=body).status_code == 200
-            assert api.get("/metrics").status_code == 404  # not on the API port
+            assert api.post("/v1/completions", json=body).status_code == 401
+            key = {"authorization": "Bearer k"}
+            assert api.post("/v1/completions", json=body, headers=key).status_code == 200
+            assert api.get("/metrics").status_code == 401  # on the API port: a key
+            assert api.get("/metrics", headers=key).status_code == 200
         metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics")
         assert metrics.status_code == 200 and "goodput_requests_total" in metrics.text
         assert httpx.get(f"http://127.0.0.1:{admin}/v1/goodput/load").json()["ready"] is True
