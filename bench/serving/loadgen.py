@@ -30,6 +30,7 @@ from workload import Request
 HEADER_TTFT = "x-goodput-slo-ttft-ms"
 HEADER_TPOT = "x-goodput-slo-tpot-ms"
 HEADER_ORACLE = "x-goodput-oracle-output-tokens"
+HEADER_SESSION = "x-session-id"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ async def _one(
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     body: dict[str, object] = {
         "model": model,
-        "messages": [{"role": "user", "content": request.prompt}],
+        "messages": [{"role": role, "content": text} for role, text in request.messages]
+        or [{"role": "user", "content": request.prompt}],
         "stream": True,
         "ignore_eos": True,
         "return_token_ids": True,
@@ -106,6 +108,8 @@ async def _one(
     headers = {HEADER_TTFT: f"{slo.ttft_s * 1000:.1f}", HEADER_TPOT: f"{slo.tpot_s * 1000:.2f}"}
     if oracle:
         headers[HEADER_ORACLE] = str(request.output_tokens)
+    if request.session is not None:
+        headers[HEADER_SESSION] = request.session
     start = time.perf_counter()
     first: float | None = None
     last = start

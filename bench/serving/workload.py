@@ -41,6 +41,10 @@ class Request:
     prompt_tokens: int  # the instruction alone, tiny tokenizer, without the chat template
     output_tokens: int  # what the engine must generate (the scaled real length)
     real_output_tokens: int  # the chosen model's answer length before scaling
+    # A whole conversation instead of ``prompt`` alone: (role, content) pairs, sent as they are
+    # (bench/routing's multi-turn sessions); and the session it belongs to (x-session-id).
+    messages: tuple[tuple[str, str], ...] = ()
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,8 @@ class Corpus:
         seed: int,
     ) -> Corpus:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        prompts: dict[int, str] = {}
-        with (data_dir / "alpaca_eval" / "prompts.jsonl").open() as handle:
-            for line in handle:
-                row = json.loads(line)
-                prompts[int(row["prompt_id"])] = row["instruction"]
-        answers: dict[int, str] = {}
-        with gzip.open(data_dir / "alpaca_eval" / "outputs.jsonl.gz", "rt") as handle:
-            for line in handle:
-                row = json.loads(line)
-                if row["model"] == model:
-                    answers[int(row["prompt_id"])] = row["output"]
-        if not answers:
-            raise ValueError(f"no alpaca_eval outputs for model {model!r}")
+        prompts = load_prompts(data_dir)
+        answers = load_answers(data_dir, model)
         ids = sorted(set(prompts) & set(answers))
         random.Random(seed).shuffle(ids)
         requests: list[Request] = []
@@ -95,6 +88,29 @@ class Corpus:
         """``count`` requests starting at ``offset``, wrapping around the corpus."""
         n = len(self.requests)
         return [self.requests[(offset + i) % n] for i in range(count)]
+
+
+def load_prompts(data_dir: Path) -> dict[int, str]:
+    """AlpacaEval's instructions by prompt id."""
+    prompts: dict[int, str] = {}
+    with (data_dir / "alpaca_eval" / "prompts.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            prompts[int(row["prompt_id"])] = row["instruction"]
+    return prompts
+
+
+def load_answers(data_dir: Path, model: str) -> dict[int, str]:
+    """``model``'s AlpacaEval answers by prompt id."""
+    answers: dict[int, str] = {}
+    with gzip.open(data_dir / "alpaca_eval" / "outputs.jsonl.gz", "rt") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["model"] == model:
+                answers[int(row["prompt_id"])] = row["output"]
+    if not answers:
+        raise ValueError(f"no alpaca_eval outputs for model {model!r}")
+    return answers
 
 
 def trace_gaps(trace_csv: Path) -> np.ndarray:

@@ -229,6 +229,18 @@ def parse_cache_config(metrics_text: str) -> tuple[int, int]:
     return int(labels["block_size"]), int(labels["num_gpu_blocks"])
 
 
+def prefix_cache_tokens(engine_url: str) -> tuple[float, float]:
+    """``(queried, hit)`` prompt tokens so far: vLLM's own prefix-cache counters
+    (``vllm:prefix_cache_queries_total``, ``vllm:prefix_cache_hits_total``; statistics on)."""
+    queries = hits = 0.0
+    for line in httpx.get(f"{engine_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("vllm:prefix_cache_queries_total"):
+            queries += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vllm:prefix_cache_hits_total"):
+            hits += float(line.rsplit(" ", 1)[1])
+    return queries, hits
+
+
 class EngineProcess:
     """One ``vllm.entrypoints.openai.api_server`` on 127.0.0.1, started and stopped as a unit.
 

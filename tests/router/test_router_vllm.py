@@ -17,6 +17,7 @@ from gateway.conftest import running_server
 from goodput.api.gateway_config import GatewayConfig
 from goodput.api.router_config import RouterConfig
 from goodput.dev.engine import EngineProcess, EngineSettings
+from goodput.dev.engine import prefix_cache_tokens as prefix_counters
 from goodput.router.app import create_app as create_router
 from goodput.serving.app import create_app as create_gateway
 from goodput.serving.gateway import Gateway
@@ -28,17 +29,6 @@ SYSTEM = (
     "You are a careful assistant for a platform team. Answer in short sentences, cite the "
     "runbook section you rely on, and never guess a number you were not given. "
 ) * 3
-
-
-def prefix_counters(engine_url: str) -> tuple[float, float]:
-    """(queried, hit) prompt tokens, vLLM's own counters."""
-    queries = hits = 0.0
-    for line in httpx.get(f"{engine_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("vllm:prefix_cache_queries_total"):
-            queries += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("vllm:prefix_cache_hits_total"):
-            hits += float(line.rsplit(" ", 1)[1])
-    return queries, hits
 
 
 @pytest.fixture(scope="module")
