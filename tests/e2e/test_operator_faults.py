@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .operator_process import OperatorProcess
+from .own_nodes import own_nodes
 from .waiting import wait_for
 
 if TYPE_CHECKING:
@@ -111,34 +112,17 @@ def crds(cluster: LocalCluster) -> LocalCluster:
 @pytest.fixture(scope="module")
 def a100_nodes(crds: LocalCluster) -> Iterator[list[str]]:
     """Simulated A100 80 GB nodes (8 GPUs each) of this module's own, labelled like the dev
-    fleet's but outside it (``goodput dev`` reconciling its fleet leaves them alone)."""
-    from goodput.dev.fleet import FLEET_LABEL, POOL_LABEL, Fleet, NodePool, node_manifest
-
-    cluster = crds
-    fleet = Fleet.load("default")
-    pool = NodePool.model_validate(
-        {
-            "name": "a100-80",
-            "gpu": {"product": A100, "memoryMiB": 81920, "family": "ampere",
-                    "computeCapability": "8.0"},
-            "gpusPerNode": GPUS_PER_NODE, "interconnect": "nvlink", "count": NODES,
-            "zones": ["local-1a", "local-1b"], "nodesPerRack": 2,
-            "instanceType": "sim.a100-80.8x", "cpu": 96, "memoryGiB": 1152,
-        }
-    )  # fmt: skip
-    tag = uuid.uuid4().hex[:5]
-    names = []
-    for i in range(NODES):
-        name, zone = f"fault-{tag}-a100-{i}", pool.zones[i % 2]
-        node = node_manifest(fleet, pool, name=name, zone=zone, rack=f"{zone}-{tag}", domain=name)
-        for label in (FLEET_LABEL, POOL_LABEL):
-            node["metadata"]["labels"].pop(label)
-        cluster.kubectl("create", "-f", "-", stdin=json.dumps(node))
-        names.append(name)
-    for name in names:
-        cluster.kubectl("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
-    yield names
-    cluster.kubectl("delete", "node", *names, "--ignore-not-found", "--wait=false", check=False)
+    fleet's but outside it."""
+    pool = {
+        "name": "a100-80",
+        "gpu": {"product": A100, "memoryMiB": 81920, "family": "ampere",
+                "computeCapability": "8.0"},
+        "gpusPerNode": GPUS_PER_NODE, "interconnect": "nvlink", "count": NODES,
+        "zones": ["local-1a", "local-1b"], "nodesPerRack": 2,
+        "instanceType": "sim.a100-80.8x", "cpu": 96, "memoryGiB": 1152,
+    }  # fmt: skip
+    with own_nodes(crds, pool, "fault") as names:
+        yield names
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from .own_nodes import own_nodes
 from .waiting import wait_for
 
 if TYPE_CHECKING:
@@ -170,35 +171,18 @@ def test_kubectl_scale_adds_and_removes_only_that_replicas_workload(
 
 @pytest.fixture
 def own_gpu_nodes(cluster: LocalCluster) -> Iterator[list[str]]:
-    """Three simulated L40S nodes (one per zone, 4 GPUs each) with the dev fleet's labels and
-    kwok annotation, so the test may delete one without disturbing the shared fleet. They carry
-    no ``goodput.dev/fleet`` label: ``goodput dev`` reconciling its fleet leaves them alone."""
-    from goodput.dev.fleet import FLEET_LABEL, POOL_LABEL, Fleet, NodePool, node_manifest
-
-    fleet = Fleet.load("default")
-    pool = NodePool.model_validate(
-        {
-            "name": "l40s",
-            "gpu": {"product": "NVIDIA-L40S", "memoryMiB": 46068, "family": "ada-lovelace",
-                    "computeCapability": "8.9"},
-            "gpusPerNode": 4, "interconnect": "pcie", "count": 3,
-            "zones": ["local-1a", "local-1b", "local-1c"], "nodesPerRack": 1,
-            "instanceType": "sim.l40s.4x", "cpu": 48, "memoryGiB": 384,
-        }
-    )  # fmt: skip
-    tag = uuid.uuid4().hex[:5]
-    names = []
-    for i, zone in enumerate(pool.zones):
-        name = f"pin-{tag}-l40s-{i}"
-        node = node_manifest(fleet, pool, name=name, zone=zone, rack=f"{zone}-{name}", domain=name)
-        for label in (FLEET_LABEL, POOL_LABEL):
-            node["metadata"]["labels"].pop(label)
-        cluster.kubectl("create", "-f", "-", stdin=json.dumps(node))
-        names.append(name)
-    for name in names:
-        cluster.kubectl("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
-    yield names
-    cluster.kubectl("delete", "node", *names, "--ignore-not-found", "--wait=false", check=False)
+    """Three simulated L40S nodes (one per zone, 4 GPUs each), so the test may delete one
+    without disturbing the shared fleet."""
+    pool = {
+        "name": "l40s",
+        "gpu": {"product": "NVIDIA-L40S", "memoryMiB": 46068, "family": "ada-lovelace",
+                "computeCapability": "8.9"},
+        "gpusPerNode": 4, "interconnect": "pcie", "count": 3,
+        "zones": ["local-1a", "local-1b", "local-1c"], "nodesPerRack": 1,
+        "instanceType": "sim.l40s.4x", "cpu": 48, "memoryGiB": 384,
+    }  # fmt: skip
+    with own_nodes(cluster, pool, "pin") as names:
+        yield names
 
 
 def test_deleting_a_node_re_places_only_the_replica_on_it(
