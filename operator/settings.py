@@ -92,6 +92,16 @@ class WorkloadSettings:
     pod_api_server: str | None = field(
         default_factory=lambda: os.environ.get("GOODPUT_POD_API_SERVER") or None
     )
+    # A Secret (in each serving namespace) of tenant files with hashed API keys
+    # (docs/security.md): mounted into every gateway, which then wants a key, and serves its
+    # metrics keyless on the admin port for Prometheus. None: the gateways take anonymous calls.
+    gateway_keys_secret: str | None = field(
+        default_factory=lambda: os.environ.get("GOODPUT_GATEWAY_KEYS_SECRET") or None
+    )
+    # With keys: whether requests without one are still served (as tenant "anonymous").
+    gateway_anonymous: bool = field(
+        default_factory=lambda: _env("GOODPUT_GATEWAY_ANONYMOUS", "false").lower() == "true"
+    )
     # The whole stop of a pod: the gateway's drain, its exit, then the engine's.
     termination_grace_seconds: int = 90
     # How long the engine may take to load the model before the gateway's startup probe gives up.

@@ -45,6 +45,10 @@ from goodput.operator.settings import WorkloadSettings
 GATEWAY_PORT = 8080
 #: Every interface of the pod: its IP for probes, Service and Prometheus, loopback for the engine.
 GATEWAY_HOST = "0.0.0.0"
+#: With API keys: the gateway's keyless metrics port (Prometheus), and where the keys are mounted.
+GATEWAY_ADMIN_PORT = 9090
+GATEWAY_ADMIN_PORT_NAME = "admin"
+GATEWAY_KEYS_DIR = "/etc/goodput-keys"
 MODELS_DIR = "/models"
 #: Both containers' UID and GID: non-root, and the conventional "nonroot" of distroless images.
 RUN_AS_USER = 65532
@@ -244,6 +248,20 @@ def pod_template(
             {"name": "gateway-tmp", "mountPath": "/tmp"},
         ],
     }
+    volumes_ = [
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "engine-home", "emptyDir": {}},
+        {
+            "name": "gateway-config",
+            "configMap": {"name": naming.config_map_name(name)},
+        },
+        # The request log rotates at 64 MiB, keeping one old file.
+        {"name": "gateway-state", "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        *volumes.volumes(),
+    ]
+    if settings.gateway_keys_secret:
+        _want_keys(gateway, volumes_, settings.gateway_keys_secret, settings.gateway_anonymous)
     return {
         "metadata": {
             "labels": {**naming.labels(name), naming.LABEL_REPLICA: str(replica)},
@@ -272,20 +290,30 @@ def pod_template(
                 {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
                 *settings.tolerations,
             ],
-            "volumes": [
-                {"name": "shm", "emptyDir": {"medium": "Memory"}},
-                {"name": "engine-home", "emptyDir": {}},
-                {
-                    "name": "gateway-config",
-                    "configMap": {"name": naming.config_map_name(name)},
-                },
-                # The request log rotates at 64 MiB, keeping one old file.
-                {"name": "gateway-state", "emptyDir": {"sizeLimit": "256Mi"}},
-                {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                *volumes.volumes(),
-            ],
+            "volumes": volumes_,
         },
     }
+
+
+def _want_keys(
+    gateway: dict[str, Any], volumes: list[dict[str, Any]], secret: str, anonymous: bool
+) -> None:
+    """The gateway checks API keys from ``secret`` (mounted: rotated keys reach it without a
+    restart) and serves its metrics keyless on the admin port, which Prometheus scrapes."""
+    volumes.append({"name": "gateway-keys", "secret": {"secretName": secret}})
+    gateway["volumeMounts"].append(
+        {"name": "gateway-keys", "mountPath": GATEWAY_KEYS_DIR, "readOnly": True}
+    )
+    gateway["command"] += [
+        "--keys-dir",
+        GATEWAY_KEYS_DIR,
+        "--anonymous" if anonymous else "--no-anonymous",
+        "--admin-port",
+        str(GATEWAY_ADMIN_PORT),
+    ]
+    gateway["ports"].append(
+        {"name": GATEWAY_ADMIN_PORT_NAME, "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"}
+    )
 
 
 def deployment(

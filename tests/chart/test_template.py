@@ -350,3 +350,22 @@ def test_network_policies_let_only_the_router_and_prometheus_reach_serving_pods(
     assert sorted(p["metadata"]["namespace"] for p in listed) == ["a", "b"]
     off = {"operator": {"watchNamespace": "team-a"}, "networkPolicy": {"enabled": False}}
     assert not chart.render(off).all("NetworkPolicy")
+
+
+def test_api_keys_reach_the_operator_and_the_pod_monitor_scrapes_the_admin_port(
+    chart: ChartRenderer,
+) -> None:
+    plain = chart.render(api_versions=PROMETHEUS_OPERATOR_APIS)
+    env = {e["name"]: e.get("value") for e in operator_container(plain)["env"]}
+    assert "GOODPUT_GATEWAY_KEYS_SECRET" not in env
+    assert plain.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    keys = {"serving": {"auth": {"keysSecret": "gateway-keys"}}}
+    keyed = chart.render(keys, api_versions=PROMETHEUS_OPERATOR_APIS)
+    env = {e["name"]: e.get("value") for e in operator_container(keyed)["env"]}
+    assert env["GOODPUT_GATEWAY_KEYS_SECRET"] == "gateway-keys"
+    assert env["GOODPUT_GATEWAY_ANONYMOUS"] == "false"  # the chart's default: keys required
+    assert keyed.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] == "admin"
+    # Without keys the notes warn that the gateways answer anyone.
+    warned, quiet = chart.render().notes, chart.render(keys).notes
+    assert warned is not None and "without an API key" in warned
+    assert quiet is not None and "without an API key" not in quiet

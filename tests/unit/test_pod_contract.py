@@ -203,3 +203,27 @@ def test_image_pull_policy_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("GOODPUT_IMAGE_PULL_POLICY", "Sometimes")
     with pytest.raises(ValueError, match="pull policy"):
         WorkloadSettings()
+
+
+def test_with_api_keys_the_gateway_mounts_them_and_serves_metrics_keyless_on_the_admin_port(
+    tmp_path: Path,
+) -> None:
+    settings = dataclasses.replace(SETTINGS, gateway_keys_secret="gateway-keys")
+    pod = _pod(settings)
+    gateway = _container(pod, "gateway")
+    config = tmp_path / "gateway.json"
+    config.write_text("{}")
+    args = [str(config) if a == "/etc/goodput/gateway.json" else a for a in gateway["command"][2:]]
+    params = serve.make_context("serve", args).params
+    assert params["keys_dir"] == workload.GATEWAY_KEYS_DIR
+    assert params["anonymous"] is False  # keys on: callers without one are refused
+    assert params["admin_port"] == 9090
+    assert {"name": "admin", "containerPort": 9090, "protocol": "TCP"} in gateway["ports"]
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "gateway-keys")
+    assert mount == {"name": "gateway-keys", "mountPath": "/etc/goodput-keys", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "gateway-keys")
+    assert volume["secret"] == {"secretName": "gateway-keys"}
+    assert not restricted_violations(pod, "gateway")
+    open_pod = _pod(dataclasses.replace(settings, gateway_anonymous=True))
+    assert "--anonymous" in _container(open_pod, "gateway")["command"]
+    assert "--keys-dir" not in _container(_pod(), "gateway")["command"]  # no keys: as before

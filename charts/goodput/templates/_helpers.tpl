@@ -149,3 +149,8 @@ Call with (list $ "ServiceMonitor").
 {{- end -}}
 {{- join "," $items -}}
 {{- end -}}
+
+{{/* The serving pods' port for /metrics: "admin" (keyless) when the gateways want API keys. */}}
+{{- define "goodput.gatewayMetricsPort" -}}
+{{- if .Values.serving.auth.keysSecret }}admin{{ else }}{{ .Values.monitoring.gateway.port }}{{ end }}
+{{- end }}
