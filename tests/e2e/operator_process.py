@@ -35,6 +35,7 @@ class OperatorProcess:
         self.peering, self.priority, self.peering_lifetime_s = peering, priority, peering_lifetime_s
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.offset = 0  # where this run's lines begin in the log
 
     def argv(self) -> list[str]:
         argv = [
@@ -53,6 +54,7 @@ class OperatorProcess:
         ]  # fmt: skip
 
     def start(self) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=out, stderr=subprocess.STDOUT, env=self.env
@@ -86,6 +88,16 @@ class OperatorProcess:
             return self.log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def this_run(self) -> str:
+        """The log of the current (or last) run only."""
+        with self.log.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode(errors="replace")
+
+    def started_up(self) -> bool:
+        """Whether this run has finished kopf's start-up (its handlers may run from now on)."""
+        return "startup' succeeded" in self.this_run()
 
     def tail(self, lines: int = 40) -> str:
         """The end of the operator's log, for a failure's explanation."""
