@@ -11,8 +11,9 @@
 - **Unexpected exceptions**: whatever escapes the app is logged, counted and, if nothing was
   sent yet, answered with an OpenAI-format 500 — and never re-raised, because uvicorn closes a
   keep-alive connection on an exception and the client's next request on it would fail.
-- **Connections**: the server config caps them (``limit_concurrency``: 503 past it) and closes
-  idle keep-alive ones after ``timeout_keep_alive``.
+- **Connections**: at most ``max_connections`` open; a request on one past the cap is answered
+  503 (OpenAI format, ``Retry-After``) and its connection closed — uvicorn's own cap answers in
+  plain text. Idle keep-alive connections close after ``keep_alive_s``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.limit_concurrency = None  # the cap is kept below, with an OpenAI-format answer
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
 
@@ -100,7 +102,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        cap = self.limits.max_connections
+        if len(self.connections) <= cap and len(self.tasks) < cap:
+            super().on_headers_complete()
+            return
+        log.warning("%d connections open: a request refused", len(self.connections))
+        app, self.app = self.app, _over_capacity  # uvicorn starts the request with self.app
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
 
 def server_config(
@@ -113,7 +124,6 @@ def server_config(
         host=host,
         port=port,
         http=protocol,
-        limit_concurrency=limits.max_connections,
         timeout_keep_alive=limits.keep_alive_s,
         **kwargs,
     )
@@ -214,11 +224,23 @@ class RequestGuard:
         return None, replay
 
 
+async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    error = OpenAIError(
+        503,
+        "The server has too many open connections; retry shortly.",
+        "server_error",
+        code="too_many_connections",
+        headers={"Retry-After": "1"},
+    )
+    await _send_error(send, error, close=True)
+
+
 async def _send_error(send: Send, error: OpenAIError, *, close: bool = False) -> None:
     payload = json.dumps(error.body()).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
     ]
     if close:  # the rest of the body is not read: the connection cannot carry another request
         headers.append((b"connection", b"close"))

@@ -266,6 +266,22 @@ def test_slow_and_endless_headers_are_cut_off(gateway_for: GatewayFactory) -> No
         assert big.recv(1024).startswith(b"HTTP/1.1 400")
 
 
+def test_past_the_connection_cap_a_request_gets_an_openai_503(gateway_for: GatewayFactory) -> None:
+    _, url = gateway_for(limits=HttpLimits(max_connections=3))
+    port = int(url.rsplit(":", 1)[1])
+    with ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(_socket(port))
+        time.sleep(0.2)  # accepted by the server
+        refused = httpx.get(f"{url}/healthz")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "too_many_connections"
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{url}/healthz").status_code != 200:  # the idle ones closed: served again
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 @contextmanager
 def _socket(port: int) -> Iterator[socket.socket]:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
