@@ -12,8 +12,8 @@ One real vLLM CPU engine (the tests' tiny model); for each contender a fresh ``g
 The SLO is the unloaded TTFT x 30 and TPOT x 3 (the serving benchmark's x 10 for TTFT leaves a
 burst of 307 on two cores nothing to meet, warm or cold). It needs a quiet machine: tried on
 2026-12-03 while other engines ran beside it (load average 23 on 2 cores), not one request of
-the burst met the SLO for any contender, warm included, and no result was kept. Run from the repository
-root, as a script::
+the burst met the SLO for any contender, warm included, and no result was kept. Run from the
+repository root, as a script::
 
     .venv/bin/python bench/serving/cold_burst.py     # ~5 min on 2 cores
 
