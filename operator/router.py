@@ -26,7 +26,13 @@ from goodput.operator import naming
 from goodput.operator.gateway_config import config_hash
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
-from goodput.operator.workload import container_security_context, http_probe
+from goodput.operator.workload import (
+    GATEWAY_ADMIN_PORT,
+    GATEWAY_ADMIN_PORT_NAME,
+    GATEWAY_PORT,
+    container_security_context,
+    http_probe,
+)
 
 ROUTER_PORT = 8090
 ROUTER_PORT_NAME = GATEWAY_PORT_NAME  # the probes name the port alike
@@ -78,6 +84,7 @@ def router_config(obj: LLMDeployment) -> RouterConfig:
                 "namespace": obj.metadata.namespace,
                 "service": replicas_service_name(name),
                 "portName": GATEWAY_PORT_NAME,
+                "loadPortName": GATEWAY_ADMIN_PORT_NAME,
             },
             "scorers": scorers,
             "boundedLoad": routing.router.bounded_load,
@@ -97,8 +104,28 @@ def config_map(obj: LLMDeployment) -> dict[str, Any]:
     }
 
 
-def replicas_service(obj: LLMDeployment) -> dict[str, Any]:
-    """Headless: nobody connects to its address; it exists for its EndpointSlices."""
+def replicas_service(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]:
+    """Headless: nobody connects to its address; it exists for its EndpointSlices. With keys
+    on, the gateways' keyless admin port is listed too: the router reads load reports there."""
+    ports: list[dict[str, Any]] = [
+        {
+            "name": GATEWAY_PORT_NAME,
+            "port": GATEWAY_PORT,
+            "targetPort": GATEWAY_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "http",
+        }
+    ]
+    if settings.gateway_keys_secret:
+        ports.append(
+            {
+                "name": GATEWAY_ADMIN_PORT_NAME,
+                "port": GATEWAY_ADMIN_PORT,
+                "targetPort": GATEWAY_ADMIN_PORT_NAME,
+                "protocol": "TCP",
+                "appProtocol": "http",
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -112,15 +139,7 @@ def replicas_service(obj: LLMDeployment) -> dict[str, Any]:
             "clusterIP": "None",
             "selector": naming.selector_labels(obj.metadata.name),
             "publishNotReadyAddresses": False,
-            "ports": [
-                {
-                    "name": GATEWAY_PORT_NAME,
-                    "port": 8080,
-                    "targetPort": GATEWAY_PORT_NAME,
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                }
-            ],
+            "ports": ports,
         },
     }
 
@@ -253,7 +272,7 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
 
 def objects(obj: LLMDeployment, settings: WorkloadSettings) -> list[dict[str, Any]]:
     """Everything the router needs, in apply order (access before the pods that use it)."""
-    return [config_map(obj), *rbac(obj), replicas_service(obj), deployment(obj, settings)]
+    return [config_map(obj), *rbac(obj), replicas_service(obj, settings), deployment(obj, settings)]
 
 
 #: (kind, name of) each router object, for deleting them when routing no longer asks for one.

@@ -23,7 +23,7 @@ from goodput.api.router_config import ServiceDiscovery
 
 log = logging.getLogger(__name__)
 
-EndpointEntry = tuple[str, str, bool, bool]
+EndpointEntry = tuple[str, str, bool, bool, str]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
@@ -34,14 +34,16 @@ def _load_kube_config() -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
-def slice_endpoints(slice_obj: Any, port_name: str) -> list[EndpointEntry]:
-    """``(name, url, ready, draining)`` of one EndpointSlice's endpoints (IPv4/IPv6 alike)."""
+def slice_endpoints(slice_obj: Any, port_name: str, load_port_name: str) -> list[EndpointEntry]:
+    """``(name, url, ready, draining, load_url)`` of one EndpointSlice's endpoints (IPv4/IPv6
+    alike); ``load_url`` is on the ``load_port_name`` port where the slice has one."""
     ports = slice_obj.ports or []
     port = next((p.port for p in ports if p.name == port_name), None)
     if port is None and len(ports) == 1:
         port = ports[0].port
     if port is None:
         return []
+    load_port = next((p.port for p in ports if p.name == load_port_name), None)
     entries = []
     for ep in slice_obj.endpoints or []:
         if not ep.addresses:
@@ -53,7 +55,10 @@ def slice_endpoints(slice_obj: Any, port_name: str) -> list[EndpointEntry]:
         ready = conditions is None or conditions.ready is not False
         terminating = conditions is not None and conditions.terminating is True
         name = ep.target_ref.name if ep.target_ref is not None else address
-        entries.append((name, f"http://{host}:{port}", ready and not terminating, terminating))
+        load_url = f"http://{host}:{load_port}" if load_port is not None else ""
+        entries.append(
+            (name, f"http://{host}:{port}", ready and not terminating, terminating, load_url)
+        )
     return entries
 
 
@@ -95,7 +100,7 @@ class EndpointSliceWatcher:
     def view(self) -> list[EndpointEntry]:
         entries: dict[str, EndpointEntry] = {}
         for s in self._slices.values():
-            for entry in slice_endpoints(s, self.spec.port_name):
+            for entry in slice_endpoints(s, self.spec.port_name, self.spec.load_port_name):
                 current = entries.get(entry[0])
                 # The same pod in two slices (during a slice's rewrite): the readier view wins.
                 if current is None or (entry[2] and not current[2]):

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,6 +29,9 @@ class Endpoint:
 
     name: str
     url: str
+    load_url: str = ""
+    """Where its load report is read: the gateway's keyless admin port when it has one (its API
+    port answers the report only with a key); empty: ``url``."""
     ready: bool = True
     """Discovery says it may receive (EndpointSlice ``ready``; static endpoints: always)."""
     draining: bool = False
@@ -123,15 +126,25 @@ class EndpointTable:
         now = self.clock()
         return [e for e in self._by_name.values() if e.eligible(now)]
 
-    def replace(self, endpoints: Iterable[tuple[str, str, bool, bool]]) -> list[str]:
-        """Set the replicas to ``(name, url, ready, draining)``; keep what is known of those that
-        stay; return the names that left (the caller forgets their prefix state)."""
+    def replace(self, endpoints: Iterable[Sequence[str | bool]]) -> list[str]:
+        """Set the replicas to ``(name, url, ready, draining[, load_url])``; keep what is known
+        of those that stay; return the names that left (the caller forgets their prefix
+        state)."""
         seen: set[str] = set()
-        for name, url, ready, draining in endpoints:
+        for entry in endpoints:
+            name, url, ready, draining = (
+                str(entry[0]),
+                str(entry[1]),
+                bool(entry[2]),
+                bool(entry[3]),
+            )
+            load_url = str(entry[4]) if len(entry) > 4 else ""
             seen.add(name)
             current = self._by_name.get(name)
-            if current is None or current.url != url:
-                self._by_name[name] = Endpoint(name, url, ready=ready, draining=draining)
+            if current is None or current.url != url or current.load_url != load_url:
+                self._by_name[name] = Endpoint(
+                    name, url, load_url=load_url, ready=ready, draining=draining
+                )
             else:
                 current.ready, current.draining = ready, draining
         gone = [n for n in self._by_name if n not in seen]
@@ -164,7 +177,8 @@ class LoadPoller:
     async def _poll(self, endpoint: Endpoint) -> None:
         try:
             reply = await self.client.get(
-                endpoint.url + LOAD_PATH, timeout=max(self.interval_s * 4, 1.0)
+                (endpoint.load_url or endpoint.url) + LOAD_PATH,
+                timeout=max(self.interval_s * 4, 1.0),
             )
             report = LoadReport.model_validate(reply.json()) if reply.status_code == 200 else None
         except (httpx.HTTPError, ValueError, ValidationError) as exc:

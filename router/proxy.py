@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -285,9 +285,9 @@ class Router:
     def ready(self) -> bool:
         return bool(self.table.eligible())
 
-    def replace_endpoints(self, endpoints: list[tuple[str, str, bool, bool]]) -> None:
-        """Discovery's new view: ``(name, url, ready, draining)`` each. Replicas that left are
-        forgotten by the prefix index (a new pod of the same name starts with an empty cache)."""
+    def replace_endpoints(self, endpoints: Sequence[Sequence[str | bool]]) -> None:
+        """Discovery's new view: ``(name, url, ready, draining[, load_url])`` each. Replicas
+        that left are forgotten by the prefix index (a new pod of the same name starts cold)."""
         index = self.pipeline.prefix_index
         for name in self.table.replace(endpoints):
             if index is not None:

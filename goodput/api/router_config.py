@@ -80,6 +80,12 @@ class ServiceDiscovery(BaseModel):
     namespace: str = Field(min_length=1, max_length=63)
     service: str = Field(min_length=1, max_length=63)
     port_name: str = Field(default="http", alias="portName")
+    load_port_name: str = Field(
+        default="admin",
+        alias="loadPortName",
+        description="The port whose load report needs no key (the gateway's admin port), where "
+        "the Service has one; else the load report is read on `portName`.",
+    )
 
 
 class RouterConfig(BaseModel):

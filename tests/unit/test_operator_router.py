@@ -74,6 +74,16 @@ def test_router_pods_are_small_restricted_and_reach_only_endpointslices() -> Non
         assert item["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 
+def test_with_keys_the_router_reads_load_reports_on_the_keyless_admin_port() -> None:
+    obj = _obj(routing={"prefixAware": True})
+    plain = router.replicas_service(obj, WorkloadSettings())
+    assert [p["name"] for p in plain["spec"]["ports"]] == ["http"]
+    keyed = router.replicas_service(obj, WorkloadSettings(gateway_keys_secret="keys"))
+    assert [p["name"] for p in keyed["spec"]["ports"]] == ["http", "admin"]
+    config = router.router_config(obj)
+    assert config.discovery is not None and config.discovery.load_port_name == "admin"
+
+
 def _kube(**spec: Any) -> FakeKube:
     kube = FakeKube([make_node("gpu-0", H100)])
     kube.add_parent(make_body(**spec))
