@@ -303,6 +303,7 @@ def ownership_problems(cluster: LocalCluster, ns: str) -> list[str]:
     return problems
 
 
+@pytest.mark.timeout(max(900, 40 * KILLS))  # a loaded machine's start-up: up to 30 s a kill
 def test_sigkill_at_random_points_converges_without_duplicates_or_orphans(
     cluster: LocalCluster, ns: str, tmp_path: Path
 ) -> None:
