@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -92,6 +93,23 @@ CONTENDERS: dict[str, dict[str, Any]] = {
 # -- the engines' and the router's own counters -------------------------------------------------
 
 
+_ROUTER_SERIES = re.compile(
+    r"^goodput_router_(decisions_total|retries_total|queue_wait_seconds_(?:sum|count)|"
+    r"decision_seconds_(?:sum|count))\{([^}]*)\} (\S+)$",
+    re.MULTILINE,
+)
+
+
+def router_counters(url: str) -> dict[str, float]:
+    """The router's own decisions by stage, retries, queueing and decision time (/metrics)."""
+    out: dict[str, float] = {}
+    for name, labels, value in _ROUTER_SERIES.findall(httpx.get(f"{url}/metrics").text):
+        stage = re.search(r'stage="([^"]*)"', labels)
+        key = f"{name}:{stage.group(1)}" if stage else name
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (its threads included), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -151,6 +169,16 @@ def router(
                 process.wait()
 
 
+def own_core(settings: EngineSettings, replica: int) -> EngineSettings:
+    """Replica ``i`` computes on core ``i`` (modulo the cores there are). vLLM's CPU backend
+    otherwise binds every engine's threads to the same first core ("auto", reserving the other
+    for the rest): two replicas would then share one core, and the one-replica reference would
+    have it alone."""
+    core = sorted(os.sched_getaffinity(0))[replica % len(os.sched_getaffinity(0))]
+    env = {**settings.extra_env, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+    return replace(settings, extra_env=env)
+
+
 def wait_idle(engines: list[str]) -> None:
     for url in engines:
         serving.wait_idle(url)
@@ -197,6 +225,9 @@ def cell(
     """Replay ``schedule`` to ``urls`` (one: a router or one gateway; several: split by the
     client), then read the engines' prefix-cache counters and the router's CPU time."""
     before = [prefix_counters(e) for e in engines]
+    routed = urls[0] if pid is not None else None
+    decisions_before = router_counters(routed) if routed else {}
+    load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(pid) if pid is not None else None
     if len(urls) == 1:
         outcomes = asyncio.run(
@@ -212,6 +243,14 @@ def cell(
     row["ttft_p90_ms"] = round(float(np.percentile(ok, 90)) * 1000, 2) if ok else None
     queried = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
     hits = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
+    row["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    if routed:
+        now = router_counters(routed)
+        row["router"] = {
+            k: round(v - decisions_before.get(k, 0.0), 4)
+            for k, v in now.items()
+            if v != decisions_before.get(k, 0.0)
+        }
     row["prefix_queried_tokens"] = [int(q) for q in queried]
     row["prefix_hit_tokens"] = [int(h) for h in hits]
     row["prefix_hit_rate"] = round(sum(hits) / sum(queried), 4) if sum(queried) else None
@@ -431,7 +470,9 @@ def main(
     idle_cpu: dict[str, dict[str, float]] = {}
     with ExitStack() as stack:
         procs = [
-            EngineProcess(settings, python=engine_python, log_path=workdir / f"engine-{i}.log")
+            EngineProcess(
+                own_core(settings, i), python=engine_python, log_path=workdir / f"engine-{i}.log"
+            )
             for i in range(replicas)
         ]
         with ThreadPoolExecutor(replicas) as pool:
@@ -552,6 +593,7 @@ def main(
             "max_model_len": 2048,
             "kv_cache_mib": kv_cache_mib,
             "prefix_caching": True,
+            "cores": "replica i's threads bound to core i (VLLM_CPU_OMP_THREADS_BIND)",
             "started": engine_facts,
         },
         "gateways": "goodput serve --policy slo, one per engine, the workload's SLO as the "

@@ -30,6 +30,7 @@ from run import (
     REPO,
     SLO,
     gateway,
+    own_core,
     prefix_counters,
     router,
     wait_idle,
@@ -111,7 +112,9 @@ def main(
     with ExitStack() as stack:
         procs = [
             stack.enter_context(
-                EngineProcess(settings, python=env_python, log_path=workdir / f"engine-{i}.log")
+                EngineProcess(
+                    own_core(settings, i), python=env_python, log_path=workdir / f"engine-{i}.log"
+                )
             )
             for i in range(replicas)
         ]
