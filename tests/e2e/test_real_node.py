@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import yaml
 
@@ -179,6 +180,116 @@ def test_debian_prometheus_scrapes_the_pods_gateway(
         assert server.targets_up() == {"goodput-gateways": True}
     finally:
         server.stop()
+
+
+def _counter(url: str, prefix: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def _ready_gateways(cluster: LocalCluster, service: str) -> list[str]:
+    slices = _get(
+        cluster, "endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}"
+    )
+    return [
+        f"http://{e['addresses'][0]}:8080"
+        for s in slices["items"]
+        for e in s.get("endpoints") or []
+        if e["conditions"].get("ready")
+    ]
+
+
+def test_routing_puts_a_router_before_two_replicas_and_a_conversation_stays_on_one(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """spec.routing on a second replica: the operator deploys the router (its own
+    ServiceAccount, reading only EndpointSlices), the Service leads to it, and a conversation
+    through it stays on the replica holding its prefix; turned off again, the Service leads back
+    to the gateways and the router's objects are gone. (Scaling the running example keeps its
+    first replica: one engine start, not two.)"""
+    example = _example()
+    name = example["metadata"]["name"]
+    routing = {"prefixAware": True, "sessionAffinity": True}
+    patch = {"spec": {"replicas": 2, "routing": routing}}
+    cluster.kubectl("patch", "llmd", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+
+    def routed() -> dict[str, Any] | None:
+        obj = _get(cluster, "llmd", name, "-n", NAMESPACE) or {}
+        status = obj.get("status", {})
+        router = _get(cluster, "deployment", f"{name}-router", "-n", NAMESPACE) or {}
+        ready = (router.get("status") or {}).get("readyReplicas") == 1
+        return obj if status.get("readyReplicas") == 2 and ready else None
+
+    obj = wait_for(
+        routed, timeout=900, what=f"{name}: two replicas and the router ready",
+        explain=lambda: _explain(cluster, operator),
+    )  # fmt: skip
+    assert obj["status"]["router"] == f"{name}-router"
+    service = _get(cluster, "service", name, "-n", NAMESPACE)
+    assert service["spec"]["selector"] == {"goodput.dev/router": name}
+    router = ready_endpoint(cluster, NAMESPACE, name)
+    gateways = _ready_gateways(cluster, f"{name}-replicas")
+    assert len(gateways) == 2, gateways
+
+    def both_seen() -> list[dict[str, Any]] | None:
+        view = httpx.get(f"{router}/v1/goodput/endpoints", timeout=10).json()["endpoints"]
+        ready = [e for e in view if e["ready"] and e["report"] and e["report"]["ready"]]
+        return ready if len(ready) == 2 else None
+
+    wait_for(both_seen, timeout=60, what="the router sees both replicas ready")
+    before = [_counter(g, "goodput_requests_total") for g in gateways]
+    system = (
+        "You are the on-call assistant of a platform team. Answer briefly, name the runbook "
+        "step you follow, and never invent numbers. "
+    ) * 3
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"What is step {turn} of the failover?"})
+        reply = httpx.post(
+            f"{router}/v1/chat/completions",
+            json={"model": example["spec"]["model"]["name"], "messages": messages, "max_tokens": 8},
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()["choices"][0]["message"]["content"]
+        messages.append({"role": "assistant", "content": answer})
+    after = [_counter(g, "goodput_requests_total") for g in gateways]
+    served = sorted(a - b for a, b in zip(after, before, strict=True))
+    assert served == [0, 5], served
+    wait_for(
+        lambda: _counter(router, "goodput_router_engine_prefix_cache_hits_tokens_total") > 0,
+        timeout=60,
+        what="the engines' prefix-cache hits, reported through the router",
+    )
+
+    # Routing off, one replica: the Service leads to the gateway again; the router is removed.
+    patch = {"spec": {"replicas": 1, "routing": {"prefixAware": False, "sessionAffinity": False}}}
+    cluster.kubectl("patch", "llmd", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+
+    def unrouted() -> bool:
+        svc = _get(cluster, "service", name, "-n", NAMESPACE)
+        gone = _get(cluster, "deployment", f"{name}-router", "-n", NAMESPACE) is None
+        left = [
+            kind
+            for kind in ("serviceaccount", "role", "rolebinding", "configmap")
+            if _get(cluster, kind, f"{name}-router", "-n", NAMESPACE) is not None
+        ]
+        return svc["spec"]["selector"] == {"goodput.dev/deployment": name} and gone and not left
+
+    wait_for(
+        unrouted,
+        timeout=120,
+        what="the router removed",
+        explain=lambda: _explain(cluster, operator),
+    )
+    wait_for(
+        lambda: len(_ready_gateways(cluster, name)) == 1,
+        timeout=180,
+        what="one replica serving through the Service",
+        explain=lambda: _explain(cluster, operator),
+    )
 
 
 def test_delete_mid_stream_completes_the_request_and_removes_the_pod(
