@@ -6,7 +6,8 @@
 - A **scorer** rates each remaining replica in [0, 1] for one concern (prefix cache, session,
   SLO headroom, load).
 - The **picker** orders replicas by the weighted sum; the first gets the request, the next ones
-  are the retries.
+  are the retries, and after them the replicas the SLO-headroom filter dropped (a replica
+  predicted to miss is a better last resort than answering the gateway's 429 to the client).
 
 Affinity (prefix, session) is bounded: a replica carrying more than ``bounded_load`` times the
 mean load plus one request gets no affinity score, so one hot prefix or session cannot pin a
@@ -47,6 +48,9 @@ class RoutingRequest:
 
 class Filter(Protocol):
     name: str
+    soft: bool
+    """What a soft filter drops stays a retry of last resort, after the ranked replicas (a
+    likely miss beats a certain 429); what a hard one drops may not get the request at all."""
 
     def filter(self, request: RoutingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         """The replicas that may get ``request``; never empty when ``endpoints`` is not, unless
@@ -74,6 +78,7 @@ class ReadyFilter:
     recently, and their gateway reports ready."""
 
     name = "ready"
+    soft = False
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
@@ -88,6 +93,7 @@ class SLOHeadroomFilter:
     Where none are (or nothing is known yet), all: the choice is left to the scorers."""
 
     name = "slo-headroom"
+    soft = True
 
     def filter(self, request: RoutingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         meeting = [e for e in endpoints if _meets(e, _objective(request, e))]
@@ -365,12 +371,21 @@ class RoutingPipeline:
     def decide(self, request: RoutingRequest, endpoints: list[Endpoint]) -> Decision:
         """Rank ``endpoints`` for ``request``; an empty ranking when none may take it."""
         candidates = list(endpoints)
+        spare: list[Endpoint] = []  # dropped by soft filters: retries of last resort
         for f in self.filters:
-            candidates = f.filter(request, candidates)
-            if not candidates:
+            kept = f.filter(request, candidates)
+            if not kept:
                 return Decision([], f.name, {})
+            if f.soft:
+                spare += [e for e in candidates if e not in kept]
+            elif spare:
+                spare = f.filter(request, spare)
+            candidates = kept
         scores = {s.name: s.score(request, candidates) for s, _ in self.scorers}
-        return self.picker.pick(request, candidates, scores, self.weights)
+        decision = self.picker.pick(request, candidates, scores, self.weights)
+        if not spare:
+            return decision
+        return Decision(decision.ranked + spare, decision.stage, decision.scores)
 
     def chosen(self, request: RoutingRequest, endpoint: Endpoint) -> None:
         for scorer, _ in self.scorers:

@@ -149,3 +149,13 @@ def test_the_pipeline_composes_what_the_config_names() -> None:
     assert names == ["a", "b", "a", "b"]
     a.ready = b.ready = False
     assert pipeline.decide(request(), [a, b]).ranked == []
+
+
+def test_replicas_the_slo_filter_dropped_are_retries_of_last_resort() -> None:
+    config = RouterConfig.model_validate({"endpoints": ["http://a"]})
+    pipeline = RoutingPipeline.from_config(config, lambda: 0.0, random.Random(1))
+    fast = endpoint("fast", predictedWaitS=0.1, firstTokenS=0.1)
+    slow = endpoint("slow", predictedWaitS=5.0, firstTokenS=0.1)
+    assert pipeline.decide(request(), [slow, fast]).ranked == [fast, slow]
+    slow.ready = False  # the ready filter is hard: an unready replica is no retry
+    assert pipeline.decide(request(), [slow, fast]).ranked == [fast]
