@@ -85,7 +85,48 @@ class GatewayProcess:
                 self.process.kill()
 
 
-def drive_load(gateway: GatewayProcess, requests: int = 48, concurrency: int = 4) -> None:
+class RouterProcess:
+    """`python -m goodput route` in front of the gateway: the load goes through it, so the
+    router's panels have data too."""
+
+    def __init__(self, gateway: GatewayProcess, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = gateway.model
+        self.log = log
+        self.argv = [
+            sys.executable, "-m", "goodput", "route", "--endpoint", gateway.url,
+            "--port", str(self.port), "--name", "live",
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RouterProcess:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"router not ready:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def drive_load(
+    gateway: GatewayProcess | RouterProcess, requests: int = 48, concurrency: int = 4
+) -> None:
     """Completions of varied lengths, streamed and not, plus a few invalid requests (rejected:
     reason=invalid)."""
 
@@ -169,12 +210,16 @@ def test_every_panel_and_rule_evaluates_on_live_metrics(
     cluster: Any, vllm_engine: Any, live_operator: LocalOperator, tmp_path: Path
 ) -> None:
     rules = yaml.safe_load((CHART / "rules" / "goodput.rules.yaml").read_text())
-    with GatewayProcess(vllm_engine.url, vllm_engine.model_name, tmp_path / "gateway.log") as gw:
+    with (
+        GatewayProcess(vllm_engine.url, vllm_engine.model_name, tmp_path / "gateway.log") as gw,
+        RouterProcess(gw, tmp_path / "router.log") as router,
+    ):
         prometheus = PrometheusServer(
             tmp_path,
             {
                 "goodput-gateway": [f"127.0.0.1:{gw.port}"],
                 "goodput-operator": [f"127.0.0.1:{live_operator.metrics_port}"],
+                "goodput-router": [f"127.0.0.1:{router.port}"],
             },
             rules,
         )
@@ -182,11 +227,11 @@ def test_every_panel_and_rule_evaluates_on_live_metrics(
         try:
             start = time.time()
             deadline = time.monotonic() + 30
-            while not all(prometheus.targets_up().values()) or len(prometheus.targets_up()) < 2:
+            while not all(prometheus.targets_up().values()) or len(prometheus.targets_up()) < 3:
                 assert time.monotonic() < deadline, prometheus.targets_up()
                 time.sleep(0.5)
             cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
-            drive_load(gw)
+            drive_load(router)  # through the router to the gateway
             # Generous: on a loaded two-core CI machine kwok and the controllers lag; when it
             # still fails, say where the rollout stands rather than only what the operator said.
             wait_for(
