@@ -63,6 +63,16 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
     type=int,
     help="Open client connections; past it, 503.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this certificate (PEM; e.g. tls.crt of a mounted TLS Secret).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The certificate's private key (PEM; tls.key).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option(
@@ -80,6 +90,8 @@ def route(
     picker: str | None,
     scorers: tuple[str, ...],
     max_connections: int,
+    tls_cert: str | None,
+    tls_key: str | None,
     host: str,
     port: int,
     log_level: str,
@@ -96,6 +108,8 @@ def route(
     )
     # httpx logs every request at INFO: the load polls alone would be several lines a second.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     if (namespace is None) != (service is None):
         raise click.UsageError("--namespace and --service go together")
     overrides: dict[str, Any] = {
@@ -118,6 +132,8 @@ def route(
             # In-flight streams finish on SIGTERM (the pod's grace period bounds the wait).
             timeout_graceful_shutdown=50,
             lifespan="on",
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
     )
     server.run()

@@ -3,6 +3,7 @@ before the first byte, replicas that die or drain, and no replica at all."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from goodput.dev.pki import ClusterPKI
 from goodput.dev.processes import free_port
 
 from .conftest import API_KEY, Replica
@@ -218,6 +220,38 @@ def test_goodput_route_runs_as_a_command(
         assert huge.status_code == 413
         metrics = httpx.get(f"{url}/metrics").text
         assert 'goodput_router_requests_total{outcome="ok",router="cli"} 1.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_goodput_route_speaks_tls(replicas: Callable[..., list[Replica]], tmp_path: Path) -> None:
+    (replica,) = replicas(1)
+    pki = ClusterPKI(tmp_path / "pki")
+    pki.ensure()  # a CA and a server certificate for 127.0.0.1
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "goodput", "route", "--endpoint", replica.url,
+         "--port", str(port), "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+        cwd=tmp_path,
+    )  # fmt: skip
+    trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust, timeout=30) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+            assert c.post("/v1/completions", json=body, headers=AUTH).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
     finally:
         process.terminate()
         process.wait(timeout=30)
