@@ -122,6 +122,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     help="Rotate the request log to <path>.1 past this size.",
 )
 @click.option(
+    "--request-log-keep-prompts/--request-log-redact-prompts",
+    default=False,
+    show_default=True,
+    help="Keep prompts in the request log (what the predictor's refit learns from) or leave "
+    "them out.",
+)
+@click.option(
     "--engine-metrics-interval",
     default=10.0,
     show_default=True,
@@ -168,6 +175,7 @@ def serve(
     engine_ready_timeout: float,
     request_log: str | None,
     request_log_max_mb: float,
+    request_log_keep_prompts: bool,
     engine_metrics_interval: float,
     drain_timeout: float,
     log_level: str,
@@ -214,7 +222,11 @@ def serve(
             engine.wait_ready(engine_ready_timeout)
         log = None
         if request_log is not None:
-            log = RequestLog(request_log, max_bytes=int(request_log_max_mb * 1024 * 1024))
+            log = RequestLog(
+                request_log,
+                max_bytes=int(request_log_max_mb * 1024 * 1024),
+                keep_prompts=request_log_keep_prompts,
+            )
         gateway = Gateway(
             config, request_log=log, engine_metrics_interval_s=engine_metrics_interval
         )

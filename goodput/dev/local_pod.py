@@ -250,6 +250,8 @@ class LocalPod:
             "--ttft-ms", f"{spec.ttft_ms:g}",
             "--tpot-ms", f"{spec.tpot_ms:g}",
             "--request-log", str(self.request_log),
+            # Prompts kept, as the operator's pods keep them: the refit learns from them.
+            "--request-log-keep-prompts",
             "--drain-timeout", "5",
         ]  # fmt: skip
 
