@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -41,14 +41,50 @@ NAMESPACE = "llm-prometheus-live"
 EXAMPLE = REPO / "examples" / "llmdeployment.yaml"
 
 
-class GatewayProcess:
-    """`python -m goodput serve` in front of the engine, on a loopback port."""
+class ServedProcess:
+    """A `python -m goodput ...` server on a loopback port, ready once `/readyz` answers."""
 
-    def __init__(self, engine_url: str, model: str, log: Path) -> None:
+    what = "server"
+
+    def __init__(self, model: str, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model
         self.log = log
+        self.argv: list[str] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.what} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.what} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class GatewayProcess(ServedProcess):
+    """`python -m goodput serve` in front of the engine."""
+
+    what = "gateway"
+
+    def __init__(self, engine_url: str, model: str, log: Path) -> None:
+        super().__init__(model, log)
         # A lenient SLO: the CPU engine must meet it for most requests so that met_slo exists.
         # A concurrency cap, as a deployment may set: the batch-limit series is then defined
         # even while the learned limit is not (vLLM may deliver a whole stream at once, which
@@ -59,69 +95,20 @@ class GatewayProcess:
             "--served-model-name", model, "--ttft-ms", "5000", "--tpot-ms", "1000",
             "--max-concurrency", "32",
         ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> GatewayProcess:
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).is_success:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"gateway not ready:\n{self.log.read_text()[-3000:]}")
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
-class RouterProcess:
+class RouterProcess(ServedProcess):
     """`python -m goodput route` in front of the gateway: the load goes through it, so the
     router's panels have data too."""
 
+    what = "router"
+
     def __init__(self, gateway: GatewayProcess, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.model = gateway.model
-        self.log = log
+        super().__init__(gateway.model, log)
         self.argv = [
             sys.executable, "-m", "goodput", "route", "--endpoint", gateway.url,
             "--port", str(self.port), "--name", "live",
         ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> RouterProcess:
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"router exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).is_success:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"router not ready:\n{self.log.read_text()[-3000:]}")
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def drive_load(
