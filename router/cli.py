@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from goodput.api.router_config import RouterConfig
+from goodput.serving.cli import check_tls, tls_options
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
@@ -63,16 +64,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
     type=int,
     help="Open client connections; past it, 503.",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Serve HTTPS with this certificate (PEM; e.g. tls.crt of a mounted TLS Secret).",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(exists=True, dir_okay=False),
-    help="The certificate's private key (PEM; tls.key).",
-)
+@tls_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option(
@@ -108,8 +100,7 @@ def route(
     )
     # httpx logs every request at INFO: the load polls alone would be several lines a second.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
+    check_tls(tls_cert, tls_key)
     if (namespace is None) != (service is None):
         raise click.UsageError("--namespace and --service go together")
     overrides: dict[str, Any] = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -16,6 +17,28 @@ from goodput.api.gateway_config import GatewayConfig
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tls_options(command: F) -> F:
+    """``--tls-cert``/``--tls-key``: the front doors (gateway, router) serve HTTPS alike."""
+    command = click.option(
+        "--tls-key",
+        type=click.Path(exists=True, dir_okay=False),
+        help="The certificate's private key (PEM; tls.key).",
+    )(command)
+    return click.option(
+        "--tls-cert",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Serve HTTPS with this certificate (PEM; e.g. tls.crt of a mounted TLS Secret).",
+    )(command)
+
+
+def check_tls(cert: str | None, key: str | None) -> None:
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
@@ -71,16 +94,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     type=float,
     help="Largest request body accepted (413 beyond).",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Serve HTTPS with this certificate (PEM; e.g. tls.crt of a mounted TLS Secret).",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(exists=True, dir_okay=False),
-    help="The certificate's private key (PEM; tls.key).",
-)
+@tls_options
 @click.option(
     "--max-connections",
     default=2048,
@@ -191,8 +205,7 @@ def serve(
     from goodput.serving.http_guard import HttpLimits, server_config
     from goodput.serving.request_log import RequestLog
 
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
+    check_tls(tls_cert, tls_key)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
