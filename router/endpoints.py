@@ -114,13 +114,9 @@ class EndpointTable:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._by_name: dict[str, Endpoint] = {}
-        self.changed = asyncio.Event()
 
     def all(self) -> list[Endpoint]:
         return list(self._by_name.values())
-
-    def get(self, name: str) -> Endpoint | None:
-        return self._by_name.get(name)
 
     def eligible(self) -> list[Endpoint]:
         now = self.clock()
@@ -150,7 +146,6 @@ class EndpointTable:
         gone = [n for n in self._by_name if n not in seen]
         for name in gone:
             del self._by_name[name]
-        self.changed.set()
         return gone
 
 

@@ -37,7 +37,6 @@ class FlowController:
         self._bands: dict[int, OrderedDict[str, deque[asyncio.Future[None]]]] = {}
         self._size = 0
         self._granted = 0
-        self.admitted_after_wait = 0
 
     @property
     def depth(self) -> int:
@@ -80,7 +79,6 @@ class FlowController:
                 self._remove(future)
                 future.cancel()
             raise
-        self.admitted_after_wait += 1
         return self.clock() - start
 
     def _timed_out(self) -> OpenAIError:

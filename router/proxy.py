@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint, EndpointTable
@@ -317,7 +317,3 @@ def status_body(router: Router) -> dict[str, Any]:
         ],
         "queue": router.flow.depth,
     }
-
-
-def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
