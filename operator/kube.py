@@ -23,6 +23,31 @@ MERGE = "application/merge-patch+json"
 Obj = dict[str, Any]
 
 
+def apply_body(obj: Mapping[str, Any]) -> bytes:
+    """The apply body as UTF-8 JSON. The client's own ``json.dumps`` escapes a character outside
+    the Basic Multilingual Plane (an emoji in a model's source, say) as a surrogate pair, which the
+    API server's YAML decoder refuses with a 400; raw UTF-8 is what it expects. A lone surrogate
+    cannot come back from the API server (it stores U+FFFD), and is written as ``?`` here."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
+
+
+def rejected(err: ApiException) -> bool:
+    """Whether the API server refused a write for its content (400 Bad Request, 422 Invalid):
+    retrying the same object fails the same way, so the spec has to change."""
+    return err.status in (400, 422)
+
+
+# The resource (plural) of each kind the operator applies.
+_PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+}
+
+
 class StaleWrite(Exception):
     """A write was based on an older version of the object (HTTP 409): read again and retry."""
 
@@ -36,6 +61,7 @@ class Kube:
     """Typed-client calls, dict in and dict out."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
@@ -43,27 +69,25 @@ class Kube:
 
     def apply(self, obj: Mapping[str, Any]) -> Obj:
         """Server-side apply an owned object (Deployment, Service, ConfigMap, or the router's
-        ServiceAccount, Role and RoleBinding)."""
-        kind, meta = obj["kind"], obj["metadata"]
-        patch = {
-            "Deployment": self.apps.patch_namespaced_deployment,
-            "Service": self.core.patch_namespaced_service,
-            "ConfigMap": self.core.patch_namespaced_config_map,
-            "ServiceAccount": self.core.patch_namespaced_service_account,
-            "Role": self.rbac.patch_namespaced_role,
-            "RoleBinding": self.rbac.patch_namespaced_role_binding,
-        }[kind]
-        return _json(
-            patch(
-                meta["name"],
-                meta["namespace"],
-                dict(obj),
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY,
-                _preload_content=False,
-            )
+        ServiceAccount, Role and RoleBinding). The body is sent as UTF-8 bytes (``apply_body``),
+        which the typed ``patch_namespaced_*`` methods refuse (they validate for dicts), so
+        the request is built from the object's own apiVersion and kind."""
+        meta, version = obj["metadata"], obj["apiVersion"]
+        root = "/api/v1" if version == "v1" else f"/apis/{version}"
+        method, url, headers, body, post = self.api.param_serialize(
+            method="PATCH",
+            resource_path=f"{root}/namespaces/{{namespace}}/{_PLURALS[obj['kind']]}/{{name}}",
+            path_params={"namespace": meta["namespace"], "name": meta["name"]},
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            header_params={"Content-Type": APPLY, "Accept": "application/json"},
+            body=apply_body(obj),
+            auth_settings=["BearerToken"],
         )
+        response: Any = self.api.call_api(method, url, headers, body, post)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return _json(response)
 
     def list_nodes(self) -> list[Obj]:
         items: list[Obj] = _json(self.core.list_node(_preload_content=False))["items"]

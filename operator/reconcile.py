@@ -4,11 +4,14 @@ and the owned-Deployment watch)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import (
@@ -29,7 +32,7 @@ from goodput.operator.gpu_selection import (
     gpu_nodes,
 )
 from goodput.operator.inventory import GpuInventory
-from goodput.operator.kube import StaleWrite
+from goodput.operator.kube import StaleWrite, rejected
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory, ModelMemory, ModelProfile
 from goodput.operator.placement.selector import SolverSelector
@@ -115,6 +118,15 @@ def _engine_status(obj: LLMDeployment, placement: Placement) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def _reason(err: ApiException) -> str:
+    """The API server's own message from a refused write (its Status body), else the reason."""
+    try:
+        message = json.loads(err.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or err.reason or err.status)
 
 
 def replica_of(obj: Mapping[str, Any]) -> int | None:
@@ -219,7 +231,19 @@ class Reconciler:
             if old_placed != placed:
                 notices.append(Notice(True, outcome.reason, outcome.message))
             return Outcome(placed, fields, tuple(notices))
-        self._apply(obj, outcome, had_router=bool(previous.get("router")))
+        try:
+            self._apply(obj, outcome, had_router=bool(previous.get("router")))
+        except ApiException as err:
+            if not rejected(err):
+                raise
+            # Not placed after all: the GPUs go back to the fleet until the spec changes.
+            if self.inventory is not None:
+                self.inventory.release(f"{meta.namespace}/{meta.name}")
+            why = f"the API server refused an object built from this spec: {_reason(err)}"
+            placed = status.Verdict(status.PLACED, "False", "WorkloadRejected", why)
+            if old_placed != placed:
+                notices.append(Notice(True, "WorkloadRejected", why))
+            return Outcome(placed, fields, tuple(notices))
         fields["router"] = router.router_name(meta.name) if spec.routing.uses_router else None
         message = (
             f"{spec.replicas} x {outcome.gpus_per_replica} {outcome.gpu_product} "

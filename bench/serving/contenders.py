@@ -7,21 +7,16 @@ decides whether contenders share one engine (interleaved) or each get a fresh on
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from loadgen import SLO
 
 from goodput.dev.engine import EngineProcess
-from goodput.dev.processes import free_port
+from goodput.dev.processes import free_port, served
 
 
 @dataclass(frozen=True)
@@ -66,32 +61,5 @@ def gateway(
         # vLLM without statistics does not report its KV capacity; the gateway needs it.
         command += ["--kv-cache-tokens", str(engine.facts.kv_cache_tokens)]
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        # Outside the checkout: ``python -m`` puts the working directory on sys.path, and the
-        # repository's operator/ folder would shadow the standard library's ``operator``.
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=tempfile.gettempdir(), env=dict(os.environ), start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready in 120 s; see {log_path}")
-            time.sleep(0.3)
+    with served(command, f"{url}/readyz", log_path=log_path, env=os.environ):
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()

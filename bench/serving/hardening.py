@@ -41,16 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 from fake_engine import FakeEngine  # noqa: E402
 
+from goodput.dev.processes import free_port, served  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 BODY_LIMIT_MB = 4.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_fuzz(examples: int) -> dict[str, Any]:
@@ -96,28 +90,14 @@ def fake_engine() -> Iterator[str]:
 @contextmanager
 def gateway(engine_url: str) -> Iterator[tuple[str, int]]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "goodput", "serve", "--engine-url", engine_url, "--port", str(port),
-         "--deployment", "bench", "--served-model-name", "tiny", "--ttft-ms", "2000",
-         "--tpot-ms", "200", "--max-body-mb", str(BODY_LIMIT_MB), "--log-level", "warning"],
-        cwd=tempfile.gettempdir(),
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not become ready")
-            time.sleep(0.1)
+    command = [
+        sys.executable, "-m", "goodput", "serve", "--engine-url", engine_url, "--port", str(port),
+        "--deployment", "bench", "--served-model-name", "tiny", "--ttft-ms", "2000",
+        "--tpot-ms", "200", "--max-body-mb", str(BODY_LIMIT_MB), "--log-level", "warning",
+    ]  # fmt: skip
+    with served(command, f"{url}/readyz", timeout_s=60) as process:
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def rss_mb(pid: int) -> float:

@@ -15,10 +15,13 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 # Programs a cluster starts; a process is only ever treated as ours if it is one of these.
 MANAGED_PROGRAMS = frozenset(
@@ -325,3 +328,47 @@ def port_owner(port: int) -> str:
                 if target.startswith("socket:[") and target[8:-1] in inodes:
                     return f"pid {pid} ({' '.join(argv)[:120]})"
     return "no listener (a closing connection?)" if not inodes else "another user's process"
+
+
+@contextlib.contextmanager
+def served(
+    argv: Sequence[str],
+    ready_url: str,
+    *,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (a gateway, a router, a stand-in engine) in its own session, yielded
+    once ``ready_url`` answers 200; stopped with its group (SIGTERM, then SIGKILL) on exit.
+
+    It runs outside the checkout: ``python -m`` puts the working directory on sys.path, where
+    the repository's operator/ folder would shadow the standard library's ``operator``."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(log_path.open("wb")) if log_path else subprocess.DEVNULL
+        process = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(), env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )  # fmt: skip
+        where = f"; see {log_path}" if log_path else ""
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{argv[:4]} exited with {process.returncode}{where}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv[:4]} not ready in {timeout_s:.0f} s{where}")
+                time.sleep(0.1)
+            yield process
+        finally:
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    _signal_group(process.pid, signal.SIGKILL)
+                    process.wait()

@@ -460,10 +460,10 @@ def test_api_server_restart_is_ridden_out_without_a_restart(
 
 # ----- CR fuzz ---------------------------------------------------------------------------------
 
-# Lone surrogates are left out: the API server stores a spec holding one, and then refuses the
-# operator's apply of the objects carrying it (400, "invalid Unicode character escape code"),
-# which the operator retries for ever; open, see docs/operator.md "Not done yet".
-TEXT = st.characters(exclude_categories=["Cs"])
+# Every code point, surrogates and characters beyond the Basic Multilingual Plane included: the
+# latter once made every apply of the objects carrying them fail (the client escaped them as
+# surrogate pairs, which the API server's YAML decoder refuses) and the operator retry for ever.
+TEXT = st.characters()
 JUNK = st.one_of(
     st.none(),
     st.booleans(),
@@ -632,6 +632,13 @@ def test_fuzzed_specs_are_rejected_with_a_message_or_reconciled(
             return
         accepted[name] = body
 
+    # Beyond the Basic Multilingual Plane, and a lone surrogate, for certain (not by chance).
+    for name, source in (("fz-astral", "org/m\U0001f600\U0001c097"), ("fz-lone", "org/m\ud800")):
+        body = spec(model={**LLAMA_8B, "source": source})
+        custom.create_namespaced_custom_object(
+            "goodput.dev", "v1alpha1", ns, "llmdeployments", manifest(name, body)
+        )
+        accepted[name] = body
     try:
         apply_one()
 
@@ -655,7 +662,10 @@ def test_fuzzed_specs_are_rejected_with_a_message_or_reconciled(
     finally:
         operator.stop()
         api.close()
-    verdicts = Counter((placed(o) or {}).get("reason") for o in items(cluster, ns, "llmd"))
+    objs = {o["metadata"]["name"]: o for o in items(cluster, ns, "llmd")}
+    for name in ("fz-astral", "fz-lone"):
+        assert (placed(objs[name]) or {}).get("reason") != "WorkloadRejected", objs[name]
+    verdicts = Counter((placed(o) or {}).get("reason") for o in objs.values())
     report = {"specs": FUZZ_SPECS, "accepted": len(accepted), "rejected": dict(rejected),
               "placed": dict(verdicts)}  # fmt: skip
     print(f"CR fuzz: {json.dumps(report)}")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+from kubernetes.client.exceptions import ApiException
 from llmd_builders import make_body, make_node
 
 from goodput.operator import naming
 from goodput.operator.gpu_selection import FirstFitSelector
-from goodput.operator.kube import StaleWrite
+from goodput.operator.kube import StaleWrite, apply_body
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
 from goodput.operator.reconcile import Reconciler
@@ -211,6 +214,49 @@ def test_unplaceable_spec_sets_placed_false_without_raising() -> None:
     again, _ = _run(r, kube)
     assert again.notices == (), "the same refusal is not re-announced"
     assert _sample(metrics, "goodput_operator_deployments", phase="Pending") == 1
+
+
+class RefusingKube(FakeKube):
+    """The API server refusing every Deployment for its content (a 422), as it would an
+    object the schema lets through but the Deployment's own validation does not."""
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Deployment":
+            refusal = {"message": "spec.template: Invalid value: 'x'"}
+            raise ApiException(422, "Unprocessable Entity", body=json.dumps(refusal))
+        return super().apply(obj)
+
+
+def test_a_refused_workload_ends_in_placed_false_not_a_retry_loop() -> None:
+    kube = RefusingKube([make_node("gpu-0", H100)])
+    kube.add_parent(make_body())
+    r, _ = _reconciler(kube)
+    outcome, s = _run(r, kube)
+    placed = next(c for c in s["conditions"] if c["type"] == "Placed")
+    assert (placed["status"], placed["reason"]) == ("False", "WorkloadRejected")
+    assert "Invalid value: 'x'" in placed["message"], "the API server's own words"
+    assert [(n.warning, n.reason) for n in outcome.notices] == [(True, "WorkloadRejected")]
+    again, _ = _run(r, kube)
+    assert again.notices == (), "the same refusal is not re-announced"
+
+
+def test_a_transient_api_error_still_raises_for_a_retry() -> None:
+    class Flaky(FakeKube):
+        def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+            raise ApiException(503, "Service Unavailable")
+
+    kube = Flaky([make_node("gpu-0", H100)])
+    kube.add_parent(make_body())
+    r, _ = _reconciler(kube)
+    with pytest.raises(ApiException):
+        r.converge(copy.deepcopy(kube.parent()))
+
+
+def test_the_apply_body_is_utf8_without_surrogate_escapes() -> None:
+    body = apply_body({"source": "model-\U0001c097-\U0001f600", "lone": "\ud800"})
+    assert b"\\ud" not in body, "the API server's YAML decoder refuses surrogate escapes"
+    assert json.loads(body)["source"] == "model-\U0001c097-\U0001f600"
+    assert json.loads(body)["lone"] == "?"
 
 
 def test_workload_readiness_flows_into_the_parent_status() -> None:
