@@ -114,6 +114,16 @@ class Kube:
         items: list[Obj] = _json(response)["items"]
         return items
 
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        """A Secret, or None where there is none (only ``spec.gateway.tls``'s is read: to tell
+        the status what is wrong with it)."""
+        try:
+            return _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     def delete_deployment(self, namespace: str, name: str) -> None:
         """Delete a Deployment; its ReplicaSets and pods are garbage-collected after it. Gone
         already is fine."""

@@ -60,6 +60,13 @@ RULES: tuple[Rule, ...] = (
         READ,
         "held so that it may grant it to the router (RBAC forbids granting more than one holds)",
     ),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("get",),
+        "spec.gateway.tls: whether the named Secret exists and holds a usable certificate, for "
+        "the status (never listed or watched; the pods it could mount one in are its already)",
+    ),
     Rule(("",), ("nodes",), READ, "GPU inventory: products, memory, allocatable GPUs"),
     Rule(("",), ("pods",), READ, "which nodes each replica landed on; GPUs other pods hold"),
     Rule(("", "events.k8s.io"), ("events",), ("create", "patch"), "Kubernetes Events"),

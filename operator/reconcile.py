@@ -21,6 +21,7 @@ from goodput.operator import (
     router,
     service,
     status,
+    tls,
     workload,
 )
 from goodput.operator.gpu_selection import (
@@ -58,6 +59,7 @@ class KubeAPI(Protocol):
     def list_nodes(self) -> list[Obj]: ...
     def list_pods(self, namespace: str, selector: str) -> list[Obj]: ...
     def list_deployments(self, namespace: str, selector: str) -> list[Obj]: ...
+    def get_secret(self, namespace: str, name: str) -> Obj | None: ...
     def delete_deployment(self, namespace: str, name: str) -> None: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def get_llmdeployment(self, namespace: str, name: str) -> Obj | None: ...
@@ -264,6 +266,9 @@ class Reconciler:
         placed = status.Verdict(status.PLACED, "True", "GPUsChosen", message)
         if old_placed != placed:
             notices.append(Notice(False, "Placed", message))
+        problem = self.tls_problem(obj)
+        if problem and status.find(previous.get("conditions") or [], status.DEGRADED) != problem:
+            notices.append(Notice(True, problem.reason, problem.message))
         if int(previous.get("observedGeneration") or -1) != meta.generation:
             notices.append(
                 Notice(False, "Applied", f"workload applied for generation {meta.generation}")
@@ -332,6 +337,24 @@ class Reconciler:
             for kind, name in router.object_keys(meta.name):
                 self.kube.delete(kind, meta.namespace, name)
 
+    def tls_problem(self, obj: LLMDeployment) -> status.Verdict | None:
+        """What is wrong with the deployment's TLS Secret, read afresh (``operator/tls.py``). An
+        operator not allowed to read Secrets reports nothing rather than stalling."""
+        name = tls.secret_name(obj)
+        if name is None:
+            return None
+        try:
+            secret = self.kube.get_secret(obj.metadata.namespace, name)
+        except ApiException as err:
+            if err.status != 403:
+                raise
+            self.log.warning(
+                f"{obj.metadata.namespace}/{obj.metadata.name}: may not read Secret {name} "
+                "(the operator's role lacks get on secrets); its problems go unreported"
+            )
+            return None
+        return tls.problem(obj, secret)
+
     def status_of(
         self,
         parent: Mapping[str, Any],
@@ -363,6 +386,7 @@ class Reconciler:
             ),
             now(),
             placed,
+            self.tls_problem(obj) if placed.status == "True" else None,
         )
         if outcome is not None:
             new.update(outcome.fields)

@@ -11,6 +11,9 @@ Objects, all owned by the LLMDeployment:
 - ``NAME-replicas`` Service: selects the replicas' gateways; the router discovers them through its
   EndpointSlices (ready ones receive, terminating ones drain).
 
+With ``spec.gateway.tls`` the router serves HTTPS from the deployment's TLS Secret and dials the
+gateways over HTTPS, verifying them by the Service's name (``operator/tls.py``).
+
 The deployment's own Service (``NAME``, what clients call) then selects the router pods instead
 of the gateways (``service.service``).
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.api.router_config import RouterConfig
-from goodput.operator import naming
+from goodput.operator import naming, tls
 from goodput.operator.gateway_config import config_hash
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
@@ -77,9 +80,13 @@ def router_config(obj: LLMDeployment) -> RouterConfig:
     if routing.session_affinity:
         scorers.append({"type": "session-affinity", "weight": 3.0})
     scorers += [{"type": "slo-headroom", "weight": 1.0}, {"type": "least-load", "weight": 1.0}]
+    upstream_tls = None
+    if tls.secret_name(obj) is not None:
+        upstream_tls = {"caFile": tls.CA_FILE, "serverName": tls.server_name(obj)}
     return RouterConfig.model_validate(
         {
             "name": name,
+            "upstreamTls": upstream_tls,
             "discovery": {
                 "namespace": obj.metadata.namespace,
                 "service": replicas_service_name(name),
@@ -104,28 +111,26 @@ def config_map(obj: LLMDeployment) -> dict[str, Any]:
     }
 
 
-def replicas_service(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]:
-    """Headless: nobody connects to its address; it exists for its EndpointSlices. With keys
-    on, the gateways' keyless admin port is listed too: the router reads load reports there."""
+def replicas_service(obj: LLMDeployment) -> dict[str, Any]:
+    """Headless: nobody connects to its address; it exists for its EndpointSlices. The
+    gateways' admin port is listed too: the router reads load reports there, keyless and in
+    plain HTTP whatever the API port asks."""
     ports: list[dict[str, Any]] = [
         {
             "name": GATEWAY_PORT_NAME,
             "port": GATEWAY_PORT,
             "targetPort": GATEWAY_PORT_NAME,
             "protocol": "TCP",
+            "appProtocol": "https" if tls.secret_name(obj) else "http",
+        },
+        {
+            "name": GATEWAY_ADMIN_PORT_NAME,
+            "port": GATEWAY_ADMIN_PORT,
+            "targetPort": GATEWAY_ADMIN_PORT_NAME,
+            "protocol": "TCP",
             "appProtocol": "http",
-        }
+        },
     ]
-    if settings.gateway_keys_secret:
-        ports.append(
-            {
-                "name": GATEWAY_ADMIN_PORT_NAME,
-                "port": GATEWAY_ADMIN_PORT,
-                "targetPort": GATEWAY_ADMIN_PORT_NAME,
-                "protocol": "TCP",
-                "appProtocol": "http",
-            }
-        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -213,6 +218,12 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": router_name(name)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    if (secret := tls.secret_name(obj)) is not None:
+        tls.serve(container, volumes, secret)
     labels = pod_labels(name)
     template_spec: dict[str, Any] = {
         "serviceAccountName": router_name(name),
@@ -236,10 +247,7 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
                 "labelSelector": {"matchLabels": {naming.LABEL_ROUTER: name}},
             }
         ],
-        "volumes": [
-            {"name": "config", "configMap": {"name": router_name(name)}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-        ],
+        "volumes": volumes,
     }
     if settings.router_node_selector:
         template_spec["nodeSelector"] = dict(settings.router_node_selector)
@@ -272,7 +280,7 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
 
 def objects(obj: LLMDeployment, settings: WorkloadSettings) -> list[dict[str, Any]]:
     """Everything the router needs, in apply order (access before the pods that use it)."""
-    return [config_map(obj), *rbac(obj), replicas_service(obj, settings), deployment(obj, settings)]
+    return [config_map(obj), *rbac(obj), replicas_service(obj), deployment(obj, settings)]
 
 
 #: (kind, name of) each router object, for deleting them when routing no longer asks for one.

@@ -8,14 +8,22 @@ from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import naming
 
 SERVICE_PORT = 80
+#: With ``spec.gateway.tls``: HTTPS's own port, so that ``https://NAME.NAMESPACE.svc`` works.
+SERVICE_TLS_PORT = 443
 GATEWAY_PORT_NAME = "http"
 
 
+def _tls(obj: LLMDeployment) -> bool:
+    return obj.spec.gateway.tls is not None
+
+
 def service(obj: LLMDeployment) -> dict[str, Any]:
-    """A ClusterIP Service on port 80: to the router's pods when ``spec.routing`` asks for one
-    (which then does the affinity), else straight to the gateways."""
+    """A ClusterIP Service on port 80 (443 with TLS): to the router's pods when
+    ``spec.routing`` asks for one (which then does the affinity), else straight to the
+    gateways."""
     meta = obj.metadata
     routed = obj.spec.routing.uses_router
+    tls = _tls(obj)
     spec: dict[str, Any] = {
         "type": "ClusterIP",
         "selector": (
@@ -23,11 +31,11 @@ def service(obj: LLMDeployment) -> dict[str, Any]:
         ),
         "ports": [
             {
-                "name": "http",
-                "port": SERVICE_PORT,
+                "name": "https" if tls else "http",
+                "port": SERVICE_TLS_PORT if tls else SERVICE_PORT,
                 "targetPort": GATEWAY_PORT_NAME,
                 "protocol": "TCP",
-                "appProtocol": "http",
+                "appProtocol": "https" if tls else "http",
             }
         ],
         "sessionAffinity": "None",
@@ -45,4 +53,6 @@ def service(obj: LLMDeployment) -> dict[str, Any]:
 def endpoint(obj: LLMDeployment) -> str:
     """The OpenAI base URL inside the cluster."""
     name, ns = naming.service_name(obj.metadata.name), obj.metadata.namespace
+    if _tls(obj):
+        return f"https://{name}.{ns}.svc:{SERVICE_TLS_PORT}/v1"
     return f"http://{name}.{ns}.svc:{SERVICE_PORT}/v1"

@@ -6,7 +6,8 @@ observedGeneration; the transition time moves only when the status does):
 - ``Placed``: a GPU type and parallelism were chosen for the replicas (False: reason says why).
 - ``Available``: at least one replica is ready to serve.
 - ``Degraded``: fewer replicas are ready than desired although the rollout is not in progress,
-  or the rollout stalled past its deadline.
+  or the rollout stalled past its deadline, or something the pods need is wrong (a ``problem``:
+  the TLS Secret missing or unusable) — its reason then names that, whatever the replicas do.
 
 Phase summarises them for ``kubectl get``:
 ``Pending`` (waiting for GPUs that may appear, or scaled to zero), ``Placing`` (placed, workload
@@ -199,12 +200,17 @@ def readiness_patch(
     workload: WorkloadState,
     now: str,
     placed: Verdict | None = None,
+    problem: Verdict | None = None,
 ) -> dict[str, Any]:
-    """The status fields that follow from the workload (and, when given, a new placement)."""
+    """The status fields that follow from the workload (and, when given, a new placement). A
+    placed deployment's ``problem`` (a Degraded verdict) replaces the Degraded condition the
+    workload alone would give, and leads the message."""
     previous = list(status.get("conditions") or [])
     if placed is None:
         placed = find(previous, PLACED)
     r = readiness(placed, desired, workload)
+    if problem is not None and placed is not None and placed.status == "True":
+        r = Readiness(r.phase, r.available, problem, f"{problem.message}; {r.message}")
     verdicts = [v for v in (placed, r.available, r.degraded) if v is not None]
     return {
         "phase": r.phase,

@@ -13,7 +13,9 @@ The pod contract (docs/operator.md, "Pod contract"):
   interface of the pod (``0.0.0.0:8080``, port ``http``): the kubelet's probes, the Service and
   Prometheus reach the pod IP, and the engine's preStop hook reaches loopback. The wildcard
   rather than the pod IP from the downward API, because both of those must work, and the pod's
-  network namespace holds nothing else to hide from.
+  network namespace holds nothing else to hide from. With ``spec.gateway.tls`` port ``http``
+  speaks HTTPS (``operator/tls.py``); port ``admin`` (9090: ``/metrics``, load reports) is plain
+  HTTP and keyless on every pod.
 - Probes are the gateway's, since the kubelet could not see a loopback-only engine: the startup
   probe (``/readyz``, which follows the engine's ``/health``) gives the model
   ``startup_timeout_seconds`` to load, and holds off the liveness probe (``/healthz``, the
@@ -35,7 +37,7 @@ import math
 from typing import Any
 
 from goodput.api.llmdeployment import PVC_SOURCE, EnvVar, LLMDeployment
-from goodput.operator import naming
+from goodput.operator import naming, tls
 from goodput.operator.engine_args import build as build_engine_args
 from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, STATE_DIR
 from goodput.operator.gpu_selection import GPU_RESOURCE, LABEL_PRODUCT, Placement
@@ -45,7 +47,8 @@ from goodput.operator.settings import WorkloadSettings
 GATEWAY_PORT = 8080
 #: Every interface of the pod: its IP for probes, Service and Prometheus, loopback for the engine.
 GATEWAY_HOST = "0.0.0.0"
-#: With API keys: the gateway's keyless metrics port (Prometheus), and where the keys are mounted.
+#: The gateway's keyless, plain-HTTP port for /metrics and the router's load reports: one port
+#: Prometheus scrapes on every pod, whatever its API port asks (a key, TLS).
 GATEWAY_ADMIN_PORT = 9090
 GATEWAY_ADMIN_PORT_NAME = "admin"
 GATEWAY_KEYS_DIR = "/etc/goodput-keys"
@@ -227,9 +230,18 @@ def pod_template(
             str(GATEWAY_PORT),
             "--drain-timeout",
             str(settings.drain_seconds),
+            "--admin-port",
+            str(GATEWAY_ADMIN_PORT),
         ],
         "env": [{"name": "HOME", "value": "/tmp"}],
-        "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+            {
+                "name": GATEWAY_ADMIN_PORT_NAME,
+                "containerPort": GATEWAY_ADMIN_PORT,
+                "protocol": "TCP",
+            },
+        ],
         "startupProbe": http_probe(
             "/readyz",
             period=STARTUP_PERIOD_SECONDS,
@@ -262,6 +274,8 @@ def pod_template(
     ]
     if settings.gateway_keys_secret:
         _want_keys(gateway, volumes_, settings.gateway_keys_secret, settings.gateway_anonymous)
+    if (secret := tls.secret_name(obj)) is not None:
+        tls.serve(gateway, volumes_, secret)
     return {
         "metadata": {
             "labels": {**naming.labels(name), naming.LABEL_REPLICA: str(replica)},
@@ -299,7 +313,7 @@ def _want_keys(
     gateway: dict[str, Any], volumes: list[dict[str, Any]], secret: str, anonymous: bool
 ) -> None:
     """The gateway checks API keys from ``secret`` (mounted: rotated keys reach it without a
-    restart) and serves its metrics keyless on the admin port, which Prometheus scrapes."""
+    restart); its admin port stays keyless for Prometheus and the router."""
     volumes.append({"name": "gateway-keys", "secret": {"secretName": secret}})
     gateway["volumeMounts"].append(
         {"name": "gateway-keys", "mountPath": GATEWAY_KEYS_DIR, "readOnly": True}
@@ -308,12 +322,7 @@ def _want_keys(
         "--keys-dir",
         GATEWAY_KEYS_DIR,
         "--anonymous" if anonymous else "--no-anonymous",
-        "--admin-port",
-        str(GATEWAY_ADMIN_PORT),
     ]
-    gateway["ports"].append(
-        {"name": GATEWAY_ADMIN_PORT_NAME, "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"}
-    )
 
 
 def deployment(

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import JSONResponse, Response
@@ -20,6 +19,7 @@ from goodput.router.flow import FlowController
 from goodput.router.metrics import RouterMetrics
 from goodput.router.proxy import Router, status_body
 from goodput.router.stages import RoutingPipeline
+from goodput.router.upstream import client as upstream_client
 from goodput.serving.http_guard import HttpLimits, RequestGuard
 
 
@@ -56,10 +56,7 @@ def build_router(
     metrics = RouterMetrics(
         registry, router=config.name, endpoints=table.all, queue_depth=lambda: flow.depth
     )
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=2.0, read=600.0, write=30.0, pool=30.0),
-        limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
-    )
+    client = upstream_client(config.upstream_tls)
     router = Router(config, table, pipeline, flow, metrics, client, clock)
     poller = LoadPoller(table, client, config.poll_interval_s, on_report=flow.release)
     return router, poller, registry
@@ -80,7 +77,8 @@ def create_app(config: RouterConfig) -> FastAPI:
         # Imported only here: a router with static endpoints needs no Kubernetes client.
         from goodput.router.discovery import EndpointSliceWatcher
 
-        watcher = EndpointSliceWatcher(router.replace_endpoints, config.discovery)
+        scheme = "https" if config.upstream_tls is not None else "http"
+        watcher = EndpointSliceWatcher(router.replace_endpoints, config.discovery, scheme=scheme)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

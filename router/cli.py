@@ -65,6 +65,17 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> RouterConfig:
     help="Open client connections; past it, 503.",
 )
 @tls_options
+@click.option(
+    "--upstream-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trust these CAs (PEM) for the replicas' HTTPS certificates; default: the system's.",
+)
+@click.option(
+    "--upstream-server-name",
+    help="The name the replicas' certificates must carry (and the SNI sent), e.g. the "
+    "Service's DNS name when they are dialled by IP. Discovered replicas are then dialled "
+    "over HTTPS.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option(
@@ -84,6 +95,8 @@ def route(
     max_connections: int,
     tls_cert: str | None,
     tls_key: str | None,
+    upstream_ca: str | None,
+    upstream_server_name: str | None,
     host: str,
     port: int,
     log_level: str,
@@ -110,6 +123,8 @@ def route(
         "discovery": {"namespace": namespace, "service": service} if service else None,
         "scorers": [_scorer(s) for s in scorers],
     }
+    if upstream_ca or upstream_server_name:
+        overrides["upstreamTls"] = {"caFile": upstream_ca, "serverName": upstream_server_name}
     config = load_config(config_path, overrides)
     limits = HttpLimits(max_connections=max_connections)
     server = uvicorn.Server(

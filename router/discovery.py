@@ -34,9 +34,12 @@ def _load_kube_config() -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
-def slice_endpoints(slice_obj: Any, port_name: str, load_port_name: str) -> list[EndpointEntry]:
+def slice_endpoints(
+    slice_obj: Any, port_name: str, load_port_name: str, scheme: str = "http"
+) -> list[EndpointEntry]:
     """``(name, url, ready, draining, load_url)`` of one EndpointSlice's endpoints (IPv4/IPv6
-    alike); ``load_url`` is on the ``load_port_name`` port where the slice has one."""
+    alike); ``url`` in ``scheme``, ``load_url`` on the ``load_port_name`` port (plain HTTP, the
+    gateway's admin port) where the slice has one."""
     ports = slice_obj.ports or []
     port = next((p.port for p in ports if p.name == port_name), None)
     if port is None and len(ports) == 1:
@@ -57,7 +60,7 @@ def slice_endpoints(slice_obj: Any, port_name: str, load_port_name: str) -> list
         name = ep.target_ref.name if ep.target_ref is not None else address
         load_url = f"http://{host}:{load_port}" if load_port is not None else ""
         entries.append(
-            (name, f"http://{host}:{port}", ready and not terminating, terminating, load_url)
+            (name, f"{scheme}://{host}:{port}", ready and not terminating, terminating, load_url)
         )
     return entries
 
@@ -71,9 +74,11 @@ class EndpointSliceWatcher:
         apply: Callable[[list[EndpointEntry]], None],
         spec: ServiceDiscovery,
         api: Any = None,
+        scheme: str = "http",
     ) -> None:
         self.apply = apply
         self.spec = spec
+        self.scheme = scheme
         self._api = api
         self._slices: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -100,7 +105,9 @@ class EndpointSliceWatcher:
     def view(self) -> list[EndpointEntry]:
         entries: dict[str, EndpointEntry] = {}
         for s in self._slices.values():
-            for entry in slice_endpoints(s, self.spec.port_name, self.spec.load_port_name):
+            for entry in slice_endpoints(
+                s, self.spec.port_name, self.spec.load_port_name, self.scheme
+            ):
                 current = entries.get(entry[0])
                 # The same pod in two slices (during a slice's rewrite): the readier view wins.
                 if current is None or (entry[2] and not current[2]):

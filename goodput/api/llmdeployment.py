@@ -556,6 +556,42 @@ class EngineSpec(_Spec):
     )
 
 
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_SECRET_NAME_MESSAGE = (
+    "gateway.tls.secretName must name a Secret: lower-case letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit"
+)
+
+
+class TLSSpec(_Spec):
+    """HTTPS on the deployment's endpoint, from a certificate in a Secret (docs/security.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(f"self.secretName.matches('{_DNS_SUBDOMAIN}')", _SECRET_NAME_MESSAGE)
+        ),
+    )
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        alias="secretName",
+        description="A Secret of type kubernetes.io/tls in the deployment's namespace: `tls.crt` "
+        "(whose names must include the Service's, NAME.NAMESPACE.svc) and `tls.key` serve "
+        "HTTPS on every gateway and on the router; its optional `ca.crt` is what the router "
+        "trusts the gateways' certificate by (without it: the system's trust store).",
+    )
+
+    @model_validator(mode="after")
+    def _secret_name(self) -> TLSSpec:
+        if not re.fullmatch(_DNS_SUBDOMAIN, self.secret_name):
+            raise ValueError(_SECRET_NAME_MESSAGE)
+        return self
+
+
 class GatewaySpec(_Spec):
     """The Goodput gateway container in front of the engine."""
 
@@ -563,6 +599,11 @@ class GatewaySpec(_Spec):
         default=None,
         max_length=512,
         description="Gateway image; default: the operator's own version of Goodput.",
+    )
+    tls: TLSSpec | None = Field(
+        default=None,
+        description="Serve the OpenAI API over HTTPS (gateways and router); unset: plain HTTP. "
+        "The Service then listens on 443 and `status.endpoint` is an https URL.",
     )
 
 

@@ -88,6 +88,29 @@ class ServiceDiscovery(BaseModel):
     )
 
 
+class UpstreamTLS(BaseModel):
+    """The replicas' gateways serve HTTPS: whom the router trusts to be one."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ca_file: str | None = Field(
+        default=None,
+        alias="caFile",
+        description="PEM bundle the gateways' certificates must chain to (a TLS Secret's "
+        "`ca.crt`). Unset, or no such file when the router starts (a kubernetes.io/tls Secret "
+        "may leave `ca.crt` out): the system's trust store.",
+    )
+    server_name: str | None = Field(
+        default=None,
+        alias="serverName",
+        min_length=1,
+        max_length=253,
+        description="The name the gateways' certificates must carry, also sent as SNI. "
+        "Replicas are dialled by pod IP, which no certificate names: the operator sets the "
+        "Service's DNS name (NAME.NAMESPACE.svc). Unset: each URL's host.",
+    )
+
+
 class RouterConfig(BaseModel):
     """Everything ``goodput route`` needs."""
 
@@ -98,6 +121,13 @@ class RouterConfig(BaseModel):
         default_factory=list, description="Static replica URLs (gateways), when not discovered."
     )
     discovery: ServiceDiscovery | None = None
+    upstream_tls: UpstreamTLS | None = Field(
+        default=None,
+        alias="upstreamTls",
+        description="Set: discovered replicas are dialled over HTTPS, and every HTTPS replica "
+        "is verified as it says; their load reports stay on the plain-HTTP admin port. Unset: "
+        "discovered replicas over HTTP (static `endpoints` keep their own scheme).",
+    )
     filters: list[FilterName] = Field(default_factory=lambda: list(DEFAULT_FILTERS))
     scorers: list[ScorerConfig] = Field(
         default_factory=lambda: [

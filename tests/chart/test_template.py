@@ -358,7 +358,8 @@ def test_api_keys_reach_the_operator_and_the_pod_monitor_scrapes_the_admin_port(
     plain = chart.render(api_versions=PROMETHEUS_OPERATOR_APIS)
     env = {e["name"]: e.get("value") for e in operator_container(plain)["env"]}
     assert "GOODPUT_GATEWAY_KEYS_SECRET" not in env
-    assert plain.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    # Keys or not, TLS or not: every gateway serves /metrics on its plain, keyless admin port.
+    assert plain.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] == "admin"
     keys = {"serving": {"auth": {"keysSecret": "gateway-keys"}}}
     keyed = chart.render(keys, api_versions=PROMETHEUS_OPERATOR_APIS)
     env = {e["name"]: e.get("value") for e in operator_container(keyed)["env"]}

@@ -52,6 +52,14 @@ def test_ready_serving_and_terminating_endpoints() -> None:
     ]
 
 
+def test_with_tls_replicas_are_dialled_over_https_and_load_reports_stay_on_plain_admin() -> None:
+    s = endpoint_slice("s1", [pod("10.0.0.1", "a", ready=True), pod("fd00::2", "b")], admin=True)
+    assert slice_endpoints(s, "http", "admin", scheme="https") == [
+        ("a", "https://10.0.0.1:8080", True, False, "http://10.0.0.1:9090"),
+        ("b", "https://[fd00::2]:8080", True, False, "http://[fd00::2]:9090"),
+    ]
+
+
 def test_a_pod_in_two_slices_counts_once_and_readiest() -> None:
     seen: list[list[tuple[str, str, bool, bool, str]]] = []
     watcher = EndpointSliceWatcher(

@@ -144,6 +144,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         },
         "either value or valueFrom",
     ),
+    (
+        "tls secret name",
+        {"gateway": {"tls": {"secretName": "Serving_Cert"}}},
+        "gateway.tls.secretName must name a Secret",
+    ),
+    (
+        "tls secret name with a trailing newline",
+        {"gateway": {"tls": {"secretName": "cert\n"}}},
+        "gateway.tls.secretName must name a Secret",
+    ),
 ]
 
 

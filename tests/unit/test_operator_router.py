@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 from llmd_builders import make_body, make_node
+from pod_security import restricted_violations
 from test_operator_reconcile import H100, FakeKube, _reconciler, _run
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.api.router_config import RouterConfig
 from goodput.operator import naming, router
 from goodput.operator.settings import WorkloadSettings, parse_labels
+from goodput.router.cli import route
 
 
 def _obj(**spec: Any) -> LLMDeployment:
@@ -74,14 +77,52 @@ def test_router_pods_are_small_restricted_and_reach_only_endpointslices() -> Non
         assert item["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 
-def test_with_keys_the_router_reads_load_reports_on_the_keyless_admin_port() -> None:
+def test_the_router_reads_load_reports_on_the_keyless_admin_port() -> None:
     obj = _obj(routing={"prefixAware": True})
-    plain = router.replicas_service(obj, WorkloadSettings())
-    assert [p["name"] for p in plain["spec"]["ports"]] == ["http"]
-    keyed = router.replicas_service(obj, WorkloadSettings(gateway_keys_secret="keys"))
-    assert [p["name"] for p in keyed["spec"]["ports"]] == ["http", "admin"]
+    ports = router.replicas_service(obj)["spec"]["ports"]
+    assert [(p["name"], p["port"], p["appProtocol"]) for p in ports] == [
+        ("http", 8080, "http"),
+        ("admin", 9090, "http"),
+    ]
     config = router.router_config(obj)
     assert config.discovery is not None and config.discovery.load_port_name == "admin"
+    assert config.upstream_tls is None
+
+
+def test_with_tls_the_router_serves_https_and_verifies_the_gateways_by_the_services_name(
+    tmp_path: Path,
+) -> None:
+    obj = _obj(routing={"prefixAware": True}, gateway={"tls": {"secretName": "llama-tls"}})
+    config = router.router_config(obj)
+    assert config.upstream_tls is not None
+    assert config.upstream_tls.server_name == "llama.ml.svc"  # pods are dialled by IP
+    assert config.upstream_tls.ca_file == "/etc/goodput-tls/ca.crt"
+    # ... and `goodput route --config` reads it back.
+    data = router.config_map(obj)["data"]["router.json"]
+    assert RouterConfig.model_validate(json.loads(data)) == config
+    ports = router.replicas_service(obj)["spec"]["ports"]
+    assert [(p["name"], p["appProtocol"]) for p in ports] == [("http", "https"), ("admin", "http")]
+    pod = router.deployment(obj, WorkloadSettings())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    files = {f"/etc/goodput-tls/{n}": tmp_path / n for n in ("tls.crt", "tls.key")}
+    files["/etc/goodput/router.json"] = tmp_path / "router.json"
+    for path in files.values():
+        path.write_text("{}")
+    params = route.make_context("route", [str(files.get(a, a)) for a in container["command"][2:]])
+    assert params.params["tls_cert"] == str(files["/etc/goodput-tls/tls.crt"])
+    assert params.params["tls_key"] == str(files["/etc/goodput-tls/tls.key"])
+    assert {"name": "tls", "mountPath": "/etc/goodput-tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "tls", "secret": {"secretName": "llama-tls"}} in pod["volumes"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert not restricted_violations(pod, "router")
+    plain = router.deployment(_obj(routing={"prefixAware": True}), WorkloadSettings())
+    assert (
+        "scheme"
+        not in plain["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    )
 
 
 def _kube(**spec: Any) -> FakeKube:

@@ -61,8 +61,11 @@ def test_the_gateway_listens_on_the_pods_network_as_serve_parses_its_command(
     args = [str(config) if a == "/etc/goodput/gateway.json" else a for a in command[2:]]
     params = serve.make_context("serve", args).params
     assert params["host"] == "0.0.0.0", "probes, the Service and Prometheus reach the pod IP"
-    (port,) = gateway["ports"]
+    port, admin = gateway["ports"]
     assert params["port"] == port["containerPort"] == 8080 and port["name"] == "http"
+    # /metrics and load reports on a plain, keyless port of every pod: one scrape config
+    assert params["admin_port"] == admin["containerPort"] == 9090 and admin["name"] == "admin"
+    assert params["tls_cert"] is None and params["keys_dir"] is None
     assert params["drain_timeout"] == SETTINGS.drain_seconds
 
 
@@ -227,3 +230,32 @@ def test_with_api_keys_the_gateway_mounts_them_and_serves_metrics_keyless_on_the
     open_pod = _pod(dataclasses.replace(settings, gateway_anonymous=True))
     assert "--anonymous" in _container(open_pod, "gateway")["command"]
     assert "--keys-dir" not in _container(_pod(), "gateway")["command"]  # no keys: as before
+
+
+def test_with_tls_the_gateway_serves_https_from_the_secret_and_is_probed_over_https(
+    tmp_path: Path,
+) -> None:
+    pod = _pod(gateway={"tls": {"secretName": "llama-tls"}})
+    gateway, engine = _container(pod, "gateway"), _container(pod, "engine")
+    # `goodput serve` parses the command (its options want the files to exist).
+    files = {f"/etc/goodput-tls/{n}": tmp_path / n for n in ("tls.crt", "tls.key")}
+    files["/etc/goodput/gateway.json"] = tmp_path / "gateway.json"
+    for path in files.values():
+        path.write_text("{}")
+    params = serve.make_context("serve", [str(files.get(a, a)) for a in gateway["command"][2:]])
+    assert params.params["tls_cert"] == str(files["/etc/goodput-tls/tls.crt"])
+    assert params.params["tls_key"] == str(files["/etc/goodput-tls/tls.key"])
+    assert params.params["admin_port"] == 9090  # Prometheus and the router: plain HTTP
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/goodput-tls", "readOnly": True}
+    assert {"name": "tls", "secret": {"secretName": "llama-tls"}} in pod["volumes"]
+    assert not any(m["name"] == "tls" for m in engine["volumeMounts"]), "the engine needs none"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert gateway[probe]["httpGet"]["port"] == "http"
+    # The engine's preStop hook only connects (TCP), which TLS does not change.
+    assert int(engine["lifecycle"]["preStop"]["exec"]["command"][4]) == 8080
+    assert not restricted_violations(pod, "gateway")
+    plain = _container(_pod(), "gateway")
+    assert "scheme" not in plain["readinessProbe"]["httpGet"]  # HTTP, the default
+    assert not any(v["name"] == "tls" for v in _pod()["volumes"])

@@ -128,6 +128,11 @@ Call with (list $ "ServiceMonitor").
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
+# spec.gateway.tls: whether the named Secret exists and holds a usable certificate (for the
+# status). Only get: Secrets are never listed or watched.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 # Which nodes each replica landed on.
 - apiGroups: [""]
   resources: ["pods"]
@@ -149,8 +154,3 @@ Call with (list $ "ServiceMonitor").
 {{- end -}}
 {{- join "," $items -}}
 {{- end -}}
-
-{{/* The serving pods' port for /metrics: "admin" (keyless) when the gateways want API keys. */}}
-{{- define "goodput.gatewayMetricsPort" -}}
-{{- if .Values.serving.auth.keysSecret }}admin{{ else }}{{ .Values.monitoring.gateway.port }}{{ end }}
-{{- end }}
