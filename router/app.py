@@ -19,26 +19,13 @@ from goodput.router.flow import FlowController
 from goodput.router.metrics import RouterMetrics
 from goodput.router.proxy import Router, status_body
 from goodput.router.stages import RoutingPipeline
-from goodput.router.upstream import client as upstream_client
+from goodput.router.upstream import Upstream
 from goodput.serving.http_guard import HttpLimits, RequestGuard
 
 
 def free_slots(table: EndpointTable) -> int:
-    """Requests the replicas could take now without waiting: per eligible replica, its free
-    slots under a known limit, one if it reports no limit and holds nothing, none if it holds
-    requests already."""
-    total = 0
-    for e in table.eligible():
-        report = e.report
-        if report is None:
-            total += 1
-        elif report.queue > 0:
-            continue
-        elif report.limit is None:
-            total += 1 if e.since_report <= 0 else 0
-        else:
-            total += max(0, report.limit - e.inflight_now())
-    return total
+    """Requests the replicas could take now without waiting (the flow controller's gate)."""
+    return sum(e.free_slots() for e in table.eligible())
 
 
 def build_router(
@@ -56,9 +43,9 @@ def build_router(
     metrics = RouterMetrics(
         registry, router=config.name, endpoints=table.all, queue_depth=lambda: flow.depth
     )
-    client = upstream_client(config.upstream_tls)
-    router = Router(config, table, pipeline, flow, metrics, client, clock)
-    poller = LoadPoller(table, client, config.poll_interval_s, on_report=flow.release)
+    upstream = Upstream(config.upstream_tls)
+    router = Router(config, table, pipeline, flow, metrics, upstream, clock)
+    poller = LoadPoller(table, upstream, config.poll_interval_s, on_report=flow.release)
     return router, poller, registry
 
 
@@ -92,7 +79,7 @@ def create_app(config: RouterConfig) -> FastAPI:
             await poller.stop()
             if watcher is not None:
                 await watcher.stop()
-            await router.client.aclose()
+            await router.upstream.aclose()
 
     app = FastAPI(
         title="Goodput router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None

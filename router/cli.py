@@ -111,8 +111,6 @@ def route(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # httpx logs every request at INFO: the load polls alone would be several lines a second.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     check_tls(tls_cert, tls_key)
     if (namespace is None) != (service is None):
         raise click.UsageError("--namespace and --service go together")

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 from pydantic import ValidationError
 
 from goodput.api.load_report import LOAD_PATH, LoadReport
+from goodput.router.upstream import ERRORS, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,27 @@ class Endpoint:
         reported = 0 if self.report is None else self.report.inflight
         return max(0, reported + self.since_report)
 
-    @property
-    def saturated(self) -> bool:
-        """Another request would wait here (the gateway holds requests or its limit is full)."""
+    def free_slots(self) -> int:
+        """Requests it could take now without waiting: its free slots under a known limit; one
+        if it reports no limit and holds nothing sent since its report (or has not reported);
+        none while it holds requests."""
         report = self.report
         if report is None:
-            return False
+            return 1
         if report.queue > 0:
-            return True
-        return report.limit is not None and self.inflight_now() >= report.limit
+            return 0
+        if report.limit is None:
+            return 1 if self.since_report <= 0 else 0
+        return max(0, report.limit - self.inflight_now())
+
+    @property
+    def saturated(self) -> bool:
+        """Another request would wait here (the gateway holds requests or its limit is full);
+        without a limit it never is."""
+        report = self.report
+        if report is None or (report.limit is None and report.queue == 0):
+            return False
+        return self.free_slots() == 0
 
     def predicted_ttft_s(self) -> float | None:
         """Queueing plus first token for a request sent now; ``None`` before any report."""
@@ -155,12 +167,12 @@ class LoadPoller:
     def __init__(
         self,
         table: EndpointTable,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         interval_s: float,
         on_report: Callable[[], None] = lambda: None,
     ) -> None:
         self.table = table
-        self.client = client
+        self.upstream = upstream
         self.interval_s = interval_s
         self.on_report = on_report
         self._task: asyncio.Task[None] | None = None
@@ -171,12 +183,12 @@ class LoadPoller:
 
     async def _poll(self, endpoint: Endpoint) -> None:
         try:
-            reply = await self.client.get(
+            status, content = await self.upstream.get(
                 (endpoint.load_url or endpoint.url) + LOAD_PATH,
-                timeout=max(self.interval_s * 4, 1.0),
+                timeout_s=max(self.interval_s * 4, 1.0),
             )
-            report = LoadReport.model_validate(reply.json()) if reply.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, ValidationError) as exc:
+            report = LoadReport.model_validate_json(content) if status == 200 else None
+        except (*ERRORS, ValueError, ValidationError) as exc:
             log.debug("load report of %s failed: %s", endpoint.name, exc)
             report = None
         if report is None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.responses import Response, StreamingResponse
 
 from goodput.api.router_config import RouterConfig
@@ -25,6 +25,7 @@ from goodput.router.flow import FlowController
 from goodput.router.metrics import RouterMetrics
 from goodput.router.prefix import block_hashes
 from goodput.router.stages import RoutingPipeline, RoutingRequest, stable_hash
+from goodput.router.upstream import ERRORS, Upstream
 from goodput.serving.auth import ANONYMOUS, AccessDenied, KeyStore, Tenant
 from goodput.serving.openai_errors import OpenAIError, access_denied, engine_failed
 from goodput.serving.openai_request import Endpoint as Route
@@ -59,7 +60,7 @@ class Router:
         pipeline: RoutingPipeline,
         flow: FlowController,
         metrics: RouterMetrics,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -67,7 +68,7 @@ class Router:
         self.pipeline = pipeline
         self.flow = flow
         self.metrics = metrics
-        self.client = client
+        self.upstream = upstream
         self.clock = clock
         self.label = config.name
         # The gateways' own check, done here first: a bad key never takes a place in the queue,
@@ -202,34 +203,32 @@ class Router:
         """The relayed answer, or (why to retry, the answer to give if nothing else works)."""
         url = endpoint.url + _PATHS[route]
         try:
-            upstream = await self.client.send(
-                self.client.build_request("POST", url, content=body, headers=forward), stream=True
-            )
-        except httpx.HTTPError as exc:
+            upstream = await self.upstream.post(url, body, forward)
+        except ERRORS as exc:
             log.info("replica %s failed before answering: %s", endpoint.name, exc)
             endpoint.failed(self.clock())
             self._ended(endpoint)
             return "unavailable", engine_failed(f"replica {endpoint.name}: {exc}").response()
         endpoint.succeeded()
-        if upstream.status_code in _RETRYABLE_STATUS and not final:
+        if upstream.status in _RETRYABLE_STATUS and not final:
             answer = await self._read_whole(upstream)
             self._ended(endpoint)
             return "rejected", answer
-        if not parsed.stream or upstream.status_code != 200:
+        if not parsed.stream or upstream.status != 200:
             try:
                 answer = await self._read_whole(upstream)
-            except httpx.HTTPError as exc:
+            except ERRORS as exc:
                 endpoint.failed(self.clock())
                 self._ended(endpoint)
                 return "failed", engine_failed(f"replica {endpoint.name}: {exc}").response()
             self._ended(endpoint)
-            self._outcome("ok" if upstream.status_code < 400 else "rejected")
+            self._outcome("ok" if upstream.status < 400 else "rejected")
             return answer
-        chunks = upstream.aiter_raw()
+        chunks = upstream.content.iter_any()
         try:
             first = await anext(chunks)
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            await upstream.aclose()
+        except (*ERRORS, StopAsyncIteration) as exc:
+            upstream.close()
             endpoint.failed(self.clock())
             self._ended(endpoint)
             return "failed", engine_failed(f"replica {endpoint.name}: {exc}").response()
@@ -237,36 +236,41 @@ class Router:
         self._outcome("ok")
         return StreamingResponse(
             self._relay(endpoint, upstream, first, chunks),
-            status_code=upstream.status_code,
+            status_code=upstream.status,
             headers=_relayed(upstream.headers),
         )
 
     async def _relay(
         self,
         endpoint: Endpoint,
-        upstream: httpx.Response,
+        upstream: aiohttp.ClientResponse,
         first: bytes,
         rest: AsyncIterator[bytes],
     ) -> AsyncIterator[bytes]:
+        complete = False
         try:
             yield first
             async for chunk in rest:
                 yield chunk
-        except httpx.HTTPError as exc:
+            complete = True
+        except ERRORS as exc:
             log.info("replica %s failed mid-stream: %s", endpoint.name, exc)
             yield engine_failed(f"replica {endpoint.name} failed mid-stream").sse_event()
         finally:
-            await upstream.aclose()
+            # A stream read to its end gives its connection back to the pool; one the client
+            # left is closed, so the gateway sees the disconnect and stops the engine's work.
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()
             self._ended(endpoint)
 
-    async def _read_whole(self, upstream: httpx.Response) -> Response:
+    async def _read_whole(self, upstream: aiohttp.ClientResponse) -> Response:
         try:
-            content = await upstream.aread()
+            content = await upstream.read()
         finally:
-            await upstream.aclose()
-        return Response(
-            content, status_code=upstream.status_code, headers=_relayed(upstream.headers)
-        )
+            upstream.release()
+        return Response(content, status_code=upstream.status, headers=_relayed(upstream.headers))
 
     def _outcome(self, outcome: str) -> None:
         self.metrics.requests.labels(self.label, outcome).inc()
@@ -275,11 +279,11 @@ class Router:
         """The models of the first replica that answers (all replicas serve the same ones)."""
         for endpoint in self.table.eligible():
             try:
-                reply = await self.client.get(endpoint.url + "/v1/models")
-            except httpx.HTTPError:
+                status, content = await self.upstream.get(endpoint.url + "/v1/models")
+            except ERRORS:
                 continue
-            if reply.status_code == 200:
-                return Response(reply.content, media_type="application/json")
+            if status == 200:
+                return Response(content, media_type="application/json")
         return no_replica().response()
 
     def ready(self) -> bool:
@@ -295,7 +299,7 @@ class Router:
         self.flow.release()
 
 
-def _relayed(headers: httpx.Headers) -> dict[str, str]:
+def _relayed(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in _RELAYED_HEADERS if name in headers}
 
 
