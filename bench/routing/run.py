@@ -10,6 +10,12 @@ the operator/ folder shadows the standard library):
 Writes ``bench/results/routing.json`` and ``bench/results/routing.png``. See
 docs/bench-routing.md. It reuses bench/serving (load generator, summaries, gateways, engine
 helpers) rather than copying it.
+
+``goodput-x2`` is two routers with the default config and no shared store, the client sending
+each request to either at random: the active-active claim, measured by its engines' prefix hit
+rate against one router's. Every request carries an ``x-request-id``; the gateways' request logs
+say which replica served it, so each cell also reports the split between replicas and how often
+a session, tenant or prefix group stayed where its previous request went.
 """
 
 from __future__ import annotations
@@ -19,10 +25,9 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,11 +54,13 @@ from traces import (  # noqa: E402
     BlockText,
     Mooncake,
     Schedule,
+    Tenants,
     Unique,
     ideal_prefix_hit_rate,
     load_conversations,
     load_mooncake,
     sample_by_prefix_group,
+    size_tenants,
     vocabulary,
 )
 from workload import Corpus, Request, shared_data_dir, trace_gaps  # noqa: E402
@@ -64,7 +71,7 @@ from goodput.dev.engine import (  # noqa: E402
     EngineSettings,
 )
 from goodput.dev.engine import prefix_cache_tokens as prefix_counters  # noqa: E402
-from goodput.dev.processes import free_port  # noqa: E402
+from goodput.dev.processes import free_port, served  # noqa: E402
 from goodput.dev.tiny_model import TinyLlamaSpec, ensure_tiny_model  # noqa: E402
 
 
@@ -84,10 +91,21 @@ MODEL_NAME = serving.MODEL_NAME
 # The contenders: configs of the same router binary (RouterConfig).
 CONTENDERS: dict[str, dict[str, Any]] = {
     "goodput": {},  # the default config: prefix-cache, session, SLO headroom, least-load
+    # Active-active: two routers with the default config and no shared store, each request to
+    # either at random (as a Service in front of two router pods spreads connections).
+    "goodput-x2": {},
     "random": {"scorers": [{"type": "random"}], "filters": ["ready"]},  # kube-proxy
     "round-robin": {"picker": "round-robin", "filters": ["ready"]},
     "least-outstanding": {"scorers": [{"type": "least-load"}], "filters": ["ready"]},
 }
+# Ablations of the default, run by name only (--contenders): which stage decides a result.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "goodput-no-slo-filter": {"filters": ["ready"]},
+    "goodput-bounded-2": {"boundedLoad": 2.0},
+}
+ROUTER_PROCESSES = {"goodput-x2": 2}  # else one
+# Where there is no prefix to share, two routers agreeing measures nothing.
+SKIPPED = {"unique": {"goodput-x2"}}
 
 
 # -- the engines' and the router's own counters -------------------------------------------------
@@ -138,35 +156,8 @@ def router(
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    log_path = workdir / f"router-{name}.log"
-    with log_path.open("wb") as log:
-        # Outside the checkout: the repository's operator/ would shadow the standard library.
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=tempfile.gettempdir(), start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router {name} exited; see {log_path}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"router {name} not ready in 120 s; see {log_path}")
-            time.sleep(0.3)
+    with served(command, f"{url}/readyz", log_path=workdir / f"router-{name}.log") as process:
         yield RouterProcess(name, url, process.pid)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def own_core(settings: EngineSettings, replica: int) -> EngineSettings:
@@ -187,26 +178,74 @@ def wait_idle(engines: list[str]) -> None:
 # -- one cell: a workload at a rate against one contender -----------------------------------------
 
 
-def _replay_split(urls: list[str], schedule: Schedule, slo: SLO, enforce: str) -> list[Outcome]:
-    """Client-side round-robin over the gateways (no router): the router's cost baseline."""
+def assignment(contender: str, targets: int, count: int, seed: str) -> list[int]:
+    """Which of ``targets`` URLs each request goes to: ``direct`` alternates over the gateways
+    (the router's cost baseline), two routers get each request at random (a Service spreads
+    connections over router pods so, not by session), one target gets everything."""
+    if targets == 1:
+        return [0] * count
+    if contender == "direct":
+        return [i % targets for i in range(count)]
+    rng = random.Random(seed)
+    return [rng.randrange(targets) for _ in range(count)]
 
-    async def both() -> list[Outcome]:
-        parts = await asyncio.gather(
+
+def _replay(
+    urls: list[str], assign: list[int], schedule: Schedule, slo: SLO, enforce: str, id_prefix: str
+) -> list[Outcome]:
+    """Replay ``schedule``, request ``i`` to ``urls[assign[i]]``, each tagged with a request id."""
+
+    async def parts() -> list[Outcome]:
+        picked = [[i for i, a in enumerate(assign) if a == u] for u in range(len(urls))]
+        done = await asyncio.gather(
             *(
                 replay(
                     url,
                     MODEL_NAME,
-                    schedule.requests[i :: len(urls)],
-                    schedule.arrivals[i :: len(urls)],
+                    [schedule.requests[i] for i in mine],
+                    [schedule.arrivals[i] for i in mine],
                     slo,
                     enforce=enforce,
+                    id_prefix=id_prefix,
                 )
-                for i, url in enumerate(urls)
+                for url, mine in zip(urls, picked, strict=True)
+                if mine
             )
         )
-        return [o for part in parts for o in part]
+        return sorted((o for part in done for o in part), key=lambda o: o.index)
 
-    return asyncio.run(both())
+    return asyncio.run(parts())
+
+
+def served_by(logs: list[Path], id_prefix: str) -> dict[int, int]:
+    """Request index -> the replica whose gateway logged it (the gateways' request logs)."""
+    out: dict[int, int] = {}
+    for replica, path in enumerate(logs):
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            request_id = json.loads(line).get("request_id", "")
+            head, _, index = request_id.rpartition("-")
+            if head == id_prefix and index.isdigit():
+                out[int(index)] = replica
+    return out
+
+
+def stickiness(requests: list[Request], replica: dict[int, int]) -> float | None:
+    """Of the requests whose group (session, tenant, Mooncake prefix group) was served before,
+    the fraction served where the group's previous request was."""
+    last: dict[object, int] = {}
+    same = pairs = 0
+    for r in requests:
+        where = replica.get(r.index)
+        if where is None:
+            continue
+        group = r.session or r.prompt_id
+        if group in last:
+            pairs += 1
+            same += last[group] == where
+        last[group] = where
+    return round(same / pairs, 4) if pairs else None
 
 
 def cell(
@@ -218,24 +257,29 @@ def cell(
     *,
     urls: list[str],
     engines: list[str],
-    pid: int | None,
+    routers: list[RouterProcess],
+    gateway_logs: list[Path],
     trace: Path,
     enforce: str,
 ) -> dict[str, Any]:
-    """Replay ``schedule`` to ``urls`` (one: a router or one gateway; several: split by the
-    client), then read the engines' prefix-cache counters and the router's CPU time."""
+    """Replay ``schedule`` (its warm-up first, unmeasured) to ``urls`` (routers, or gateways
+    split by the client), then read the engines' prefix-cache counters, the routers' own
+    counters and CPU time, and where each request was served."""
+    id_prefix = f"{workload}-{contender}-{rate:g}"
+    assign = assignment(contender, len(urls), len(schedule.requests), id_prefix)
+    warm_failed = 0
+    if schedule.warmup is not None:
+        warm = schedule.warmup
+        warm_assign = assignment(contender, len(urls), len(warm.requests), f"{id_prefix}-warm")
+        done = _replay(urls, warm_assign, warm, slo, enforce, f"{id_prefix}-warm")
+        warm_failed = sum(o.status != 200 for o in done)
+        wait_idle(engines)
     before = [prefix_counters(e) for e in engines]
-    routed = urls[0] if pid is not None else None
-    decisions_before = router_counters(routed) if routed else {}
+    decisions_before = _router_totals(routers)
     load_before = os.getloadavg()[0]
-    cpu_before = cpu_seconds(pid) if pid is not None else None
-    if len(urls) == 1:
-        outcomes = asyncio.run(
-            replay(urls[0], MODEL_NAME, schedule.requests, schedule.arrivals, slo, enforce=enforce)
-        )
-    else:
-        outcomes = _replay_split(urls, schedule, slo, enforce)
-    cpu_after = cpu_seconds(pid) if pid is not None else None
+    cpu_before = sum(cpu_seconds(r.pid) for r in routers)
+    outcomes = _replay(urls, assign, schedule, slo, enforce, id_prefix)
+    cpu_after = sum(cpu_seconds(r.pid) for r in routers)
     wait_idle(engines)
     after = [prefix_counters(e) for e in engines]
     row = summarize(outcomes, slo, rate)
@@ -244,32 +288,54 @@ def cell(
     queried = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
     hits = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
     row["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    if routed:
-        now = router_counters(routed)
+    if routers:
+        now = _router_totals(routers)
         row["router"] = {
             k: round(v - decisions_before.get(k, 0.0), 4)
             for k, v in now.items()
             if v != decisions_before.get(k, 0.0)
         }
+        row["router_processes"] = len(routers)
+    if schedule.warmup is not None:
+        row["warmup_requests"] = len(schedule.warmup.requests)
+        row["warmup_failed"] = warm_failed
     row["prefix_queried_tokens"] = [int(q) for q in queried]
     row["prefix_hit_tokens"] = [int(h) for h in hits]
     row["prefix_hit_rate"] = round(sum(hits) / sum(queried), 4) if sum(queried) else None
-    if cpu_before is not None and cpu_after is not None:
+    replica = served_by(gateway_logs, id_prefix)
+    row["requests_by_replica"] = [
+        sum(1 for v in replica.values() if v == i) for i in range(len(engines))
+    ]
+    row["group_same_replica"] = stickiness(schedule.requests, replica)
+    if routers:
         row["router_cpu_s"] = round(cpu_after - cpu_before, 3)
         row["router_cpu_ms_per_request"] = round(1000 * (cpu_after - cpu_before) / len(outcomes), 3)
     with trace.open("a") as handle:
         for o in outcomes:
             record = {"workload": workload, "contender": contender, "rate": rate, **asdict(o)}
-            handle.write(json.dumps(record | {"met": o.met(slo)}) + "\n")
+            request = schedule.requests[o.index]
+            record |= {"group": request.session or request.prompt_id}
+            record |= {"replica": replica.get(o.index), "met": o.met(slo)}
+            handle.write(json.dumps(record) + "\n")
     click.echo(
         f"{workload:13s} {contender:17s} rate {rate:5.2f} n={row['requests']:3d} "
         f"attain {row['attainment']:6.1%} goodput {row['goodput_rps']:5.2f}/s "
         f"TTFT p50 {row['ttft_p50_ms']} p90 {row['ttft_p90_ms']} p99 {row['ttft_p99_ms']} ms "
         f"prefix hits {row['prefix_hit_rate']} split {row['prefix_queried_tokens']} "
+        f"served {row['requests_by_replica']} same-replica {row['group_same_replica']} "
         f"router CPU {row.get('router_cpu_ms_per_request')} ms/req "
-        f"rejected {row['rejected']} errors {row['errors']} held {row['held_streams']}"
+        f"rejected {row['rejected']} errors {row['errors']} held {row['held_streams']} "
+        f"decisions {row.get('router')}"
     )
     return row
+
+
+def _router_totals(routers: list[RouterProcess]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for r in routers:
+        for k, v in router_counters(r.url).items():
+            totals[k] = totals.get(k, 0.0) + v
+    return totals
 
 
 # -- calibration, warm-up, overhead ---------------------------------------------------------------
@@ -325,7 +391,8 @@ def _rates(text: str) -> list[float]:
 @click.option("--mooncake-rates", default="1.5,3,4.5", show_default=True)
 @click.option("--conversation-rates", default="1.5,3,4.5", show_default=True)
 @click.option("--unique-rates", default="3,6", show_default=True)
-@click.option("--workloads", default="mooncake,conversations,unique", show_default=True)
+@click.option("--tenant-rates", default="2,3,4", show_default=True)
+@click.option("--workloads", default="mooncake,conversations,tenants,unique", show_default=True)
 @click.option("--contenders", "names", default=",".join(CONTENDERS), show_default=True)
 @click.option("--seconds-per-cell", default=25.0, show_default=True)
 @click.option("--min-requests", default=50, show_default=True)
@@ -336,6 +403,16 @@ def _rates(text: str) -> list[float]:
 @click.option("--sessions", default=16, show_default=True)
 @click.option("--turns", default=5, show_default=True)
 @click.option("--answer-words", default=60, show_default=True)
+@click.option(
+    "--tenant-prefix-tokens", default=1024, show_default=True, help="Each tenant's own context."
+)
+@click.option(
+    "--tenant-pressure",
+    default=1.4,
+    show_default=True,
+    help="The tenants' distinct prefix tokens / one replica's KV cache tokens.",
+)
+@click.option("--tenant-zipf", default=0.0, show_default=True, help="0: tenants drawn uniformly.")
 @click.option("--ttft-scale", default=5.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
 @click.option("--tpot-scale", default=5.0, show_default=True, help="TPOT SLO / unloaded TPOT.")
 @click.option("--kv-cache-mib", default=64, show_default=True)
@@ -355,6 +432,7 @@ def main(
     mooncake_rates: str,
     conversation_rates: str,
     unique_rates: str,
+    tenant_rates: str,
     workloads: str,
     names: str,
     seconds_per_cell: float,
@@ -366,6 +444,9 @@ def main(
     sessions: int,
     turns: int,
     answer_words: int,
+    tenant_prefix_tokens: int,
+    tenant_pressure: float,
+    tenant_zipf: float,
     ttft_scale: float,
     tpot_scale: float,
     kv_cache_mib: int,
@@ -397,6 +478,7 @@ def main(
         "mooncake": _rates(mooncake_rates),
         "conversations": _rates(conversation_rates),
         "unique": _rates(unique_rates),
+        "tenants": _rates(tenant_rates),
     }
     chosen = [w for w in workloads.split(",") if w]
     if quick:
@@ -412,7 +494,13 @@ def main(
         answers_model="Mistral-7B-Instruct-v0.2", gaps=gaps, max_output=max_output, seed=seed,
     )  # fmt: skip
 
+    tenants: Tenants | None = None  # sized from the engines' KV cache once they are up
+
     def build(workload: str, rate: float) -> Callable[[str], Schedule]:
+        if workload == "tenants":
+            assert tenants is not None
+            t = replace(tenants, count=count(rate))
+            return lambda salt: t.schedule(rate, salt)
         if workload == "mooncake":
             rows = sample_by_prefix_group(mooncake_rows, count(rate), seed)
             m = Mooncake(rows, blocks, max_blocks, output_scale=0.25, max_output=max_output)
@@ -481,6 +569,17 @@ def main(
             stack.callback(p.stop)
         engines = [p.url for p in procs]
         click.echo(f"{replicas} engines up: {[p.facts.kv_cache_tokens for p in procs]} KV tokens")
+        if "tenants" in chosen:
+            kv_tokens = min(p.facts.kv_cache_tokens or 0 for p in procs)
+            if not kv_tokens:
+                raise RuntimeError("the engines did not report their KV cache size")
+            tenants, workload_facts["tenants"] = size_tenants(
+                kv_cache_tokens=kv_tokens, engine_block=procs[0].facts.block_size or 16,
+                replicas=replicas, prefix_tokens=tenant_prefix_tokens,
+                pressure=tenant_pressure, zipf=tenant_zipf, blocks=blocks, corpus=corpus,
+                tokenizer=tokenizer, max_model_len=2048, max_question_tokens=256, seed=seed,
+            )  # fmt: skip
+            click.echo(f"tenants: {workload_facts['tenants']}")
         # Calibration through loose gateways: warm-up, then each workload's unloaded latency.
         with ExitStack() as calibration:
             loose = SLO(ttft_s=60.0, tpot_s=1.0)
@@ -515,54 +614,72 @@ def main(
                 # it: the gateways schedule by it and report it, and the router's SLO-headroom
                 # stages judge by it (anonymous callers cannot tighten it by header).
                 slo = slos[workload]
+                # Each gateway's request log says which replica served which request.
+                logs = [workdir / f"gateway-{workload}-{i}.requests.jsonl" for i in range(replicas)]
                 gateways = [
                     stage.enter_context(
-                        gateway("slo", p, slo, workdir / f"gateway-{workload}-{i}.log")
+                        gateway(
+                            "slo",
+                            p,
+                            slo,
+                            workdir / f"gateway-{workload}-{i}.log",
+                            ("--request-log", str(logs[i])),
+                        )
                     )
                     for i, p in enumerate(procs)
                 ]
+                here = [n for n in contenders if n not in SKIPPED.get(workload, set())]
                 routers = {
-                    name: stage.enter_context(
-                        router(name, CONTENDERS[name], gateways, workdir / workload)
-                    )
-                    for name in contenders
+                    name: [
+                        stage.enter_context(
+                            router(
+                                name if copies == 1 else f"{name}-{chr(ord('a') + k)}",
+                                (CONTENDERS | ABLATIONS)[name],
+                                gateways,
+                                workdir / workload,
+                            )
+                        )
+                        for k in range(copies)
+                    ]
+                    for name in here
+                    for copies in [ROUTER_PROCESSES.get(name, 1)]
                 }
                 # The routers' CPU when idle (polling the gateways' load reports), measured
                 # while all are idle together; per-request CPU is given with and without it.
-                idle_before = {n: cpu_seconds(r.pid) for n, r in routers.items()}
+                idle_before = {n: sum(cpu_seconds(r.pid) for r in rs) for n, rs in routers.items()}
                 time.sleep(idle_seconds)
                 idle = {
-                    n: (cpu_seconds(r.pid) - idle_before[n]) / idle_seconds
-                    for n, r in routers.items()
+                    n: (sum(cpu_seconds(r.pid) for r in rs) - idle_before[n]) / idle_seconds
+                    for n, rs in routers.items()
                 }
                 idle_cpu[workload] = {n: round(v, 4) for n, v in idle.items()}
                 click.echo(f"router idle CPU (s per s): {idle_cpu[workload]}")
                 if workload == "unique" and "goodput" in routers:
                     s = build("unique", rates["unique"][0])("overhead")
                     overhead = overhead_probe(
-                        gateways[0], routers["goodput"].url, s.requests[:probe_pairs], engines
+                        gateways[0], routers["goodput"][0].url, s.requests[:probe_pairs], engines
                     )
                     click.echo(f"router overhead (paired): {overhead}")
                 # The single-replica reference: the lowest rate, every request to replica 0.
                 low = rates[workload][0]
                 reference[workload] = cell(
                     workload, "single-replica", low, build(workload, low)("reference"),
-                    slo, urls=[gateways[0]], engines=engines, pid=None, trace=trace,
-                    enforce=enforce,
+                    slo, urls=[gateways[0]], engines=engines, routers=[], gateway_logs=logs,
+                    trace=trace, enforce=enforce,
                 )  # fmt: skip
                 for i, rate in enumerate(rates[workload]):
                     make = build(workload, rate)
-                    names_here = list(contenders)
+                    names_here = list(here)
                     if workload == "unique":
                         names_here.append("direct")
                     turn = i % len(names_here)
                     for name in names_here[turn:] + names_here[:turn]:
                         schedule = make(f"{workload}-{name}-{rate}")
-                        urls = [routers[name].url] if name in routers else gateways
-                        pid = routers[name].pid if name in routers else None
+                        mine = routers.get(name, [])
                         row = cell(
-                            workload, name, rate, schedule, slo, urls=urls,
-                            engines=engines, pid=pid, trace=trace, enforce=enforce,
+                            workload, name, rate, schedule, slo,
+                            urls=[r.url for r in mine] or gateways, engines=engines,
+                            routers=mine, gateway_logs=logs, trace=trace, enforce=enforce,
                         )  # fmt: skip
                         if name in idle and "router_cpu_s" in row:
                             busy = row["router_cpu_s"] - idle[name] * row["wall_s"]
@@ -576,7 +693,7 @@ def main(
             for p in procs
         ]  # fmt: skip
     head = {w: headline(results[w]) for w in chosen}
-    document = {
+    document: dict[str, Any] = {
         "benchmark": "routing",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -598,7 +715,17 @@ def main(
         },
         "gateways": "goodput serve --policy slo, one per engine, the workload's SLO as the "
         "deployment's objective",
-        "contenders": {n: CONTENDERS[n] for n in contenders}
+        "contenders": {n: (CONTENDERS | ABLATIONS)[n] for n in contenders}
+        | {
+            n: {
+                "config": CONTENDERS[n],
+                "router_processes": ROUTER_PROCESSES[n],
+                "client": "each request to one of the routers at random",
+                "skipped_on": sorted(w for w, names in SKIPPED.items() if n in names),
+            }
+            for n in contenders
+            if n in ROUTER_PROCESSES
+        }
         | {"direct": "client-side round-robin over the gateways, no router (unique workload)"},
         "workloads": {w: workload_facts[w] for w in chosen},
         "slo": {
@@ -625,6 +752,12 @@ def main(
         document["summary_by_workload"][w] = summary(results[w], head[w], reference[w])
     document["summary"] = document["summary_by_workload"][document["headline_workload"]]
     document["targets"] = targets(results, head, reference, overhead)
+    if out_path.exists():
+        # vllm_client.py's results live in this file: keep them, marked as an earlier run's.
+        earlier = json.loads(out_path.read_text()).get("vllm_bench_serve")
+        if earlier is not None:
+            earlier.setdefault("note_run", "from a run before this file's `when`")
+            document["vllm_bench_serve"] = earlier
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(document, indent=2) + "\n")
     plot(results, reference, slos, head, out_path.with_suffix(".png"), replicas)

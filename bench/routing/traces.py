@@ -13,6 +13,10 @@
   Sessions are interleaved; send times follow the Azure conversation trace's gaps.
 - ``unique``: single AlpacaEval prompts, each opened by a unique ticket number: no two requests
   share more than the chat template's first tokens (the "no shared prefixes" workload).
+- ``tenants``: KV-cache pressure, after llm-d's precise-prefix-cache benchmark: many tenants,
+  each with a long context of its own that every one of its requests opens with, then a short
+  question (an AlpacaEval instruction). run.py sizes the tenants' distinct prefixes to overflow
+  one replica's KV cache and fit in the replicas' together (docs/bench-routing.md).
 
 Every contender and rate replays its own ``salt``: the same structure and lengths with different
 text, so no contender finds another's prompts in the engines' prefix caches.
@@ -42,6 +46,9 @@ class Schedule:
 
     requests: list[Request]
     arrivals: list[float]
+    warmup: Schedule | None = None
+    """Sent first and left out of the measurement (the engines' counters are read after it):
+    what a long-running service would already hold."""
 
 
 def vocabulary(prompts: Sequence[str]) -> list[str]:
@@ -252,3 +259,113 @@ class Unique:
                 )
             )  # fmt: skip
         return Schedule(requests, arrival_times(self.gaps, self.count, rate, self.seed).tolist())
+
+
+@dataclass
+class Tenants:
+    """``tenants`` tenants, each with a context of ``prefix_blocks`` text blocks of its own (a
+    system prompt and documents, the same in each of its requests), then a short question (an
+    AlpacaEval instruction, a different one per request). Tenants are drawn uniformly, or
+    Zipf-distributed with exponent ``zipf`` (tenant 0 the most frequent); arrivals are Poisson.
+
+    The same seed gives every contender and rate the same tenant sequence and arrival shape; the
+    salt changes only the text. ``warmup``: each tenant once, so that what is measured is the
+    steady state (which prefixes stay resident), not the first touch every router pays alike."""
+
+    tenants: int
+    prefix_blocks: int
+    blocks: BlockText
+    questions: list[Request]
+    count: int
+    zipf: float
+    seed: int
+
+    def prefix(self, salt: str, tenant: int) -> str:
+        head = f"Tenant {tenant} knowledge base ({salt}).\n"
+        body = "".join(self.blocks(f"{salt}:tenant-{tenant}", j) for j in range(self.prefix_blocks))
+        return head + body
+
+    def _request(self, index: int, tenant: int, question: Request, prefix: str) -> Request:
+        messages = (("system", prefix), ("user", question.prompt))
+        tokens = round(self.prefix_blocks * self.blocks.words * self.blocks.tokens_per_word)
+        return Request(
+            index, tenant, f"{prefix}\n{question.prompt}", tokens + question.prompt_tokens,
+            question.output_tokens, question.real_output_tokens, messages=messages,
+        )  # fmt: skip
+
+    def draws(self) -> list[int]:
+        """The tenant of each request, in order."""
+        weights = 1.0 / np.arange(1, self.tenants + 1) ** self.zipf
+        rng = np.random.default_rng(self.seed)
+        return [int(t) for t in rng.choice(self.tenants, self.count, p=weights / weights.sum())]
+
+    def schedule(self, rate: float, salt: str) -> Schedule:
+        prefixes = [self.prefix(salt, t) for t in range(self.tenants)]
+        n = len(self.questions)
+        requests = [
+            self._request(i, t, self.questions[i % n], prefixes[t])
+            for i, t in enumerate(self.draws())
+        ]
+        gaps = np.random.default_rng(self.seed + 1).exponential(1.0 / rate, self.count - 1)
+        arrivals = np.concatenate([[0.0], np.cumsum(gaps)]).tolist()
+        order = list(range(self.tenants))
+        random.Random(self.seed).shuffle(order)
+        warm = [
+            self._request(i, t, self.questions[(self.count + i) % n], prefixes[t])
+            for i, t in enumerate(order)
+        ]
+        warmup = Schedule(warm, [i / rate for i in range(len(warm))])
+        return Schedule(requests, arrivals, warmup)
+
+
+def size_tenants(
+    *,
+    kv_cache_tokens: int,
+    engine_block: int,
+    replicas: int,
+    prefix_tokens: int,
+    pressure: float,
+    zipf: float,
+    blocks: BlockText,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    max_model_len: int,
+    max_question_tokens: int,
+    seed: int,
+) -> tuple[Tenants, dict[str, object]]:
+    """The tenants workload sized from one replica's KV cache: as many tenants of
+    ``prefix_tokens`` each as make their distinct prefixes ``pressure`` x that cache (more than
+    one replica holds, less than all do); the facts say what was measured, not what was aimed at.
+    """
+    prefix_blocks = max(1, round(prefix_tokens / (blocks.words * blocks.tokens_per_word)))
+    count = max(2, round(pressure * kv_cache_tokens / prefix_tokens))
+    questions = [r for r in corpus.requests if r.prompt_tokens <= max_question_tokens]
+    tenants = Tenants(count, prefix_blocks, blocks, questions, 0, zipf, seed)
+    measured = [
+        len(tokenizer.encode(tenants.prefix("sizing", t), add_special_tokens=False).ids)
+        for t in range(count)
+    ]
+    longest = max(measured) + max_question_tokens + max(r.output_tokens for r in questions)
+    if longest + 32 > max_model_len:  # 32: the chat template's tokens, with room to spare
+        raise ValueError(f"a tenant's request may reach {longest} tokens of {max_model_len}")
+    distinct = sum(measured)
+    cacheable = sum(engine_block * (m // engine_block) for m in measured)
+    facts: dict[str, object] = {
+        "source": "BlockText contexts (AlpacaEval vocabulary) + alpaca_eval/prompts.jsonl "
+        "questions",
+        "tenants": count,
+        "prefix_tokens_mean": round(sum(measured) / count, 1),
+        "distinct_prefix_tokens": distinct,
+        "kv_cache_tokens_per_replica": kv_cache_tokens,
+        "distinct_prefix_vs_one_replica_kv": round(distinct / kv_cache_tokens, 3),
+        "distinct_prefix_vs_all_replicas_kv": round(distinct / (replicas * kv_cache_tokens), 3),
+        "cacheable_prefix_tokens": cacheable,
+        "pressure_asked": pressure,
+        "questions": len(questions),
+        "max_question_tokens": max_question_tokens,
+        "draws": "uniform" if zipf == 0 else f"Zipf, exponent {zipf}",
+        "arrivals": "Poisson",
+        "warmup": "each tenant once through the contender's own routing, before the counters "
+        "are read (steady state)",
+    }
+    return tenants, facts

@@ -31,6 +31,7 @@ HEADER_TTFT = "x-goodput-slo-ttft-ms"
 HEADER_TPOT = "x-goodput-slo-tpot-ms"
 HEADER_ORACLE = "x-goodput-oracle-output-tokens"
 HEADER_SESSION = "x-session-id"
+HEADER_REQUEST_ID = "x-request-id"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ async def _one(
     enforce: str,
     oracle: bool,
     timeout_s: float,
+    request_id: str | None = None,
 ) -> Outcome:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     body: dict[str, object] = {
@@ -110,6 +112,8 @@ async def _one(
         headers[HEADER_ORACLE] = str(request.output_tokens)
     if request.session is not None:
         headers[HEADER_SESSION] = request.session
+    if request_id is not None:
+        headers[HEADER_REQUEST_ID] = request_id
     start = time.perf_counter()
     first: float | None = None
     last = start
@@ -163,8 +167,11 @@ async def replay(
     enforce: str = "client",
     oracle: bool = False,
     timeout_s: float = 180.0,
+    id_prefix: str | None = None,
 ) -> list[Outcome]:
-    """Send ``requests[i]`` at ``arrivals[i]`` seconds; return every outcome."""
+    """Send ``requests[i]`` at ``arrivals[i]`` seconds; return every outcome. With
+    ``id_prefix``, each request carries ``x-request-id: <id_prefix>-<index>``, which a router
+    forwards and a gateway's request log keeps: where each request was served."""
     url = f"{base_url}/v1/chat/completions"
     limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
@@ -181,6 +188,7 @@ async def replay(
                 enforce=enforce,
                 oracle=oracle,
                 timeout_s=timeout_s,
+                request_id=None if id_prefix is None else f"{id_prefix}-{request.index}",
             )
             for request, at in zip(requests, arrivals, strict=True)
         ]
