@@ -32,8 +32,11 @@ RETRY_DELAY_SECONDS = 15
 _log = logging.getLogger("goodput.operator")
 
 
-def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
-    """Post the outcome's notices as Kubernetes Events (and log them)."""
+def _post(done: tuple[Mapping[str, Any], Outcome] | None) -> None:
+    """Post a converge's notices as Kubernetes Events (and log them); None: nothing decided."""
+    if done is None:
+        return
+    body, outcome = done
     meta = body.get("metadata") or {}
     for notice in outcome.notices:
         level = logging.WARNING if notice.warning else logging.INFO
@@ -48,17 +51,15 @@ def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
         )
 
 
-def _converge(reconciler: Reconciler, body: Mapping[str, Any]) -> None:
-    """Converge and write the status through the API (not kopf's patch, which cannot be
-    guarded by resourceVersion against the Deployment watch's concurrent writes)."""
-    meta = body["metadata"]
+def _reconcile(reconciler: Reconciler, namespace: str, name: str) -> None:
+    """Converge from a fresh read and write the status through the API (not kopf's patch, which
+    cannot be guarded by resourceVersion against the Deployment watch's concurrent writes)."""
     try:
-        outcome = reconciler.converge(body)
-        reconciler.store_status(meta["namespace"], meta["name"], outcome)
+        done = reconciler.reconcile(namespace, name)
     except (ApiException, StaleWrite) as err:
         # Conflicts, throttling, a restarting API server: retry soon, without a traceback.
         raise kopf.TemporaryError(f"Kubernetes API: {err}", delay=RETRY_DELAY_SECONDS) from err
-    _post(body, outcome)
+    _post(done)
 
 
 def _waiting_for_gpus(status: Mapping[str, Any], **_: Any) -> bool:
@@ -96,13 +97,7 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
 
     def converge_and_patch(namespace: str, name: str) -> None:
         """Converge outside an LLMDeployment handler, e.g. when nodes change."""
-        r = rec()
-        parent = r.kube.get_llmdeployment(namespace, name)
-        if parent is None or parent["metadata"].get("deletionTimestamp"):
-            return
-        outcome = r.converge(parent)
-        r.store_status(namespace, name, outcome)
-        _post(parent, outcome)
+        _post(rec().reconcile(namespace, name))
 
     def logged(what: str, logger: kopf.Logger, fn: Callable[[], object]) -> None:
         """Watch-event handlers are not retried by kopf: log API errors in one line; the next
@@ -132,10 +127,11 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
     @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
     @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
-    def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
-        """Create, spec change (including ``kubectl scale``), and operator restart alike."""
+    def reconcile(name: str, namespace: str | None, reason: str, **_: Any) -> None:
+        """Create, spec change (including ``kubectl scale``), and operator restart alike; the
+        event only says which object, the reconciler reads it afresh."""
         with rec().metrics.reconciling(f"llmdeployment_{reason or 'resume'}"):
-            _converge(rec(), body)
+            _reconcile(rec(), namespace or "", name)
 
     # Indexes reach handlers as keyword arguments named by their ids.
     @kopf.index(*RESOURCE, id="waiting_for_gpus", when=_waiting_for_gpus, registry=registry)
@@ -221,8 +217,8 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     ) -> None:
         """Keep the inventory's replica bookings current; mirror the replica Deployments'
         readiness into the parent's status; converge again when one is deleted (re-created if
-        the parent still wants that replica) or while a rollout holds replicas back (the next
-        one rolls once this one serves)."""
+        the parent still wants that replica), while a rollout holds replicas back (the next
+        one rolls once this one serves), or while there are more than the spec asks for."""
         r = rec()
         if r.inventory is not None:
             r.inventory.apply_deployment(type, body)
@@ -236,15 +232,9 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
                     logger,
                     lambda: converge_and_patch(namespace, owner),
                 )
-            elif r.rolling(namespace, owner):
-                logged(
-                    f"rolling {namespace}/{owner}",
-                    logger,
-                    lambda: converge_and_patch(namespace, owner),
-                )
             else:
                 logged(
-                    f"status of {namespace}/{owner}",
+                    f"refreshing {namespace}/{owner}",
                     logger,
-                    functools.partial(r.store_status, namespace, owner),
+                    lambda: _post(r.refresh(namespace, owner)),
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,10 +196,50 @@ class Reconciler:
         self.rollout: RolloutGate = rollout or OneServingReplicaAtATime()
         #: "namespace/name" -> replica Deployments held back on an older pod template.
         self.held: dict[str, int] = {}
+        #: "namespace/name" -> the lock its converges take (``reconcile``, ``refresh``).
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def rolling(self, namespace: str, name: str) -> bool:
         """Whether replicas wait for a rollout step (converge again when a replica changes)."""
         return self.held.get(f"{namespace}/{name}", 0) > 0
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(f"{namespace}/{name}", threading.Lock())
+
+    def reconcile(self, namespace: str, name: str) -> tuple[Obj, Outcome] | None:
+        """Converge the LLMDeployment as it is now and store its status: (the object read, what
+        was decided), or None when it is gone or being deleted. Every handler converges here.
+
+        From a fresh read, not the event's body: a newer spec (scaled to 0, say) may exist by
+        then. One converge per LLMDeployment at a time: kopf runs its handler and the Deployment,
+        Pod and Node watches in parallel threads, and two converges would each apply and delete
+        from their own read, so one on an older spec could re-create the replica Deployments the
+        other had just deleted, with nothing left to delete them again."""
+        with self._lock(namespace, name):
+            parent = self.kube.get_llmdeployment(namespace, name)
+            if parent is None or parent["metadata"].get("deletionTimestamp"):
+                return None
+            outcome = self.converge(parent)
+            self.store_status(namespace, name, outcome)
+            return parent, outcome
+
+    def refresh(self, namespace: str, name: str) -> tuple[Obj, Outcome] | None:
+        """After one of its replica Deployments changed: converge again while the rollout gate
+        holds replicas back or more replica Deployments exist than the spec asks for (one the
+        spec no longer wants, which only a converge deletes); else mirror their readiness into
+        the status alone. What was decided, as ``reconcile`` says; None when only the status."""
+        with self._lock(namespace, name):
+            if not self.rolling(namespace, name):
+                parent = self.kube.get_llmdeployment(namespace, name)
+                if parent is None or parent["metadata"].get("deletionTimestamp"):
+                    return None
+                wanted = int((parent.get("spec") or {}).get("replicas", 1))
+                if len(self._replica_workloads(parent)) <= wanted:
+                    self.store_status(namespace, name)
+                    return None
+        return self.reconcile(namespace, name)
 
     def converge(self, body: Mapping[str, Any]) -> Outcome:
         """Place an LLMDeployment and apply the owned objects that follow; what the status should
@@ -412,15 +453,7 @@ class Reconciler:
             parent = self.kube.get_llmdeployment(namespace, name)
             if parent is None or parent["metadata"].get("deletionTimestamp"):
                 return None
-            uid = parent["metadata"].get("uid")
-            deployments = [
-                d
-                for d in self.kube.list_deployments(
-                    namespace, naming.replica_workloads_selector(name)
-                )
-                if _owned_by(d, uid) and not d["metadata"].get("deletionTimestamp")
-            ]
-            new = self.status_of(parent, deployments, outcome)
+            new = self.status_of(parent, self._replica_workloads(parent), outcome)
             current = parent.get("status") or {}
             if new is None or all(current.get(k) == v for k, v in new.items()):
                 return new
@@ -433,6 +466,17 @@ class Reconciler:
                 if attempt == attempts - 1:
                     raise
         return None
+
+    def _replica_workloads(self, parent: Mapping[str, Any]) -> list[Obj]:
+        """The parent's live replica Deployments (owned by it, not being deleted)."""
+        meta = parent["metadata"]
+        return [
+            d
+            for d in self.kube.list_deployments(
+                meta["namespace"], naming.replica_workloads_selector(meta["name"])
+            )
+            if _owned_by(d, meta.get("uid")) and not d["metadata"].get("deletionTimestamp")
+        ]
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted LLMDeployment's metrics and GPU reservations."""

@@ -60,6 +60,18 @@ def previous_replicas(
     return tuple(out)
 
 
+def _scaled_to_zero(placement: Placement) -> Placement:
+    """The solver plans at least one replica (the shape it chooses, GPU type and parallelism,
+    is that of a replica); scaled to zero, that shape is kept for the status but no replica is
+    placed, reserved or given a Deployment."""
+    return replace(
+        placement,
+        nodes=(),
+        replica_nodes=(),
+        detail=f"scaled to zero; a replica would take {placement.gpus_per_replica} GPUs",
+    )
+
+
 @dataclass
 class SolverSelector:
     """A ``GPUSelector`` that places with ``PlacementSolver`` on the watched inventory."""
@@ -81,6 +93,8 @@ class SolverSelector:
             return self.fallback.select(spec, nodes, context)
         with self._lock:
             outcome = self._select(spec, demand, context)
+            if isinstance(outcome, Placement) and spec.replicas == 0:
+                outcome = _scaled_to_zero(outcome)
             if isinstance(outcome, Placement) and self.inventory is not None:
                 self.inventory.reserve(
                     context.deployment,

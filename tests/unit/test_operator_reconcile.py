@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -368,3 +369,75 @@ def test_a_new_pod_template_rolls_serving_replicas_one_at_a_time() -> None:
     kube.ready()
     _, s = _run(r, kube)
     assert s["phase"] == "Available" and s["ready"] == "2/2"
+
+
+class PausingKube(FakeKube):
+    """Holds the first replica Deployment's apply until released: a converge caught between
+    reading its LLMDeployment and writing what follows from that read."""
+
+    def __init__(self, nodes: list[dict[str, Any]]) -> None:
+        super().__init__(nodes)
+        self.paused, self.release = threading.Event(), threading.Event()
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Deployment" and not self.paused.is_set():
+            self.paused.set()
+            assert self.release.wait(10)
+        return super().apply(obj)
+
+
+def test_converges_of_one_deployment_never_overlap_and_the_last_read_wins() -> None:
+    """A converge of 3 replicas (a watch's, say) is mid-apply when the LLMDeployment is scaled
+    to 0 and its handler converges. Overlapping, the handler's would find nothing to delete yet,
+    and the first would then create all three for an LLMDeployment that wants none."""
+    kube = PausingKube([make_node("gpu-0", H100)])
+    kube.add_parent(make_body(replicas=3))
+    r, _ = _reconciler(kube)
+    first = threading.Thread(target=r.reconcile, args=("ml", "llama"))
+    first.start()
+    assert kube.paused.wait(10)
+    kube.parent()["spec"]["replicas"] = 0
+    kube.parent()["metadata"]["generation"] += 1
+    second = threading.Thread(target=r.reconcile, args=("ml", "llama"))
+    second.start()
+    second.join(0.5)
+    waited = second.is_alive()
+    kube.release.set()
+    first.join(10)
+    second.join(10)
+    assert kube.deployments() == [] and sorted(kube.deleted) == ["llama-r0", "llama-r1", "llama-r2"]
+    assert waited, "the second converge waited for the first"
+    s = kube.parent()["status"]
+    assert s["observedGeneration"] == kube.parent()["metadata"]["generation"]
+    assert s["placement"] == []
+
+
+def test_the_handlers_converge_the_spec_as_it_is_now() -> None:
+    kube = _kube(replicas=2)
+    r, _ = _reconciler(kube)
+    r.reconcile("ml", "llama")
+    kube.parent()["spec"]["replicas"] = 1  # changed after the event that calls reconcile
+    parent, outcome = r.reconcile("ml", "llama") or ({}, None)
+    assert kube.deployments() == ["llama-r0"] and parent["spec"]["replicas"] == 1
+    assert outcome is not None and outcome.placed.status == "True"
+    del kube.parents[("ml", "llama")]
+    assert r.reconcile("ml", "llama") is None and r.refresh("ml", "llama") is None
+
+
+def test_a_replica_deployment_the_spec_does_not_want_goes_on_the_next_event() -> None:
+    """A replica Deployment beyond the spec's count (left by a converge of an older spec) is
+    deleted by the next event on any replica Deployment; without one, an event only updates the
+    status."""
+    kube = _kube(replicas=1)
+    r, _ = _reconciler(kube)
+    r.reconcile("ml", "llama")
+    kube.ready()
+    applies = kube.applies
+    assert r.refresh("ml", "llama") is None and kube.applies == applies
+    assert kube.parent()["status"]["ready"] == "1/1"
+    stray = copy.deepcopy(kube.deployment("llama-r0"))
+    stray["metadata"]["name"] = "llama-r1"
+    stray["metadata"]["labels"][naming.LABEL_REPLICA] = "1"
+    kube.apply(stray)
+    assert r.refresh("ml", "llama") is not None
+    assert kube.deployments() == ["llama-r0"] and kube.deleted == ["llama-r1"]

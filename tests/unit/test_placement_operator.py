@@ -251,6 +251,28 @@ def test_a_lost_node_changes_only_its_replicas_workload() -> None:
     assert kube.pinned()["llama-r1"][1] != "h100-b" and kube.deleted == []
 
 
+def test_scaled_to_zero_keeps_no_replica_and_reserves_no_gpu() -> None:
+    """The solver plans at least one replica; scaled to 0, that replica was kept, its Deployment
+    left running and its GPUs reserved (found by the SIGKILL fault test as a replica Deployment
+    left for an LLMDeployment scaled to 0)."""
+    kube, memory, inventory = FakeKube(), EstimatedMemory(), GpuInventory.from_objects(FLEET)
+    sel = SolverSelector(FirstFitSelector(memory), inventory, memory=memory)
+    r = Reconciler(kube, sel, memory, OperatorMetrics(), WorkloadSettings(), inventory=inventory)
+    body = make_body(replicas=2, resources={"gpuTypes": ["H100"]})
+    r.converge(body)
+    assert sum(inventory.managed_allocation().values()) == 2
+    body["spec"]["replicas"] = 0
+    body["status"] = {
+        "gpuType": H100,
+        "placement": replica_placement(kube.list_deployments("ml", ""), []),
+    }
+    out = r.converge(body)
+    assert kube.list_deployments("ml", "") == [] and kube.deleted == ["llama-r0", "llama-r1"]
+    assert inventory.managed_allocation() == {}
+    assert out.placed.status == "True" and "scaled to zero" in out.placed.message
+    assert out.fields["gpus"] == 0 and out.fields["gpuType"] == H100
+
+
 WHOLE_L4 = {"gpuTypes": ["L4"], "parallelism": {"tensor": 4, "pipeline": 1}}
 
 
