@@ -192,11 +192,17 @@ def crd() -> None:
 
 @operator.command()
 @click.option("--name", default="goodput-operator", show_default=True)
-def rbac(name: str) -> None:
+@click.option(
+    "--read-tls-secrets",
+    is_flag=True,
+    help="Also get Secrets by name, so the status can say what is wrong with spec.gateway.tls's.",
+)
+def rbac(name: str, read_tls_secrets: bool) -> None:
     """Print the ClusterRole the operator needs."""
     from goodput.operator.permissions import cluster_role
 
-    click.echo(yaml.safe_dump(cluster_role(name), sort_keys=False), nl=False)
+    role = cluster_role(name, read_tls_secrets=read_tls_secrets)
+    click.echo(yaml.safe_dump(role, sort_keys=False), nl=False)
 
 
 class _BlockDumper(yaml.SafeDumper):

@@ -60,13 +60,6 @@ RULES: tuple[Rule, ...] = (
         READ,
         "held so that it may grant it to the router (RBAC forbids granting more than one holds)",
     ),
-    Rule(
-        ("",),
-        ("secrets",),
-        ("get",),
-        "spec.gateway.tls: whether the named Secret exists and holds a usable certificate, for "
-        "the status (never listed or watched; the pods it could mount one in are its already)",
-    ),
     Rule(("",), ("nodes",), READ, "GPU inventory: products, memory, allocatable GPUs"),
     Rule(("",), ("pods",), READ, "which nodes each replica landed on; GPUs other pods hold"),
     Rule(("", "events.k8s.io"), ("events",), ("create", "patch"), "Kubernetes Events"),
@@ -86,11 +79,24 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def cluster_role(name: str = "goodput-operator") -> dict[str, Any]:
-    """The ClusterRole granting ``RULES``."""
+# Opt-in (the chart's ``rbac.readTLSSecrets``): reading Secrets by name in every watched
+# namespace is a privilege a security review asks about, and all it buys is a status message;
+# without it TLS works the same and a missing Secret shows as pods waiting in ContainerCreating.
+TLS_SECRETS = Rule(
+    ("",),
+    ("secrets",),
+    ("get",),
+    "spec.gateway.tls: whether the named Secret exists and holds a usable certificate, for "
+    "the status (never listed or watched; the pods it could mount one in are its already)",
+)
+
+
+def cluster_role(name: str = "goodput-operator", read_tls_secrets: bool = False) -> dict[str, Any]:
+    """The ClusterRole granting ``RULES`` (and ``TLS_SECRETS`` when asked)."""
+    rules = (*RULES, TLS_SECRETS) if read_tls_secrets else RULES
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "goodput"}},
-        "rules": [rule.policy_rule() for rule in RULES],
+        "rules": [rule.policy_rule() for rule in rules],
     }

@@ -199,6 +199,8 @@ class Reconciler:
         #: "namespace/name" -> the lock its converges take (``reconcile``, ``refresh``).
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: Deployments whose TLS Secret the operator was refused (warned about once each).
+        self._secrets_denied: set[str] = set()
 
     def rolling(self, namespace: str, name: str) -> bool:
         """Whether replicas wait for a rollout step (converge again when a replica changes)."""
@@ -380,7 +382,8 @@ class Reconciler:
 
     def tls_problem(self, obj: LLMDeployment) -> status.Verdict | None:
         """What is wrong with the deployment's TLS Secret, read afresh (``operator/tls.py``). An
-        operator not allowed to read Secrets reports nothing rather than stalling."""
+        operator not allowed to read Secrets (the default: ``permissions.TLS_SECRETS`` is
+        opt-in) reports nothing rather than stalling, and says so once."""
         name = tls.secret_name(obj)
         if name is None:
             return None
@@ -389,10 +392,13 @@ class Reconciler:
         except ApiException as err:
             if err.status != 403:
                 raise
-            self.log.warning(
-                f"{obj.metadata.namespace}/{obj.metadata.name}: may not read Secret {name} "
-                "(the operator's role lacks get on secrets); its problems go unreported"
-            )
+            key = f"{obj.metadata.namespace}/{obj.metadata.name}"
+            if key not in self._secrets_denied:
+                self._secrets_denied.add(key)
+                self.log.warning(
+                    f"{key}: may not read Secret {name} (the operator's role lacks get on "
+                    "secrets: the chart's rbac.readTLSSecrets); its problems go unreported"
+                )
             return None
         return tls.problem(obj, secret)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from goodput.operator.permissions import RULES
+from goodput.operator.permissions import RULES, TLS_SECRETS
 
 from .helm_chart import ChartRenderer
 
@@ -58,3 +58,12 @@ def test_single_namespace_moves_namespaced_permissions_into_a_role(chart: ChartR
 def test_no_rbac_when_disabled(chart: ChartRenderer) -> None:
     r = chart.render({"rbac": {"create": False}})
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(r.kinds())
+
+
+def test_reading_tls_secrets_is_opt_in_in_either_scope(chart: ChartRenderer) -> None:
+    secret = grants([TLS_SECRETS.policy_rule()])
+    wide = chart.render({"rbac": {"readTLSSecrets": True}})
+    assert grants(wide.one("ClusterRole")["rules"]) == declared() | secret
+    one = chart.render({"rbac": {"readTLSSecrets": True}, "operator": {"watchNamespace": "a"}})
+    assert secret <= grants(one.one("Role")["rules"])
+    assert not secret & grants(one.one("ClusterRole")["rules"])

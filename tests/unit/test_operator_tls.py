@@ -20,7 +20,7 @@ from test_operator_reconcile import H100, FakeKube, _reconciler, _run
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import service, tls
-from goodput.operator.permissions import RULES
+from goodput.operator.permissions import RULES, TLS_SECRETS, cluster_role
 from goodput.operator.status import find
 
 TLS = {"tls": {"secretName": "llama-tls"}}
@@ -177,6 +177,9 @@ def test_without_tls_no_secret_is_read_and_an_operator_denied_secrets_still_conv
     assert _condition(denied, "Degraded")["reason"] != "TLSSecretNotFound"
 
 
-def test_the_operator_may_get_secrets_but_never_list_or_watch_them() -> None:
-    verbs = {v for rule in RULES if "secrets" in rule.resources for v in rule.verbs}
-    assert verbs == {"get"}
+def test_reading_secrets_is_opt_in_and_never_list_or_watch() -> None:
+    assert not any("secrets" in rule.resources for rule in RULES), "not by default"
+    assert TLS_SECRETS.resources == ("secrets",) and TLS_SECRETS.verbs == ("get",)
+    granted = cluster_role(read_tls_secrets=True)["rules"]
+    assert TLS_SECRETS.policy_rule() in granted
+    assert TLS_SECRETS.policy_rule() not in cluster_role()["rules"]

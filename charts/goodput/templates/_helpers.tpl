@@ -101,7 +101,8 @@ Call with (list $ "ServiceMonitor").
 {{- join "," $pairs }}
 {{- end }}
 
-{{/* The operator's rules on namespaced resources (ClusterRole or Role); (dict "peerings" LIST). */}}
+{{/* The operator's rules on namespaced resources (ClusterRole or Role);
+(dict "peerings" LIST "readTLSSecrets" BOOL). */}}
 {{- define "goodput.namespacedRules" -}}
 # Watch LLMDeployments; kopf keeps its handler progress in their annotations.
 - apiGroups: ["goodput.dev"]
@@ -128,11 +129,13 @@ Call with (list $ "ServiceMonitor").
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
+{{- if .readTLSSecrets }}
 # spec.gateway.tls: whether the named Secret exists and holds a usable certificate (for the
-# status). Only get: Secrets are never listed or watched.
+# status). Only get: Secrets are never listed or watched. Opt-in: rbac.readTLSSecrets.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 # Which nodes each replica landed on.
 - apiGroups: [""]
   resources: ["pods"]
