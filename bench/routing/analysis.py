@@ -213,16 +213,18 @@ def plot(
     import matplotlib.pyplot as plt
 
     workloads = list(results)
+    # One colour per contender in every column (a workload may lack some contenders).
+    names = sorted({n for res in results.values() for n in res}, key=_plot_order)
+    colour = {n: f"C{i}" for i, n in enumerate(names)}
     fig, axes = plt.subplots(3, len(workloads), figsize=(5 * len(workloads), 10), squeeze=False)
     for col, workload in enumerate(workloads):
         ax_g, ax_t, ax_p = axes[0][col], axes[1][col], axes[2][col]
         for name, rows in results[workload].items():
             rates = [r["rate"] for r in rows]
-            ax_g.plot(rates, [r["goodput_rps"] for r in rows], marker="o", label=name)
-            ax_t.plot(rates, [(r["ttft_p90_ms"] or 0) / 1000 for r in rows], marker="o", label=name)
-            ax_p.plot(
-                rates, [100 * (r["prefix_hit_rate"] or 0) for r in rows], marker="o", label=name
-            )
+            style = {"marker": "o", "label": name, "color": colour[name]}
+            ax_g.plot(rates, [r["goodput_rps"] for r in rows], **style)
+            ax_t.plot(rates, [(r["ttft_p90_ms"] or 0) / 1000 for r in rows], **style)
+            ax_p.plot(rates, [100 * (r["prefix_hit_rate"] or 0) for r in rows], **style)
         ref = reference[workload].get("prefix_hit_rate")
         if ref is not None:
             ax_p.axhline(100 * ref, color="black", ls="--", lw=0.8, label="one replica, all")
@@ -244,3 +246,8 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_order(name: str) -> tuple[int, str]:
+    known = [OURS, OURS_X2, "random", "round-robin", "least-outstanding", "direct"]
+    return (known.index(name) if name in known else len(known), name)
