@@ -103,6 +103,89 @@ class Capacity:
     limited_by: str  # ttft | tpot | kv_cache | max_num_seqs | throughput | unattainable
 
 
+@dataclass(frozen=True)
+class ReplicaTimings:
+    """Engine step times of one replica shape, from the step-latency model: what the capacity
+    planner and the autoscaling simulator (bench/autoscaling) both run on, so the two cannot
+    disagree about how fast a replica is."""
+
+    decode_s: NDArray[np.float64]  # a decode step at batch 1..max_num_seqs, at ``context``
+    context: int  # the decoding sequences' context the decode steps were predicted at
+    prefill_grid: NDArray[np.float64]  # prompt lengths the prefill time was predicted at
+    prefill_grid_s: NDArray[np.float64]
+    chunk_tokens: int  # max_num_batched_tokens: a longer prompt is prefilled in chunks
+    kv_cache_tokens: int  # per pipeline stage
+
+    @property
+    def max_num_seqs(self) -> int:
+        return len(self.decode_s)
+
+    def decode_step_s(self, batch: int) -> float:
+        """A decode step at ``batch`` sequences (clamped to 1..max_num_seqs)."""
+        return float(self.decode_s[min(max(batch, 1), len(self.decode_s)) - 1])
+
+    def prefill_s(self, prompts: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Each prompt's prefill time: whole chunks of ``chunk_tokens`` plus the remainder.
+
+        Predicted on a grid of chunk sizes and interpolated, so a trace of 20k prompts costs a
+        few dozen predictions. Later chunks' attention to the earlier ones is not counted.
+        """
+        chunks, rest = np.divmod(prompts.astype(np.int64), self.chunk_tokens)
+        rest_time = np.where(rest > 0, np.interp(rest, self.prefill_grid, self.prefill_grid_s), 0.0)
+        result: NDArray[np.float64] = chunks * self.prefill_grid_s[-1] + rest_time
+        return result
+
+
+def replica_timings(
+    arch: ModelArchitecture,
+    gpu: GPUType,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    context: int,
+    model: LatencyModel | None = None,
+    quantization: Quantization | str = Quantization.NONE,
+    kv_dtype: str = "auto",
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+) -> ReplicaTimings:
+    """Step times of one replica of ``arch`` on ``tp x pp`` ``gpu``s, sequences decoding at
+    ``context`` tokens. A pipeline's steps pass every stage, so they take ``pp`` stage times."""
+    model = model or LatencyModel.for_gpu(gpu)
+    model_len = max_model_len or arch.max_position_embeddings
+    plan = memory_plan(
+        arch, quantization=quantization, kv_dtype=kv_dtype, tp=tp, pp=pp,
+        max_model_len=model_len, max_num_batched_tokens=max_num_batched_tokens,
+    )  # fmt: skip
+    weight_bytes = weight_format(plan.quantization, dtype_bytes(plan.dtype)).bytes_per_weight(
+        arch.hidden_size
+    )
+    kv_bytes = float(dtype_bytes(plan.kv_cache_dtype))
+    stage_layers = -(-arch.num_layers // pp)
+    decode_steps = [
+        Step(arch, tp, decode_seqs=b, decode_context=context, layers=stage_layers,
+             weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+        for b in range(1, max_num_seqs + 1)
+    ]  # fmt: skip
+    budget = max_num_batched_tokens
+    grid = np.unique(np.append(2 ** np.arange(0, math.floor(math.log2(budget)) + 1), budget))
+    prefill_steps = [
+        Step(arch, tp, prefill_seqs=1, prefill_tokens=int(n), layers=stage_layers,
+             cuda_graph=n <= 512, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+        for n in grid
+    ]  # fmt: skip
+    return ReplicaTimings(
+        decode_s=pp * model.predict(decode_steps, gpu),
+        context=context,
+        prefill_grid=grid.astype(np.float64),
+        prefill_grid_s=pp * model.predict(prefill_steps, gpu),
+        chunk_tokens=budget,
+        kv_cache_tokens=kv_cache_tokens(plan, gpu, gpu_memory_utilization),
+    )
+
+
 def capacity(
     arch: ModelArchitecture,
     gpu: GPUType,
@@ -120,35 +203,22 @@ def capacity(
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
 ) -> Capacity:
     """Requests/s one replica of ``arch`` on ``tp x pp`` ``gpu``s sustains within ``slo``."""
-    model = model or LatencyModel.for_gpu(gpu)
-    model_len = max_model_len or arch.max_position_embeddings
-    lengths = lengths.truncated(model_len)
-    plan = memory_plan(
-        arch, quantization=quantization, kv_dtype=kv_dtype, tp=tp, pp=pp,
-        max_model_len=model_len, max_num_batched_tokens=max_num_batched_tokens,
-    )  # fmt: skip
-    kv_tokens = kv_cache_tokens(plan, gpu, gpu_memory_utilization)
-    weight_bytes = weight_format(plan.quantization, dtype_bytes(plan.dtype)).bytes_per_weight(
-        arch.hidden_size
-    )
-    kv_bytes = float(dtype_bytes(plan.kv_cache_dtype))
-    stage_layers = -(-arch.num_layers // pp)
+    lengths = lengths.truncated(max_model_len or arch.max_position_embeddings)
     mean_prompt, mean_output = lengths.mean_prompt, lengths.mean_output
-    context = int(mean_prompt + mean_output / 2)
-
     # Each of the pp stages holds its own group of B sequences; a token passes every stage.
+    timings = replica_timings(
+        arch, gpu, tp=tp, pp=pp, context=int(mean_prompt + mean_output / 2), model=model,
+        quantization=quantization, kv_dtype=kv_dtype, max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )  # fmt: skip
+    kv_tokens = timings.kv_cache_tokens
     batches = np.arange(1, max_num_seqs + 1)
-    decode_steps = [
-        Step(arch, tp, decode_seqs=int(b), decode_context=context, layers=stage_layers,
-             weight_bytes=weight_bytes, kv_bytes=kv_bytes)
-        for b in batches
-    ]  # fmt: skip
-    t_decode = pp * model.predict(decode_steps, gpu)
+    t_decode = timings.decode_s
 
     # A prompt's prefill on its own sets its TTFT; riding along with decodes that read the
     # weights anyway, it adds its time less a one-token step's to the GPU's work.
-    prefill = _prefill_seconds(model, arch, gpu, tp, pp, stage_layers, lengths.prompt_tokens,
-                               max_num_batched_tokens, weight_bytes, kv_bytes)  # fmt: skip
+    prefill = timings.prefill_s(lengths.prompt_tokens)
     prefill_extra = np.maximum(prefill - float(t_decode[0]), 0.0)
     mean_extra, second_moment = float(prefill_extra.mean()), float((prefill_extra**2).mean())
 
@@ -182,27 +252,6 @@ def capacity(
         kv_cache_tokens=kv_tokens,
         limited_by=limited_by,
     )
-
-
-def _prefill_seconds(
-    model: LatencyModel, arch: ModelArchitecture, gpu: GPUType, tp: int, pp: int,
-    stage_layers: int, prompts: NDArray[np.float64], budget: int, weight_bytes: float,
-    kv_bytes: float,
-) -> NDArray[np.float64]:  # fmt: skip
-    """Each prompt's prefill time: whole chunks of ``budget`` tokens plus the remainder.
-
-    Predicted on a grid of chunk sizes and interpolated, so a trace of 20k prompts costs a few
-    dozen predictions. Later chunks' attention to the earlier ones is not counted.
-    """
-    grid = np.unique(np.append(2 ** np.arange(0, math.floor(math.log2(budget)) + 1), budget))
-    steps = [Step(arch, tp, prefill_seqs=1, prefill_tokens=int(n), layers=stage_layers,
-                  cuda_graph=n <= 512, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
-             for n in grid]  # fmt: skip
-    times = pp * model.predict(steps, gpu)
-    chunks, rest = np.divmod(prompts.astype(np.int64), budget)
-    rest_time = np.where(rest > 0, np.interp(rest, grid, times), 0.0)
-    result: NDArray[np.float64] = chunks * times[-1] + rest_time
-    return result
 
 
 def _wait_quantile(

@@ -31,7 +31,7 @@ from goodput.serving.length_estimate import (
     LengthPredictor,
     make_predictor,
 )
-from goodput.serving.metrics import GatewayMetrics, RollingAttainment
+from goodput.serving.metrics import GatewayMetrics, RollingAttainment, Totals
 from goodput.serving.policies import make_policy
 from goodput.serving.refit import PredictorRefitter
 from goodput.serving.request_log import RequestLog, RequestRecord
@@ -103,6 +103,7 @@ class Gateway:
         )
         self.dispatcher = Dispatcher(self.policy, self.admission, self.service, self.budget)
         self.attainment = RollingAttainment()
+        self.totals = Totals()
         self.metrics = GatewayMetrics(
             self.registry,
             deployment=config.deployment,
@@ -248,10 +249,12 @@ class Gateway:
     def rejected(self, reason: RejectReason, priority: str) -> None:
         self.metrics.reject(reason.value, priority)
         self.attainment.record(False)
+        self.totals.judged(False)
 
     def failed(self, job: Job) -> None:
         self.metrics.requests.labels(**self.metrics.labels(job.slo.priority), outcome="error").inc()
         self.attainment.record(False)
+        self.totals.judged(False)
 
     def finished(
         self,
@@ -282,6 +285,8 @@ class Gateway:
         )
         m.requests.labels(**labels, outcome="met_slo" if met else "missed_slo").inc()
         self.attainment.record(met)
+        self.totals.judged(met)
+        self.totals.finished_one(job.prompt_tokens, output_tokens)
         if streamed and ttft is not None:
             m.ttft.labels(**labels).observe(ttft)
         if tpot is not None:

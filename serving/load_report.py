@@ -33,4 +33,9 @@ def load_report(gateway: Gateway) -> LoadReport:
         prefix_cache_queries=snapshot.prefix_cache_queries,
         prefix_cache_hits=snapshot.prefix_cache_hits,
         ttft_objective_s=ttft_s,
+        requests=gateway.totals.requests,
+        met_slo=gateway.totals.met_slo,
+        finished=gateway.totals.finished,
+        prompt_tokens=gateway.totals.prompt_tokens,
+        output_tokens=gateway.totals.output_tokens,
     )

@@ -8,6 +8,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -47,6 +48,28 @@ class RollingAttainment:
         """1.0 with no traffic in the window: nothing was missed."""
         self._expire()
         return self._met / len(self._events) if self._events else 1.0
+
+
+@dataclass
+class Totals:
+    """Counts since the gateway started, reported in its load report: the autoscaler turns two
+    reports into rates (Prometheus counters would do the same, but the operator reads the load
+    report, not Prometheus)."""
+
+    requests: int = 0  # judged: finished, failed or rejected
+    met_slo: int = 0
+    finished: int = 0
+    prompt_tokens: int = 0  # of finished requests
+    output_tokens: int = 0
+
+    def judged(self, met: bool) -> None:
+        self.requests += 1
+        self.met_slo += met
+
+    def finished_one(self, prompt_tokens: int, output_tokens: int) -> None:
+        self.finished += 1
+        self.prompt_tokens += prompt_tokens
+        self.output_tokens += output_tokens
 
 
 class GatewayMetrics:

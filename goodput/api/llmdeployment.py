@@ -185,8 +185,14 @@ class SLOSpec(_Spec):
         return self
 
 
+_IDLE_NEEDS_ZERO = (
+    "autoscaling.scaleToZeroAfterSeconds needs minReplicas 0 (it is how long a deployment "
+    "without requests keeps its last replica)"
+)
+
+
 class AutoscalingSpec(_Spec):
-    """Bounds for replica autoscaling on SLO attainment."""
+    """Bounds for replica autoscaling on SLO attainment (docs/autoscaling.md)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -196,7 +202,8 @@ class AutoscalingSpec(_Spec):
             _rule(
                 "self.minReplicas <= self.maxReplicas",
                 "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-            )
+            ),
+            _rule("!has(self.scaleToZeroAfterSeconds) || self.minReplicas == 0", _IDLE_NEEDS_ZERO),
         ),
     )
 
@@ -210,11 +217,29 @@ class AutoscalingSpec(_Spec):
     max_replicas: int = Field(
         default=4, ge=1, le=1000, alias="maxReplicas", description="Most replicas."
     )
+    scale_to_zero_after_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86_400,
+        alias="scaleToZeroAfterSeconds",
+        description="With minReplicas 0: seconds without a request before the last replica is "
+        "removed (unset: 600). The first request after that waits for a cold start.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        alias="scaleDownStabilizationSeconds",
+        description="A scale-down takes the highest replica count recommended over this many "
+        "seconds, so a dip in traffic does not remove replicas that a rebound needs again.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
+            raise ValueError(_IDLE_NEEDS_ZERO)
         return self
 
 

@@ -56,6 +56,22 @@ class LoadReport(BaseModel):
     ttft_objective_s: float | None = Field(
         default=None, gt=0, alias="ttftObjectiveS", description="The deployment's TTFT objective."
     )
+    # Counters since the gateway started, for rates over any window (the autoscaler's inputs:
+    # arrivals = requests + queue + inflight; attainment = metSlo / requests). 0 from gateways
+    # that predate them.
+    requests: int = Field(
+        default=0, ge=0, description="Requests judged: finished, failed or rejected."
+    )
+    met_slo: int = Field(
+        default=0, ge=0, alias="metSlo", description="Of those, requests that met their SLO."
+    )
+    prompt_tokens: int = Field(
+        default=0, ge=0, alias="promptTokens", description="Prompt tokens of finished requests."
+    )
+    output_tokens: int = Field(
+        default=0, ge=0, alias="outputTokens", description="Output tokens of finished requests."
+    )
+    finished: int = Field(default=0, ge=0, description="Requests that ran to completion.")
 
     @property
     def saturated(self) -> bool:

@@ -23,6 +23,7 @@ def test_an_idle_gateway_reports_ready_and_empty(gateway_for: GatewayFactory) ->
     assert report.ttft_objective_s == 2.0
     assert report.kv_usage == 0.25
     assert not report.saturated
+    assert (report.requests, report.met_slo, report.finished, report.output_tokens) == (0, 0, 0, 0)
 
 
 async def test_a_busy_gateway_reports_its_queue_and_saturation(
@@ -45,9 +46,16 @@ async def test_a_busy_gateway_reports_its_queue_and_saturation(
         assert (report.inflight, report.queue) == (2, 3)
         assert report.saturated
         assert report.predicted_wait_s is None or report.predicted_wait_s > 0
-        assert all(r.status_code == 200 for r in await asyncio.gather(*requests))
+        responses = await asyncio.gather(*requests)
+        assert all(r.status_code == 200 for r in responses)
         after = LoadReport.model_validate((await client.get(LOAD_PATH)).json())
         assert (after.queue, after.inflight) == (0, 0)
+        # The counters the autoscaler takes rates of: every request judged once.
+        assert (after.requests, after.finished) == (5, 5)
+        assert after.met_slo <= 5
+        usage = [r.json()["usage"] for r in responses]
+        assert after.output_tokens == sum(u["completion_tokens"] for u in usage)
+        assert after.prompt_tokens >= 5
 
 
 def test_engine_prefix_cache_counters_are_read_from_vllm_metrics() -> None:

@@ -100,6 +100,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "replicas must lie within",
     ),
     (
+        "idle period without scale to zero",
+        {"autoscaling": {"minReplicas": 1, "scaleToZeroAfterSeconds": 600}},
+        "autoscaling.scaleToZeroAfterSeconds needs minReplicas 0",
+    ),
+    (
         "tp*pp != gpus",
         {"resources": {"gpusPerReplica": 4, "parallelism": {"tensor": 2, "pipeline": 1}}},
         "resources.gpusPerReplica must equal parallelism.tensor * parallelism.pipeline",
