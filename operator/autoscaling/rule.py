@@ -15,9 +15,10 @@ The rule, once per tick:
    attainment calibrates. The model judges a replica by its mean step times; the SLO judges
    every request, and a short answer decoded behind a long prompt's prefill misses its TPOT
    where the mean does not. When requests miss the SLO on replicas that are loaded (past
-   ``calibration_utilization`` of their corrected supply), settled (no replica starting, the
-   last scale-up in effect) and the misses are not the tail of a backlog, the correction
-   shrinks by ``correction_step``; while the SLO is met under load it creeps back up.
+   ``calibration_utilization`` of their corrected supply) yet within what the corrected model
+   says they serve, and settled (no change of the count or the correction for a cold start and
+   an observation window), the correction shrinks by ``correction_step``; while the SLO is met
+   under load, settled, it creeps back up by a quarter step.
 3. **Up** at once to ``ceil(R + headroom x sqrt(R))``, ``R = demand / supply`` (square-root
    staffing: the relative headroom shrinks as the replicas pool more traffic), when that
    exceeds the current count. Replicas still starting count as supply already (no second
@@ -57,7 +58,7 @@ class AutoscalingPolicy:
     #: a minute, and the fewer the replicas the larger that burstiness is relative to them.
     headroom: float = 0.6
     #: The same for scale-down: the gap to ``headroom`` is the hysteresis band.
-    scale_down_headroom: float = 1.2
+    scale_down_headroom: float = 0.9
     #: Seconds over which a backlog (queued or held requests) should be served by added supply.
     backlog_drain_s: float = 60.0
     #: Seconds the current arrival rate is averaged over (the forecast's level).
@@ -356,18 +357,26 @@ class Autoscaler:
         pessimistic)."""
         p = self.policy
         supply = reading.model_rps * state.correction
-        settled = ready >= desired > 0 and sample.held == 0
-        loaded = supply > 0 and reading.rate_now >= p.calibration_utilization * supply * ready
+        # Steady for a whole observation: the replicas it judges were the ones serving it, not a
+        # ramp's (whose misses are the forecast's, and are judged after the replicas arrived).
+        changes = [c for c in (state.last_up_s, state.last_down_s, state.calibrated_s) if c]
+        since_change = sample.at_s - max(changes, default=-math.inf)
+        settled = (
+            ready >= desired > 0
+            and sample.held == 0
+            and since_change >= self.cold_start_s + p.observation_s
+        )
+        # Loaded, yet within what the corrected model says the ready replicas serve: misses
+        # beyond that are the model's own prediction (a forecast that lagged), not its error.
+        load = reading.rate_now / (supply * ready) if supply > 0 and ready else 0.0
+        loaded = p.calibration_utilization <= load <= 1.0
         if not (settled and loaded and reading.judged >= p.slo_min_requests):
             return state
         long_run = reading.met_long / max(reading.judged_long, 1)
-        waited = state.calibrated_s is None or sample.at_s - state.calibrated_s >= p.observation_s
         if reading.met < slo_attainment * reading.judged and long_run < slo_attainment:
             correction = max(p.min_correction, state.correction * (1 - p.correction_step))
         elif (
-            waited
-            and reading.met >= slo_attainment * reading.judged
-            and (long_run >= (1 + slo_attainment) / 2)
+            reading.met >= slo_attainment * reading.judged and long_run >= (1 + slo_attainment) / 2
         ):
             correction = min(1.0, state.correction * (1 + p.correction_step / 4))
         else:
