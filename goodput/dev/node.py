@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -237,14 +238,19 @@ class LocalNode:
         self.network.down()
 
     def import_image(self, archive: Path, progress: Progress | None = None) -> None:
-        """Import an OCI archive into the node's containerd (skipped if its digest is there)."""
+        """Import an OCI archive into the node's containerd: skipped if this archive was
+        imported before and every image it names is still there (the kubelet may have
+        garbage-collected one since, under disk pressure: the marker alone would then keep the
+        node without it for good)."""
         marker = self.containerd_root / "goodput-imported" / (archive.name + ".json")
         stat = archive.stat()
         fingerprint = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
         try:
-            if json.loads(marker.read_text()) == fingerprint:
+            if json.loads(marker.read_text()) == fingerprint and set(
+                archive_references(archive)
+            ) <= set(self.images()):
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             pass
         if progress is not None:
             progress(f"importing {archive.name} into the real node's containerd")
@@ -713,3 +719,17 @@ def _unmount_under(directory: Path) -> None:
 def _remove_tree(path: Path) -> None:
     if path.exists():
         _run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+def archive_references(archive: Path) -> list[str]:
+    """The image references an OCI archive carries (its index's ``ref.name`` annotations)."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        if member is None:
+            raise KeyError(f"{archive} has no index.json")
+        index = json.load(member)
+    return [
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in index.get("manifests", [])
+        if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})
+    ]

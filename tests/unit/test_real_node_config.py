@@ -4,8 +4,10 @@ drop one silently. The node itself runs in tests/e2e/test_real_node.py."""
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from cryptography import x509
 from goodput.dev import pki
 from goodput.dev.cluster import ClusterPorts, LocalCluster
 from goodput.dev.fleet import GPU_RESOURCE, REAL_NODE_LABEL, REAL_NODE_TAINT, Fleet
-from goodput.dev.node import LocalNode, NodeNetwork
+from goodput.dev.node import LocalNode, NodeNetwork, archive_references
 
 
 @pytest.fixture
@@ -105,3 +107,36 @@ def test_serving_certificates_name_the_addresses_they_serve(tmp_path: Path) -> N
     assert again.read_bytes() == before, "a valid certificate is kept"
     certs.ensure_serving("kubelet-x", "system:node:x", ips=("172.20.1.1",))
     assert first.read_bytes() != before, "a new address re-issues it"
+
+
+def _oci_archive(path: Path, refs: list[str]) -> Path:
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"digest": f"sha256:{i:064x}", "annotations": {"org.opencontainers.image.ref.name": r}}
+            for i, r in enumerate(refs)
+        ],
+    }
+    data = json.dumps(index).encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_an_imported_image_the_kubelet_collected_is_imported_again(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _oci_archive(tmp_path / "pause.oci.tar", ["ghcr.io/goodput-dev/pause:3.10"])
+    assert archive_references(archive) == ["ghcr.io/goodput-dev/pause:3.10"]
+    imports: list[Path] = []
+    monkeypatch.setattr("goodput.dev.node.import_into_containerd", lambda a, *_: imports.append(a))
+    present = ["ghcr.io/goodput-dev/pause:3.10"]
+    monkeypatch.setattr(LocalNode, "images", lambda self: present)
+    node.import_image(archive)
+    node.import_image(archive)
+    assert imports == [archive], "imported once while it is there"
+    present.clear()  # garbage-collected under disk pressure
+    node.import_image(archive)
+    assert imports == [archive, archive], "the marker alone does not stand for the image"
