@@ -64,12 +64,7 @@ def _scaled_to_zero(placement: Placement) -> Placement:
     """The solver plans at least one replica (the shape it chooses, GPU type and parallelism,
     is that of a replica); scaled to zero, that shape is kept for the status but no replica is
     placed, reserved or given a Deployment."""
-    return replace(
-        placement,
-        nodes=(),
-        replica_nodes=(),
-        detail=f"scaled to zero; a replica would take {placement.gpus_per_replica} GPUs",
-    )
+    return replace(placement, nodes=(), replica_nodes=(), detail="scaled to zero")
 
 
 @dataclass
