@@ -37,6 +37,14 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.offset = 0  # where this run's lines begin in the log
 
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+        sys.stderr.write(f"operator log: {self.log}\n")
+
     def argv(self) -> list[str]:
         argv = [
             sys.executable, "-m", "goodput", "operator", "run",

@@ -8,7 +8,6 @@ The tests share one namespace and one operator process and run in file order (a 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,11 +53,8 @@ def operator(
     cluster: LocalCluster, ns: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster.kubeconfig, ns, log)
-    proc.start()
-    yield proc
-    proc.stop()
-    sys.stderr.write(f"operator log: {log}\n")
+    with OperatorProcess(cluster.kubeconfig, ns, log) as proc:
+        yield proc
 
 
 def get(cluster: LocalCluster, ns: str, *what: str) -> Any:

@@ -6,7 +6,6 @@ mounting the Secret once it appears)."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,11 +46,8 @@ def operator(
     cluster: LocalCluster, ns: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster.kubeconfig, ns, log)
-    proc.start()
-    yield proc
-    proc.stop()
-    sys.stderr.write(f"operator log: {log}\n")
+    with OperatorProcess(cluster.kubeconfig, ns, log) as proc:
+        yield proc
 
 
 def _get(cluster: LocalCluster, ns: str, *what: str) -> Any:
