@@ -89,6 +89,15 @@ class Outcome:
     notices: tuple[Notice, ...]
 
 
+# Said (a warning Event) with each new generation that enables autoscaling, rather than
+# accepting the field in silence: the decision logic exists (operator/autoscaling), the loop
+# that acts on it does not yet.
+AUTOSCALING_NOT_ACTIVE = (
+    "spec.autoscaling is validated but the operator does not change replicas yet "
+    "(docs/autoscaling.md); set spec.replicas, or let an HPA drive the scale subresource"
+)
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -316,6 +325,8 @@ class Reconciler:
             notices.append(
                 Notice(False, "Applied", f"workload applied for generation {meta.generation}")
             )
+            if spec.autoscaling.enabled:
+                notices.append(Notice(True, "AutoscalingNotActive", AUTOSCALING_NOT_ACTIVE))
         return Outcome(placed, fields, tuple(notices))
 
     def _apply(self, obj: LLMDeployment, placement: Placement, had_router: bool = False) -> None:

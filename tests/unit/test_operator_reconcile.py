@@ -441,3 +441,17 @@ def test_a_replica_deployment_the_spec_does_not_want_goes_on_the_next_event() ->
     kube.apply(stray)
     assert r.refresh("ml", "llama") is not None
     assert kube.deployments() == ["llama-r0"] and kube.deleted == ["llama-r1"]
+
+
+def test_enabled_autoscaling_is_not_accepted_in_silence() -> None:
+    kube = _kube(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3})
+    r, _ = _reconciler(kube)
+    outcome, _ = _run(r, kube)
+    warned = [n for n in outcome.notices if n.reason == "AutoscalingNotActive"]
+    assert len(warned) == 1 and warned[0].warning
+    assert "does not change replicas yet" in warned[0].message
+    again, _ = _run(r, kube)
+    assert again.notices == (), "said once per generation"
+    plain = _kube()
+    quiet, _ = _run(_reconciler(plain)[0], plain)
+    assert "AutoscalingNotActive" not in {n.reason for n in quiet.notices}
