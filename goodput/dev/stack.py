@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +47,8 @@ class DevStack:
 
     def apply_crds(self, say: Progress) -> list[str]:
         """Apply every CRD in ``crds/`` and wait until the API server serves them."""
-        names: list[str] = []
-        for path in self.crd_files():
-            self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-            names += [
-                doc["metadata"]["name"]
-                for doc in yaml.safe_load_all(path.read_text())
-                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
-            ]
-        if names:
-            self.cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=60s",
-                *[f"crd/{name}" for name in names],
-            )  # fmt: skip
-            say(f"CRDs established: {', '.join(names)}")
-        else:
-            say("no CRDs in crds/ yet")
+        names = apply_crds(self.cluster, self.crd_files())
+        say(f"CRDs established: {', '.join(names)}" if names else "no CRDs in crds/ yet")
         return names
 
     def start_operator(self, say: Progress, env: dict[str, str] | None = None) -> None:
@@ -131,6 +117,25 @@ class DevStack:
         except OSError:
             return "(no operator log)"
         return "\n".join(tail) + f"\n(full log: {self.operator_log})"
+
+
+def apply_crds(cluster: LocalCluster, files: Sequence[Path]) -> list[str]:
+    """Server-side apply the CRDs in ``files`` and wait until the API server serves them (the
+    dev stack and the tests' fixtures alike); their names."""
+    names: list[str] = []
+    for path in files:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        names += [
+            doc["metadata"]["name"]
+            for doc in yaml.safe_load_all(path.read_text())
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+        ]
+    if names:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *[f"crd/{name}" for name in names],
+        )  # fmt: skip
+    return names
 
 
 def ready_endpoint(cluster: LocalCluster, namespace: str, service: str, port: str = "http") -> str:

@@ -23,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+from goodput.dev.stack import apply_crds
+
 from .dashboards import queries, variable_metrics
 from .helm_chart import CHART, REPO
 from .operator_process import LocalOperator, free_port
@@ -152,10 +154,7 @@ def live_operator(
     ]  # fmt: skip
     operator = LocalOperator(args, cluster.kubeconfig, tmp / "operator.log")
     crd = REPO / "crds" / "llmdeployment.yaml"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/llmdeployments.goodput.dev"
-    )
+    apply_crds(cluster, [crd])
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     operator.start()
     try:

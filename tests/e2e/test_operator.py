@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from goodput.dev.stack import apply_crds
+
 from .operator_process import OperatorProcess
 from .waiting import wait_for
 
@@ -33,10 +35,7 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 
 @pytest.fixture(scope="module")
 def ns(cluster: LocalCluster) -> Iterator[str]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmdeployments.goodput.dev", "--timeout=60s"
-    )
+    apply_crds(cluster, [CRD])
     name = f"op-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     wait_for(

@@ -35,6 +35,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from goodput.dev.stack import apply_crds
+
 from .operator_process import OperatorProcess
 from .own_nodes import own_nodes
 from .waiting import wait_for
@@ -101,11 +103,7 @@ def placed(obj: dict[str, Any]) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="module")
 def crds(cluster: LocalCluster) -> LocalCluster:
-    for crd in CRDS:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmdeployments.goodput.dev", "--timeout=60s"
-    )
+    apply_crds(cluster, CRDS)
     return cluster
 
 

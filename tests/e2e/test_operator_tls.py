@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from goodput.dev.pki import ClusterPKI
+from goodput.dev.stack import apply_crds
 
 from .operator_process import OperatorProcess
 from .waiting import wait_for
@@ -31,10 +32,7 @@ EXAMPLE = ROOT / "examples" / "llmdeployment.yaml"
 
 @pytest.fixture(scope="module")
 def ns(cluster: LocalCluster) -> Iterator[str]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmdeployments.goodput.dev", "--timeout=60s"
-    )
+    apply_crds(cluster, [CRD])
     name = f"tls-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     yield name

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from goodput.dev.stack import apply_crds
+
 from .own_nodes import own_nodes
 from .waiting import wait_for
 
@@ -40,10 +42,7 @@ LLAMA_8B = {
 @pytest.fixture(scope="module")
 def ns(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A namespace with its own operator process."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmdeployments.goodput.dev", "--timeout=60s"
-    )
+    apply_crds(cluster, [CRD])
     name = f"place-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     log = tmp_path_factory.mktemp("placement") / "operator.log"
