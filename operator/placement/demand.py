@@ -61,3 +61,10 @@ class ModelDemand:
     tensor: int | None = None  # fixed by the user; None: chosen by placement
     pipeline: int | None = None
     gpu_memory_utilization: float = 0.9  # share of each GPU the engine may use
+    #: Placement priority: under scarcity a higher one goes short last (arrival order never
+    #: decides). 0 unless the spec says otherwise.
+    priority: int = 0
+    #: Replicas someone who measures load asks for (the autoscaler's decision, the scale
+    #: subresource); used as demand when no target rate is given: that many replicas of the
+    #: best shape's capacity. None: no such input.
+    desired_replicas: int | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from goodput.operator.inventory import GpuNode
+from goodput.operator.placement.allocation import PoolRoom
 from goodput.operator.placement.pools import GpuPool, group_pools, pool_key
 
 PoolKey = tuple[str, str, int]
@@ -84,6 +85,18 @@ class FleetState:
             for buckets in self._index.get(key, {}).values()
             for free, bucket in enumerate(buckets)
         )
+
+    def room(self, key: PoolKey) -> PoolRoom:
+        """The pool's free GPUs, and how many of them form whole groups of each size."""
+        counts: Counter[int] = Counter()
+        for buckets in self._index.get(key, {}).values():
+            for free, bucket in enumerate(buckets):
+                counts[free] += len(bucket)
+        groups = {
+            size: sum(free // size * size * n for free, n in counts.items())
+            for size in range(1, self.pools[key].max_gpus_per_node + 1)
+        }
+        return PoolRoom(sum(free * n for free, n in counts.items()), groups)
 
 
 @dataclass(slots=True)

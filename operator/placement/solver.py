@@ -1,27 +1,46 @@
 """The placement solver: GPU type, parallel shape, replica count and nodes for every deployment.
 
-One pass, deterministic, incremental:
+One global pass for the whole fleet, deterministic, with an incremental path for one change. The
+objective, in order: aggregate demand served within the SLO (requests/s, summed over
+deployments), then GPUs used, then disruption of running replicas.
 
 1. For each deployment and GPU pool, the smallest shape that holds weights plus the SLO's KV
    headroom (``ShapeChooser``) and its SLO capacity (``ReplicaCapacity``); pools ranked by the
    user's preference, then capacity per cost (``PoolRanking``).
 2. Replicas of the previous plan stay where they are while still valid (``ReplicaKeeping``);
-   their GPUs are taken first, so nothing new can push them out.
-3. Deployments, largest replica first (first-fit-decreasing order, which leaves small holes to
-   small models), get their minimum replicas; then, one replica per deployment per round, more
-   until demand is met (``ReplicaCount``). Each replica goes to the best-ranked pool with room,
-   on nodes picked by ``NodeChooser`` (zone/rack spread, then best fit).
+   their GPUs are taken first, so nothing new can push them out. Demand is a target rate, or
+   the replicas someone asks for (``desired_replicas``) at the best shape's capacity.
+3. Minimum replicas, highest priority first, then largest replica first (first-fit-decreasing
+   order, which leaves small holes to small models); a few running replicas may move when
+   fragmentation alone blocks a minimum (``MoveFewToUnblock``).
+4. The rest of the demand is split over pools for all deployments at once (``DemandAllocation``,
+   a linear program: served demand class by class from the highest priority, then GPUs),
+   rounded down to whole replicas on nodes picked by ``NodeChooser`` (zone/rack spread, then
+   best fit), and what rounding left is filled greedily by served demand per GPU until no
+   replica that would serve unserved demand fits anywhere: no GPU idles while demand it could
+   serve waits.
+
+``solve(..., changed=name)`` is the incremental path: only that deployment is decided again,
+every other keeps its replicas, and at most one of theirs moves to make room.
 
 Every decision carries a reason; every refusal names the constraint that failed.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from goodput.operator.inventory import GpuNode
+from goodput.operator.placement.allocation import (
+    Claim,
+    DemandAllocation,
+    PoolShareLP,
+    ReplicaChoice,
+)
 from goodput.operator.placement.capacity import ReplicaCapacity
 from goodput.operator.placement.demand import GIB, ModelDemand
 from goodput.operator.placement.fleet_state import (
@@ -152,6 +171,9 @@ class PlacementSolver:
     chooser: NodeChooser = field(default_factory=SpreadThenBestFit)
     keeping: ReplicaKeeping = field(default_factory=KeepWhileValid)
     defragmentation: MoveFewToUnblock | None = field(default_factory=MoveFewToUnblock)
+    allocation: DemandAllocation = field(default_factory=PoolShareLP)
+    #: Running replicas of others one incremental change may move.
+    incremental_moves: int = 1
 
     def options(
         self, demand: ModelDemand, pools: Iterable[GpuPool]
@@ -190,45 +212,49 @@ class PlacementSolver:
         nodes: Sequence[GpuNode],
         demands: Sequence[ModelDemand],
         previous: Mapping[str, Sequence[ReplicaPlacement]] | None = None,
+        changed: str | None = None,
     ) -> PlacementPlan:
+        """The plan for ``demands`` on ``nodes``; ``previous`` replicas stay while valid.
+
+        With ``changed``, the incremental path: only that deployment is decided again (the
+        others keep their valid replicas and grow or shrink nothing), and at most
+        ``incremental_moves`` of their replicas move to unblock its minimum.
+        """
         state = FleetState(nodes)
         previous = previous or {}
         works = self._plan_options(state, demands)
         for work in works:
             self._keep_previous(state, work, previous.get(work.demand.name, ()))
-        for work in works:
+        decided = works if changed is None else [w for w in works if w.demand.name == changed]
+        for work in decided:
             self._trim(state, work)
         order = sorted(
-            works,
+            decided,
             key=lambda w: (
+                -w.demand.priority,
                 -(w.options[0].shape.gpus if w.options else 0),
                 -w.demand.model.weights_bytes,
                 w.demand.name,
             ),
         )
+        shares = self._allocate(state, order)
         # Minimum replicas first, so one deployment's demand never starves another's minimum.
         for work in order:
             minimum = max(1, work.demand.min_replicas)
             while work.options and len(work.replicas) < minimum:
-                if not self._add_replica(state, work):
+                if not self._add_replica(state, work, shares):
                     break
         # Minimums that fragmentation blocks: move a few small replicas when that is worth it.
-        if self.defragmentation is not None:
+        policy = self.defragmentation
+        if policy is not None and changed is not None:
+            policy = replace(policy, max_moves=min(policy.max_moves, self.incremental_moves))
+        if policy is not None:
             for work in order:
                 minimum = max(1, work.demand.min_replicas)
                 while work.options and len(work.replicas) < minimum:
-                    if not self._unblock(state, works, work, self.defragmentation):
+                    if not self._unblock(state, works, work, policy):
                         break
-        # Then demand, one replica per deployment per round: a shortage is shared, not dumped on
-        # whoever comes last.
-        active = [w for w in order if w.options]
-        while active:
-            active = [
-                w
-                for w in active
-                if self.replica_count.needs_more(w.demand, len(w.replicas), w.capacity)
-                and self._add_replica(state, w)
-            ]
+        self._serve_demand(state, order, shares)
         decisions = {w.demand.name: self._decide(state, w) for w in works}
         return PlacementPlan(deployments=decisions, free_gpus=dict(state.free))
 
@@ -249,6 +275,9 @@ class PlacementSolver:
             if key not in cache:
                 cache[key] = self.options(demand, state.pools.values())
             options, refusals = cache[key]
+            if demand.target.target_rps is None and demand.desired_replicas and options:
+                rate = demand.desired_replicas * options[0].requests_per_second
+                demand = replace(demand, target=replace(demand.target, target_rps=rate))
             works[demand.name] = _Work(demand, options, refusals)
         return list(works.values())
 
@@ -299,19 +328,115 @@ class PlacementSolver:
             for replica in keep:
                 work.usage.add(state.nodes[replica.stages[0].node])
 
-    def _add_replica(self, state: FleetState, work: _Work) -> bool:
-        """One more replica on the best-ranked pool with room; False (and why) when none has."""
+    def _allocate(self, state: FleetState, order: list[_Work]) -> dict[tuple[str, int], float]:
+        """The allocation's replicas per (deployment, option) for all deployments still short;
+        none for a single one (its ranked options are the answer)."""
+        claims = [
+            Claim(
+                w.demand.name,
+                self._unserved(w),
+                max(0, w.demand.max_replicas - len(w.replicas)),
+                w.demand.priority,
+                tuple(
+                    ReplicaChoice(o.pool.key, o.shape.tensor, o.shape.gpus, o.requests_per_second)
+                    for o in w.options
+                ),
+                minimum=max(0, max(1, w.demand.min_replicas) - len(w.replicas)),
+            )
+            for w in order
+            if w.options
+        ]
+        claims = [c for c in claims if c.unserved > 0 or c.minimum > 0]
+        if len(claims) < 2:
+            return {}
+        keys = {ch.pool for c in claims for ch in c.choices}
+        return self.allocation.allocate(claims, {key: state.room(key) for key in sorted(keys)})
+
+    def _add_replica(
+        self, state: FleetState, work: _Work, shares: dict[tuple[str, int], float] | None = None
+    ) -> bool:
+        """One more replica on the pool the allocation gave it most of, else the best-ranked
+        pool with room; False (and why) when none has."""
+        name = work.demand.name
+        given = shares or {}
+        ks = sorted(range(len(work.options)), key=lambda k: (given.get((name, k), 0.0) < 0.5, k))
+        for k in ks:
+            if self._place_on(state, work, work.options[k]):
+                if (name, k) in given:
+                    given[(name, k)] -= 1
+                return True
+        work.shortfall = self._no_room(state, work)
+        return False
+
+    def _serve_demand(
+        self, state: FleetState, order: list[_Work], shares: dict[tuple[str, int], float]
+    ) -> None:
+        """Place replicas for unserved demand: the allocation's whole replicas, then a greedy
+        fill by served demand per GPU (the allocation's pools first) until nothing fits."""
+        live = [w for w in order if w.options and self._unserved(w) > 0]
+        by_name = {w.demand.name: w for w in live}
+        whole = sorted(
+            (
+                (name, k, math.floor(x + 1e-6))
+                for (name, k), x in shares.items()
+                if name in by_name and x >= 1 - 1e-6
+            ),
+            key=lambda t: (
+                -by_name[t[0]].demand.priority,
+                -by_name[t[0]].options[t[1]].shape.gpus,
+                t[0],
+                t[1],
+            ),
+        )
+        for name, k, count in whole:
+            work = by_name[name]
+            for _ in range(count):
+                if self._unserved(work) <= 0 or not self._place_on(state, work, work.options[k]):
+                    break
+        heap: list[tuple[int, int, float, str, int]] = []
+        for work in live:
+            for k in range(len(work.options)):
+                chosen = 0 if shares.get((work.demand.name, k), 0.0) > 1e-6 else 1
+                heapq.heappush(heap, (-work.demand.priority, chosen, -self._value(work, k),
+                                      work.demand.name, k))  # fmt: skip
+        while heap:
+            priority, chosen, value, name, k = heapq.heappop(heap)
+            work = by_name[name]
+            now = self._value(work, k)
+            if now <= 0:
+                continue
+            if now < -value - 1e-9:
+                heapq.heappush(heap, (priority, chosen, -now, name, k))
+                continue
+            if self._place_on(state, work, work.options[k]):
+                heapq.heappush(heap, (priority, chosen, -self._value(work, k), name, k))
+        for work in live:
+            if self._unserved(work) > 0:
+                work.shortfall = self._no_room(state, work)
+
+    def _unserved(self, work: _Work) -> float:
+        """Requests/s of the target no replica serves; 0 at the maximum or without a target."""
+        target = work.demand.target.target_rps
+        if target is None or len(work.replicas) >= work.demand.max_replicas:
+            return 0.0
+        return max(0.0, target - work.capacity)
+
+    def _value(self, work: _Work, k: int) -> float:
+        """Demand served per GPU by one more replica on option ``k``."""
+        option = work.options[k]
+        return min(option.requests_per_second, self._unserved(work)) / option.shape.gpus
+
+    def _place_on(self, state: FleetState, work: _Work, option: PoolOption) -> bool:
+        """One more replica on ``option``'s pool (its shape, else a fallback shape)."""
         taken = {r.replica for r in work.replicas}
         index = next(i for i in range(len(taken) + 1) if i not in taken)
-        for option in work.options:
-            for shape, rps in ((option.shape, option.requests_per_second), *option.fallbacks):
-                shaped = replace(option, shape=shape, requests_per_second=rps)
-                replica = self._place_replica(state, work, shaped, index)
-                if replica is not None:
-                    work.replicas.append(replica)
-                    work.usage.add(state.nodes[replica.stages[0].node])
-                    return True
-        work.shortfall = self._no_room(state, work)
+        for shape, rps in ((option.shape, option.requests_per_second), *option.fallbacks):
+            shaped = replace(option, shape=shape, requests_per_second=rps)
+            replica = self._place_replica(state, work, shaped, index)
+            if replica is not None:
+                work.replicas.append(replica)
+                work.usage.add(state.nodes[replica.stages[0].node])
+                return True
         return False
 
     def _unblock(
