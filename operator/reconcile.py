@@ -298,7 +298,7 @@ class Reconciler:
             if old_placed != placed:
                 notices.append(Notice(True, "WorkloadRejected", why))
             return Outcome(placed, fields, tuple(notices))
-        fields["router"] = router.router_name(meta.name) if spec.routing.uses_router else None
+        fields["router"] = router.router_name(meta.name) if spec.needs_router else None
         message = (
             f"{spec.replicas} x {outcome.gpus_per_replica} {outcome.gpu_product} "
             f"(tensor={outcome.tensor}, pipeline={outcome.pipeline})"
@@ -379,10 +379,10 @@ class Reconciler:
             self.kube.delete_deployment(meta.namespace, name)
 
     def _apply_router(self, obj: LLMDeployment, had_router: bool) -> None:
-        """The router's objects when ``spec.routing`` asks for one, before the Service turns to
-        it; deleted (the Service back on the gateways first) when it no longer does."""
+        """The router's objects when the spec needs one (``needs_router``), before the Service
+        turns to it; deleted (the Service back on the gateways first) when it no longer does."""
         meta = obj.metadata
-        if obj.spec.routing.uses_router:
+        if obj.spec.needs_router:
             for item in router.objects(obj, self.settings):
                 self.kube.apply(item)
             return

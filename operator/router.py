@@ -1,6 +1,7 @@
 """The cluster router of an LLMDeployment whose ``spec.routing`` asks for one (``prefixAware`` or
-``sessionAffinity``): one router per LLMDeployment, so it is owned, scaled and garbage-collected
-with it and never sees another deployment's traffic.
+``sessionAffinity``), or whose autoscaling may take it to zero replicas (the router holds the
+requests while a replica starts: docs/autoscaling.md): one router per LLMDeployment, so it is
+owned, scaled and garbage-collected with it and never sees another deployment's traffic.
 
 Objects, all owned by the LLMDeployment:
 
@@ -70,9 +71,10 @@ def _meta(name: str, obj: LLMDeployment) -> dict[str, Any]:
     return meta
 
 
-def router_config(obj: LLMDeployment) -> RouterConfig:
-    """``spec.routing`` as the router's config: the stages it asks for, and discovery of the
-    replicas' Service."""
+def router_config(obj: LLMDeployment, settings: WorkloadSettings | None = None) -> RouterConfig:
+    """``spec.routing`` as the router's config: the stages it asks for, discovery of the
+    replicas' Service, and the hold of requests while no replica is ready (scale from zero)."""
+    settings = settings or WorkloadSettings()
     routing, name = obj.spec.routing, obj.metadata.name
     scorers: list[dict[str, Any]] = []
     if routing.prefix_aware:
@@ -97,12 +99,13 @@ def router_config(obj: LLMDeployment) -> RouterConfig:
             "boundedLoad": routing.router.bounded_load,
             "prefix": {"blockChars": routing.router.block_chars},
             "flow": {"maxQueue": routing.router.max_queue},
+            "hold": {"maxQueue": settings.router_hold_queue, "maxWaitS": settings.router_hold_s},
         }
     )
 
 
-def config_map(obj: LLMDeployment) -> dict[str, Any]:
-    document = router_config(obj).model_dump(by_alias=True, exclude_defaults=True)
+def config_map(obj: LLMDeployment, settings: WorkloadSettings | None = None) -> dict[str, Any]:
+    document = router_config(obj, settings).model_dump(by_alias=True, exclude_defaults=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -179,7 +182,7 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
     """``goodput route`` pods: no GPU, a small footprint, restricted security, spread over
     nodes; the config's hash rolls them when ``spec.routing`` changes."""
     name = obj.metadata.name
-    cm = config_map(obj)
+    cm = config_map(obj, settings)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if settings.pod_api_server:
         host, _, port = settings.pod_api_server.rpartition(":")
@@ -280,7 +283,12 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
 
 def objects(obj: LLMDeployment, settings: WorkloadSettings) -> list[dict[str, Any]]:
     """Everything the router needs, in apply order (access before the pods that use it)."""
-    return [config_map(obj), *rbac(obj), replicas_service(obj), deployment(obj, settings)]
+    return [
+        config_map(obj, settings),
+        *rbac(obj),
+        replicas_service(obj),
+        deployment(obj, settings),
+    ]
 
 
 #: (kind, name of) each router object, for deleting them when routing no longer asks for one.

@@ -18,11 +18,11 @@ def _tls(obj: LLMDeployment) -> bool:
 
 
 def service(obj: LLMDeployment) -> dict[str, Any]:
-    """A ClusterIP Service on port 80 (443 with TLS): to the router's pods when
-    ``spec.routing`` asks for one (which then does the affinity), else straight to the
-    gateways."""
+    """A ClusterIP Service on port 80 (443 with TLS): to the router's pods when the spec needs
+    one (``needs_router``: affinity, or holding requests at zero replicas), else straight to
+    the gateways."""
     meta = obj.metadata
-    routed = obj.spec.routing.uses_router
+    routed = obj.spec.needs_router
     tls = _tls(obj)
     spec: dict[str, Any] = {
         "type": "ClusterIP",

@@ -87,6 +87,14 @@ class WorkloadSettings:
             parse_toleration(t) for t in _env("GOODPUT_ROUTER_TOLERATIONS", "").split()
         )
     )
+    #: How long a router holds a request while no replica is ready (scale from zero) before it
+    #: answers 503 + Retry-After, and how many it holds at most.
+    router_hold_s: float = field(
+        default_factory=lambda: float(_env("GOODPUT_ROUTER_HOLD_S", "300"))
+    )
+    router_hold_queue: int = field(
+        default_factory=lambda: int(_env("GOODPUT_ROUTER_HOLD_QUEUE", "256"))
+    )
     # ``host:port`` of the API server as pods should reach it, for clusters without kube-proxy
     # (the dev cluster): the router pods get it as KUBERNETES_SERVICE_HOST/PORT.
     pod_api_server: str | None = field(

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import EndpointTable, LoadPoller
 from goodput.router.flow import FlowController
+from goodput.router.hold import ReplicaHold
 from goodput.router.metrics import RouterMetrics
 from goodput.router.proxy import Router, status_body
 from goodput.router.stages import RoutingPipeline
@@ -39,13 +40,18 @@ def build_router(
         table.replace((url, url.rstrip("/"), True, False) for url in config.endpoints)
     pipeline = RoutingPipeline.from_config(config, clock, rng)
     flow = FlowController(config.flow, lambda: free_slots(table), clock)
+    hold = ReplicaHold(config.hold, clock)
     registry = CollectorRegistry(auto_describe=True)
     metrics = RouterMetrics(
-        registry, router=config.name, endpoints=table.all, queue_depth=lambda: flow.depth
+        registry,
+        router=config.name,
+        endpoints=table.all,
+        queue_depth=lambda: flow.depth,
+        held=lambda: hold.held,
     )
     upstream = Upstream(config.upstream_tls)
-    router = Router(config, table, pipeline, flow, metrics, upstream, clock)
-    poller = LoadPoller(table, upstream, config.poll_interval_s, on_report=flow.release)
+    router = Router(config, table, pipeline, flow, metrics, upstream, clock, hold)
+    poller = LoadPoller(table, upstream, config.poll_interval_s, on_report=router.capacity_changed)
     return router, poller, registry
 
 

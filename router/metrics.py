@@ -74,6 +74,7 @@ class RouterMetrics:
         router: str,
         endpoints: Callable[[], Iterable[Endpoint]],
         queue_depth: Callable[[], float],
+        held: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.router = router
         labels = ("router",)
@@ -128,6 +129,14 @@ class RouterMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.hold_wait = Histogram(
+            "goodput_router_hold_wait_seconds",
+            "Time requests were held while no replica was ready (scale from zero), of those "
+            "that were then routed.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.ttft = Histogram(
             "goodput_router_ttft_seconds",
             "Arrival at the router to the first byte of a streamed answer.",
@@ -143,14 +152,17 @@ class RouterMetrics:
             self.retries.labels(router, reason)
         for metric in (
             self.internal_errors, self.prefix_blocks, self.prefix_predicted_hit_blocks,
-            self.overhead, self.queue_wait, self.ttft,
+            self.overhead, self.queue_wait, self.hold_wait, self.ttft,
         ):  # fmt: skip
             metric.labels(router)
-        queue = Gauge(
-            "goodput_router_queue_depth",
-            "Requests waiting in the router's queue.",
-            labels,
-            registry=registry,
-        )
-        queue.labels(router).set_function(queue_depth)
+        for name, text, read in (
+            ("goodput_router_queue_depth", "Requests waiting in the router's queue.", queue_depth),
+            (
+                "goodput_router_held_requests",
+                "Requests held while no replica is ready: the operator's signal to scale from "
+                "zero.",
+                held,
+            ),
+        ):
+            Gauge(name, text, labels, registry=registry).labels(router).set_function(read)
         registry.register(_EndpointCollector(router, endpoints))

@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint, EndpointTable
 from goodput.router.flow import FlowController
+from goodput.router.hold import ReplicaHold
 from goodput.router.metrics import RouterMetrics
 from goodput.router.prefix import block_hashes
 from goodput.router.stages import RoutingPipeline, RoutingRequest, stable_hash
@@ -62,6 +63,7 @@ class Router:
         metrics: RouterMetrics,
         upstream: Upstream,
         clock: Callable[[], float] = time.monotonic,
+        hold: ReplicaHold | None = None,
     ) -> None:
         self.config = config
         self.table = table
@@ -70,6 +72,7 @@ class Router:
         self.metrics = metrics
         self.upstream = upstream
         self.clock = clock
+        self.hold = hold or ReplicaHold(config.hold, clock)
         self.label = config.name
         # The gateways' own check, done here first: a bad key never takes a place in the queue,
         # and a client cannot name another tenant to get its share.
@@ -129,8 +132,15 @@ class Router:
             return error.response()
         request = self.routing_request(parsed, headers, request_id, tenant)
         if not self.table.eligible():
-            self._outcome("no_replica")
-            return no_replica().response()
+            if not self.hold.enabled:
+                self._outcome("no_replica")
+                return no_replica().response()
+            try:
+                held_s = await self.hold.wait()
+            except OpenAIError as error:
+                self._outcome("no_replica")
+                return error.response()
+            self.metrics.hold_wait.labels(self.label).observe(held_s)
         try:
             waited = await self.flow.admit(request.tenant, request.priority)
         except OpenAIError as error:
@@ -181,6 +191,13 @@ class Router:
         endpoint.outstanding = max(0, endpoint.outstanding - 1)
         endpoint.ended_since_report += 1
         self.flow.release()
+
+    def capacity_changed(self) -> None:
+        """A load report arrived or discovery changed: free slots go to waiting requests, and
+        held ones go on once any replica is eligible."""
+        self.flow.release()
+        if self.hold.held and self.table.eligible():
+            self.hold.release()
 
     def _forward_headers(self, headers: Mapping[str, str], request_id: str) -> dict[str, str]:
         forward = {"content-type": "application/json", "x-request-id": request_id}
@@ -287,7 +304,9 @@ class Router:
         return no_replica().response()
 
     def ready(self) -> bool:
-        return bool(self.table.eligible())
+        """Ready while a replica is, or while requests can be held for one (a deployment scaled
+        to zero must still be reachable, or nothing would wake it)."""
+        return bool(self.table.eligible()) or self.hold.enabled
 
     def replace_endpoints(self, endpoints: Sequence[Sequence[str | bool]]) -> None:
         """Discovery's new view: ``(name, url, ready, draining[, load_url])`` each. Replicas
@@ -296,7 +315,7 @@ class Router:
         for name in self.table.replace(endpoints):
             if index is not None:
                 index.forget(name)
-        self.flow.release()
+        self.capacity_changed()
 
 
 def _relayed(headers: Mapping[str, str]) -> dict[str, str]:
@@ -320,4 +339,5 @@ def status_body(router: Router) -> dict[str, Any]:
             for e in router.table.all()
         ],
         "queue": router.flow.depth,
+        "held": router.hold.held,
     }

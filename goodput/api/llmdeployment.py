@@ -698,6 +698,13 @@ class LLMDeploymentSpec(_Spec):
         return self
 
     @property
+    def needs_router(self) -> bool:
+        """A router goes before the replicas: ``spec.routing`` asks for one, or autoscaling may
+        take the replicas to zero (the router then holds requests while one starts)."""
+        a = self.autoscaling
+        return self.routing.uses_router or (a.enabled and a.min_replicas == 0)
+
+    @property
     def weights_source(self) -> str:
         """What the engine loads: `source`, or the model name taken as a hub id."""
         return self.model.source or self.model.name

@@ -71,6 +71,30 @@ class FlowConfig(BaseModel):
     )
 
 
+class HoldConfig(BaseModel):
+    """Requests that arrive while no replica is ready (a deployment scaled to zero, or one whose
+    replicas all restart) wait here, in arrival order, for the first ready replica; the operator
+    reads how many wait (``held`` of ``GET /v1/goodput/endpoints``) and scales up from zero."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    max_queue: int = Field(
+        default=0,
+        ge=0,
+        alias="maxQueue",
+        description="Most requests held; 0 (the default of `goodput route`): none, a request "
+        "with no replica ready gets 503 at once and the router reports not ready. The operator "
+        "turns it on for the routers it deploys.",
+    )
+    max_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        alias="maxWaitS",
+        description="Longest a request is held before it gets 503 + Retry-After: at least a "
+        "replica's cold start.",
+    )
+
+
 class ServiceDiscovery(BaseModel):
     """Replicas from the EndpointSlices of a Service (ready ones receive, terminating ones
     drain)."""
@@ -161,6 +185,7 @@ class RouterConfig(BaseModel):
         "before any byte reached the client.",
     )
     flow: FlowConfig = Field(default_factory=FlowConfig)
+    hold: HoldConfig = Field(default_factory=HoldConfig)
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="The same tenant keys as the gateways: a bad key is refused before it "

@@ -162,3 +162,16 @@ def test_routing_deploys_the_router_and_turning_it_off_removes_it() -> None:
     assert kube.objects[("Service", "ml", "llama")]["spec"]["selector"] == {
         naming.LABEL_DEPLOYMENT: "llama"
     }
+
+
+def test_autoscaling_to_zero_puts_a_holding_router_before_the_replicas() -> None:
+    """A deployment that may have no replica still needs something to take its requests: the
+    router, which holds them (bounded) while the autoscaler brings a replica up."""
+    autoscaled = {"enabled": True, "minReplicas": 0, "maxReplicas": 2}
+    obj = _obj(replicas=0, autoscaling=autoscaled)
+    assert obj.spec.needs_router and not obj.spec.routing.uses_router
+    config = router.router_config(obj, WorkloadSettings(router_hold_s=42, router_hold_queue=7))
+    assert (config.hold.max_queue, config.hold.max_wait_s) == (7, 42)
+    assert [s.type for s in config.scorers] == ["slo-headroom", "least-load"]
+    kept = _obj(replicas=1, autoscaling={**autoscaled, "minReplicas": 1})
+    assert not kept.spec.needs_router  # never at zero: the Service leads to the gateways
