@@ -174,6 +174,9 @@ class PlacementSolver:
     allocation: DemandAllocation = field(default_factory=PoolShareLP)
     #: Running replicas of others one incremental change may move.
     incremental_moves: int = 1
+    _options_cache: dict[
+        tuple[GpuPool, ...], dict[tuple[object, ...], tuple[list[PoolOption], list[str]]]
+    ] = field(default_factory=dict, repr=False, compare=False)
 
     def options(
         self, demand: ModelDemand, pools: Iterable[GpuPool]
@@ -224,7 +227,10 @@ class PlacementSolver:
         previous = previous or {}
         works = self._plan_options(state, demands)
         for work in works:
-            self._keep_previous(state, work, previous.get(work.demand.name, ()))
+            if changed is None or work.demand.name == changed:
+                self._keep_previous(state, work, previous.get(work.demand.name, ()))
+            else:
+                self._hold_previous(state, work, previous.get(work.demand.name, ()))
         decided = works if changed is None else [w for w in works if w.demand.name == changed]
         for work in decided:
             self._trim(state, work)
@@ -261,19 +267,26 @@ class PlacementSolver:
     # -- steps -------------------------------------------------------------------------------
 
     def _plan_options(self, state: FleetState, demands: Sequence[ModelDemand]) -> list[_Work]:
-        cache: dict[tuple[object, ...], tuple[list[PoolOption], list[str]]] = {}
+        """Each deployment's ranked options, computed once per kind of deployment and pool set
+        (kept across solves: the incremental path must not redo 1,000 deployments' options)."""
+        pools = tuple(state.pools.values())
+        if len(self._options_cache) > _OPTIONS_CACHE_SIZE:
+            self._options_cache.clear()
+        cache = self._options_cache.setdefault(pools, {})
         works: dict[str, _Work] = {}
         for demand in sorted(demands, key=lambda d: d.name):
+            t = demand.target  # the rate changes counts, not options
             key = (
                 demand.model,
-                replace(demand.target, target_rps=None),  # the rate changes counts, not options
+                (t.ttft_s, t.tpot_s, t.prompt_tokens, t.output_tokens, t.concurrency),
+                t.min_kv_tokens,
                 demand.gpu_types,
                 demand.tensor,
                 demand.pipeline,
                 demand.gpu_memory_utilization,
             )
             if key not in cache:
-                cache[key] = self.options(demand, state.pools.values())
+                cache[key] = self.options(demand, pools)
             options, refusals = cache[key]
             if demand.target.target_rps is None and demand.desired_replicas and options:
                 rate = demand.desired_replicas * options[0].requests_per_second
@@ -310,6 +323,23 @@ class PlacementSolver:
             )
             work.replicas.append(kept)
             work.usage.add(state.nodes[kept.stages[0].node])
+
+    def _hold_previous(
+        self, state: FleetState, work: _Work, previous: Sequence[ReplicaPlacement]
+    ) -> None:
+        """The incremental path's other deployments: their replicas hold their GPUs as they
+        are (nothing about them changed), unless their nodes are gone or full."""
+        for replica in sorted(previous, key=lambda r: r.replica):
+            if not all(
+                s.node in state.nodes and state.free[s.node] >= s.gpus for s in replica.stages
+            ):
+                work.moved.append(replica.replica)
+                work.shortfall = f"replica {replica.replica} moved: its nodes are gone or full"
+                continue
+            for stage in replica.stages:
+                state.take(stage.node, stage.gpus)
+            work.replicas.append(replica)
+            work.usage.add(state.nodes[replica.stages[0].node])
 
     def _trim(self, state: FleetState, work: _Work) -> None:
         """Scale down: keep the lowest-numbered replicas that still meet demand."""
@@ -636,6 +666,8 @@ class PlacementSolver:
 
 
 _SLO_PREFIX = "within its SLO"
+#: Pool sets (fleets) whose deployments' options the solver keeps between solves.
+_OPTIONS_CACHE_SIZE = 16
 
 
 def _count(n: int, noun: str) -> str:
