@@ -12,7 +12,12 @@ from typing import IO, Any
 import click
 import yaml
 
-from goodput.operator.settings import PULL_POLICIES, WorkloadSettings, parse_toleration
+from goodput.operator.settings import (
+    PULL_POLICIES,
+    AutoscalingSettings,
+    WorkloadSettings,
+    parse_toleration,
+)
 
 #: Key in ``click.Context.meta`` of a reader of the dev fleets' Node objects (fleet name or file
 #: -> Nodes), for ``render``. The ``goodput`` command puts it there: ``goodput.dev`` sits above
@@ -126,6 +131,19 @@ def operator() -> None:
     metavar="URL",
     help="e.g. http://0.0.0.0:8081/healthz for a liveness probe.",
 )
+@click.option(
+    "--autoscaling-interval",
+    type=click.FloatRange(min=0.1),
+    envvar="GOODPUT_AUTOSCALING_INTERVAL_S",
+    help="Seconds between two autoscaling decisions per LLMDeployment  [default: 15]",
+)
+@click.option(
+    "--autoscaling-replica-rps",
+    type=click.FloatRange(min=0.001),
+    envvar="GOODPUT_AUTOSCALING_REPLICA_RPS",
+    help="Requests/s a replica serves within its SLO, for models the profiler does not know "
+    "[default: 1]",
+)
 @_workload_options
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def run(
@@ -139,6 +157,8 @@ def run(
     metrics_port: int,
     metrics_host: str,
     liveness_endpoint: str | None,
+    autoscaling_interval: float | None,
+    autoscaling_replica_rps: float | None,
     engine_image: str | None,
     gateway_image: str | None,
     image_pull_policy: str | None,
@@ -178,7 +198,21 @@ def run(
             liveness_endpoint=liveness_endpoint,
             kubeconfig=kubeconfig,
             workload=workload,
+            autoscaling=_autoscaling_settings(
+                AutoscalingSettings(), autoscaling_interval, autoscaling_replica_rps
+            ),
         )
+    )
+
+
+def _autoscaling_settings(
+    settings: AutoscalingSettings, interval_s: float | None, replica_rps: float | None
+) -> AutoscalingSettings:
+    """The environment's settings with the flags given on top."""
+    return dataclasses.replace(
+        settings,
+        interval_s=interval_s or settings.interval_s,
+        replica_rps=replica_rps or settings.replica_rps,
     )
 
 

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from goodput.api.llmdeployment import GROUP, PLURAL, VERSION
 from goodput.operator import naming
+from goodput.operator.autoscaler import AutoscalingLoop
 from goodput.operator.inventory import pod_gpu_request
 from goodput.operator.kube import StaleWrite
 from goodput.operator.reconcile import Outcome, Reconciler
@@ -84,11 +85,20 @@ def _node_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], Reconciler]) -> None:
-    """Register every handler on ``registry``; the reconciler is built at operator start-up
-    (after login), so building the registry needs no cluster."""
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler_factory: Callable[[], Reconciler],
+    autoscaler_factory: Callable[[Callable[[], str]], AutoscalingLoop] | None = None,
+) -> None:
+    """Register every handler on ``registry``; the reconciler (and the autoscaling loop, given
+    the fleet's version) are built at operator start-up (after login), so building the registry
+    needs no cluster."""
     holder: dict[str, Reconciler] = {}
+    loops: list[AutoscalingLoop] = []
     nodes_seen: dict[str, tuple[Any, ...]] = {}
+    # Moves on whenever GPUs may have appeared (a node changed, a GPU pod went): the autoscaler
+    # asks again for a scale-up the placement refused only once it has.
+    fleet_changes = [0]
 
     def rec() -> Reconciler:
         if "r" not in holder:
@@ -123,15 +133,34 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         # the watches handle would post a "Handler succeeded" Event on that pod or node.
         settings.posting.level = logging.WARNING
         rec()
+        if autoscaler_factory is not None and not loops:
+            loops.append(autoscaler_factory(lambda: str(fleet_changes[0])))
+            loops[0].start()
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        for loop in loops:
+            loop.stop()
+
+    def autoscaled(namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        """Hand the deployment to the autoscaling loop, or take it back."""
+        for loop in loops:
+            if (spec.get("autoscaling") or {}).get("enabled"):
+                loop.track(namespace, name)
+            else:
+                loop.forget(namespace, name)
 
     @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
     @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
     @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
-    def reconcile(name: str, namespace: str | None, reason: str, **_: Any) -> None:
+    def reconcile(
+        name: str, namespace: str | None, reason: str, spec: Mapping[str, Any], **_: Any
+    ) -> None:
         """Create, spec change (including ``kubectl scale``), and operator restart alike; the
         event only says which object, the reconciler reads it afresh."""
         with rec().metrics.reconciling(f"llmdeployment_{reason or 'resume'}"):
             _reconcile(rec(), namespace or "", name)
+        autoscaled(namespace or "", name, spec)
 
     # Indexes reach handlers as keyword arguments named by their ids.
     @kopf.index(*RESOURCE, id="waiting_for_gpus", when=_waiting_for_gpus, registry=registry)
@@ -148,6 +177,7 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
         return {node: f"{namespace}/{name}" for node in sorted(nodes)}
 
     def retry_waiting(waiting: kopf.Index[str, str], logger: kopf.Logger) -> None:
+        fleet_changes[0] += 1
         for key in list(waiting):
             namespace, _sep, deployment = key.partition("/")
             with rec().metrics.reconciling("retry_placement"):
@@ -204,6 +234,8 @@ def register(registry: kopf.OperatorRegistry, reconciler_factory: Callable[[], R
     @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
     def deleted(name: str, namespace: str | None, **_: Any) -> None:
         rec().forget(namespace or "", name)
+        for loop in loops:
+            loop.forget(namespace or "", name)
 
     @kopf.on.event(
         "apps",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -162,6 +163,67 @@ class Kube:
             if err.status == 404:
                 return None
             raise
+
+    def scale_llmdeployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set ``spec.replicas`` through the scale subresource, as an HPA or ``kubectl scale``
+        would: the autoscaler is one client of it among others."""
+        self.custom.patch_namespaced_custom_object_scale(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": {"replicas": replicas}},
+            _content_type=MERGE,
+            _preload_content=False,
+        )
+
+    def annotate_llmdeployment(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Merge ``annotations`` into the LLMDeployment's (None removes one)."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+            _content_type=MERGE,
+            _preload_content=False,
+        )
+
+    def post_event(
+        self, involved: Mapping[str, Any], warning: bool, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about ``involved`` (an object as read), from outside kopf's handlers
+        (kopf's own ``kopf.event`` needs a handler's context)."""
+        meta = involved["metadata"]
+        stamp = datetime.now(UTC)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": "Warning" if warning else "Normal",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        # A dict is what the client serialises anyway; its model type adds nothing here.
+        body: Any = event
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
 
     def patch_llmdeployment_status(
         self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None

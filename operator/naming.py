@@ -4,7 +4,8 @@ Every owned object carries the recommended ``app.kubernetes.io/*`` labels plus
 ``goodput.dev/deployment`` (the LLMDeployment's name), which is also the Service's selector: one
 key, unique per namespace because LLMDeployment names are. Each replica runs as its own Deployment
 ``NAME-r<id>`` whose pods also carry ``goodput.dev/replica: <id>``; the id is the placement's
-replica index, stable while the replica lives (scaling down removes the highest ids).
+replica index, stable while the replica lives (scaling down removes the highest ids, or those
+the autoscaler names in ``goodput.dev/drain-first``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ APP_NAME = "goodput-llm"
 ANNOTATION_CONFIG_HASH = "goodput.dev/config-hash"
 #: On each replica Deployment: the node its pod is pinned to, when the solver chose one.
 ANNOTATION_NODE = "goodput.dev/node"
+#: On the LLMDeployment, written by the autoscaler before it scales down: the replica ids to
+#: remove first (least work in flight first), comma-separated; honoured only while more replicas
+#: exist than the spec asks for.
+ANNOTATION_DRAIN_FIRST = "goodput.dev/drain-first"
 FIELD_MANAGER = "goodput-operator"
 
 

@@ -40,6 +40,12 @@ RULES: tuple[Rule, ...] = (
         "watch LLMDeployments; kopf keeps its handler progress in their annotations",
     ),
     Rule((GROUP,), (f"{PLURAL}/status",), ("get", "patch", "update"), "write status"),
+    Rule(
+        (GROUP,),
+        (f"{PLURAL}/scale",),
+        ("get", "patch", "update"),
+        "the autoscaler moves spec.replicas through the scale subresource, as an HPA would",
+    ),
     Rule(("apps",), ("deployments",), OWN, "the serving workload (server-side apply)"),
     Rule(("",), ("services", "configmaps"), OWN, "the endpoint and the gateway config"),
     Rule(

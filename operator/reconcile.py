@@ -89,15 +89,6 @@ class Outcome:
     notices: tuple[Notice, ...]
 
 
-# Said (a warning Event) with each new generation that enables autoscaling, rather than
-# accepting the field in silence: the decision logic exists (operator/autoscaling), the loop
-# that acts on it does not yet.
-AUTOSCALING_NOT_ACTIVE = (
-    "spec.autoscaling is validated but the operator does not change replicas yet "
-    "(docs/autoscaling.md); set spec.replicas, or let an HPA drive the scale subresource"
-)
-
-
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -176,6 +167,40 @@ def replica_placement(
             }
         )
     return out
+
+
+def drain_first(body: Mapping[str, Any]) -> list[int]:
+    """The replica ids the autoscaler wants removed first (``goodput.dev/drain-first``)."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    text = str(annotations.get(naming.ANNOTATION_DRAIN_FIRST) or "")
+    return [int(part) for part in text.split(",") if part.strip().isdigit()]
+
+
+def _going(existing: Sequence[int], wanted: int, first: Sequence[int]) -> set[int]:
+    """Of ``existing`` replica ids, those named in ``first`` that a scale-down to ``wanted``
+    removes (none when no fewer are wanted)."""
+    surplus = len(existing) - wanted
+    return set([r for r in first if r in existing][: max(surplus, 0)])
+
+
+def replica_ids(existing: Sequence[int], wanted: int, first: Sequence[int] = ()) -> list[int]:
+    """Replica ids for ``wanted`` replicas when the placement names no nodes: the existing
+    ones stay (but those ``first`` names, when there are too many; else the highest go), new
+    ones take the lowest free ids."""
+    going = _going(existing, wanted, first)
+    keep = sorted(r for r in set(existing) if r not in going)[:wanted]
+    free = (i for i in range(wanted + len(going) + len(keep)) if i not in keep and i not in going)
+    return sorted(keep + [next(free) for _ in range(wanted - len(keep))])
+
+
+def without_drained(
+    placement: Sequence[Mapping[str, Any]], wanted: int, first: Sequence[int]
+) -> list[Mapping[str, Any]]:
+    """``status.placement`` less the replicas a scale-down to ``wanted`` removes first: the
+    solver then keeps the others (it keeps valid previous replicas, lowest ids first)."""
+    existing = [int(e.get("replica", 0)) for e in placement]
+    going = _going(existing, wanted, first)
+    return [e for e in placement if int(e.get("replica", 0)) not in going]
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -265,7 +290,9 @@ class Reconciler:
         context = SelectionContext(
             deployment=f"{meta.namespace}/{meta.name}",
             node_objects=node_objects,
-            placement=previous.get("placement") or (),
+            placement=without_drained(
+                previous.get("placement") or (), spec.replicas, drain_first(body)
+            ),
             gpu_type=previous.get("gpuType"),
         )
         refused = engine_args.refusal(spec)
@@ -286,7 +313,9 @@ class Reconciler:
                 notices.append(Notice(True, outcome.reason, outcome.message))
             return Outcome(placed, fields, tuple(notices))
         try:
-            self._apply(obj, outcome, had_router=bool(previous.get("router")))
+            self._apply(
+                obj, outcome, had_router=bool(previous.get("router")), first=drain_first(body)
+            )
         except ApiException as err:
             if not rejected(err):
                 raise
@@ -325,23 +354,25 @@ class Reconciler:
             notices.append(
                 Notice(False, "Applied", f"workload applied for generation {meta.generation}")
             )
-            if spec.autoscaling.enabled:
-                notices.append(Notice(True, "AutoscalingNotActive", AUTOSCALING_NOT_ACTIVE))
         return Outcome(placed, fields, tuple(notices))
 
-    def _apply(self, obj: LLMDeployment, placement: Placement, had_router: bool = False) -> None:
+    def _apply(
+        self,
+        obj: LLMDeployment,
+        placement: Placement,
+        had_router: bool = False,
+        first: Sequence[int] = (),
+    ) -> None:
         """Apply the config, the Service and one Deployment per replica, then delete the
-        Deployments of replicas the placement no longer has (scaled down, or from an older
-        layout). Each replica's Deployment depends only on its own node, so an unchanged replica
-        is an idempotent no-op apply and its pod keeps running; a new pod template reaches
-        serving replicas as the rollout gate admits them."""
+        Deployments of replicas the placement no longer has (scaled down — those named in
+        ``first`` before others —, or from an older layout). Each replica's Deployment depends
+        only on its own node, so an unchanged replica is an idempotent no-op apply and its pod
+        keeps running; a new pod template reaches serving replicas as the rollout gate admits
+        them."""
         meta = obj.metadata
         cm = gateway_config.config_map(obj, placement)
         digest = gateway_config.config_hash(*cm["data"].values())
         spec_hash = pod_spec_hash(workload.pod_template(obj, placement, self.settings, digest))
-        slots: Sequence[tuple[int, str | None]] = placement.replica_nodes or [
-            (i, None) for i in range(obj.spec.replicas)
-        ]
         self.kube.apply(cm)
         self._apply_router(obj, had_router)
         self.kube.apply(service.service(obj))
@@ -351,6 +382,10 @@ class Reconciler:
             if _owned_by(d, meta.uid)
         ]
         current = {d["metadata"]["name"]: d for d in owned}
+        existing = [r for d in owned if (r := replica_of(d)) is not None]
+        slots: Sequence[tuple[int, str | None]] = placement.replica_nodes or [
+            (i, None) for i in replica_ids(existing, obj.spec.replicas, first)
+        ]
         updates = []
         for replica, node in slots:
             dep = workload.deployment(obj, placement, self.settings, digest, replica, node)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import kopf
 from kubernetes import client, config
 
+from goodput.operator.autoscaler import AutoscalingLoop, HttpReports
 from goodput.operator.handlers import register
 from goodput.operator.kube import Kube
 from goodput.operator.metrics import OperatorMetrics
@@ -33,7 +35,11 @@ def build_registry(settings: OperatorSettings, metrics: OperatorMetrics) -> kopf
     def reconciler() -> Reconciler:
         return default_reconciler(Kube(api_client(settings.kubeconfig)), settings.workload, metrics)
 
-    register(registry, reconciler)
+    def autoscaler(fleet_version: Callable[[], str]) -> AutoscalingLoop:
+        kube = Kube(api_client(settings.kubeconfig))
+        return AutoscalingLoop(kube, HttpReports(), settings.autoscaling, fleet_version)
+
+    register(registry, reconciler, autoscaler)
     return registry
 
 

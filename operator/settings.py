@@ -141,6 +141,40 @@ class WorkloadSettings:
         return self.termination_grace_seconds - ENGINE_STOP_SECONDS
 
 
+def _optional_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+@dataclass(frozen=True)
+class AutoscalingSettings:
+    """The autoscaling loop's operator-wide settings (docs/autoscaling.md); the spec's
+    ``autoscaling`` sets each deployment's bounds and windows."""
+
+    #: Seconds between two decisions for each LLMDeployment with ``autoscaling.enabled``.
+    interval_s: float = field(
+        default_factory=lambda: float(_env("GOODPUT_AUTOSCALING_INTERVAL_S", "15"))
+    )
+    #: Requests/s one replica serves within the SLO, measured: set, it replaces the profiler's
+    #: prediction for every deployment (a fleet whose engines the profiler does not model, as
+    #: the dev cluster's CPU engine on two shared cores). None: the profiler's capacity model.
+    replica_rps: float | None = field(
+        default_factory=lambda: _optional_float("GOODPUT_AUTOSCALING_REPLICA_RPS")
+    )
+    #: A replica's measured cold start, in seconds (None: the profiler's estimate for the model).
+    cold_start_s: float | None = field(
+        default_factory=lambda: _optional_float("GOODPUT_AUTOSCALING_COLD_START_S")
+    )
+    #: Fewest seconds between two scale-downs (``AutoscalingPolicy.scale_down_interval_s``).
+    scale_down_interval_s: float = field(
+        default_factory=lambda: float(_env("GOODPUT_AUTOSCALING_SCALE_DOWN_INTERVAL_S", "60"))
+    )
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or (self.replica_rps is not None and self.replica_rps <= 0):
+            raise ValueError("the autoscaling interval and the requests/s per replica must be > 0")
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """How the operator process runs."""
@@ -159,6 +193,7 @@ class OperatorSettings:
     liveness_endpoint: str | None = None
     kubeconfig: str | None = None
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
 
     @property
     def clusterwide(self) -> bool:

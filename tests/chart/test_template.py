@@ -328,7 +328,7 @@ def test_every_namespaced_object_is_in_the_release_namespace(chart: ChartRendere
             assert doc["metadata"]["namespace"] == "goodput-system", doc["metadata"]
 
 
-def test_network_policies_let_only_the_router_and_prometheus_reach_serving_pods(
+def test_network_policies_let_only_the_router_prometheus_and_the_operator_reach_serving_pods(
     chart: ChartRenderer,
 ) -> None:
     assert not chart.render().all("NetworkPolicy")  # all namespaces watched: none known
@@ -345,7 +345,13 @@ def test_network_policies_let_only_the_router_and_prometheus_reach_serving_pods(
     ] == [
         "goodput-router",
         "prometheus",
+        "goodput",  # the operator: its autoscaler reads the gateways' load reports
     ]
+    operator = rule["from"][-1]
+    assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert operator["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "goodput-system"
+    }
     listed = chart.render({"networkPolicy": {"namespaces": ["a", "b"]}}).all("NetworkPolicy")
     assert sorted(p["metadata"]["namespace"] for p in listed) == ["a", "b"]
     off = {"operator": {"watchNamespace": "team-a"}, "networkPolicy": {"enabled": False}}
@@ -370,3 +376,16 @@ def test_api_keys_reach_the_operator_and_the_pod_monitor_scrapes_the_admin_port(
     warned, quiet = chart.render().notes, chart.render(keys).notes
     assert warned is not None and "without an API key" in warned
     assert quiet is not None and "without an API key" not in quiet
+
+
+def test_autoscaling_and_the_routers_hold_reach_the_operator(chart: ChartRenderer) -> None:
+    env = {e["name"]: e.get("value") for e in operator_container(chart.render())["env"]}
+    assert env["GOODPUT_AUTOSCALING_INTERVAL_S"] == "15"
+    assert (env["GOODPUT_ROUTER_HOLD_S"], env["GOODPUT_ROUTER_HOLD_QUEUE"]) == ("300", "256")
+    assert "GOODPUT_AUTOSCALING_REPLICA_RPS" not in env  # the profiler's prediction
+    measured = {"autoscaling": {"replicaRPS": 0.5, "coldStartSeconds": 40}}
+    env = {e["name"]: e.get("value") for e in operator_container(chart.render(measured))["env"]}
+    assert (env["GOODPUT_AUTOSCALING_REPLICA_RPS"], env["GOODPUT_AUTOSCALING_COLD_START_S"]) == (
+        "0.5",
+        "40",
+    )

@@ -17,7 +17,7 @@ from goodput.operator.gpu_selection import FirstFitSelector
 from goodput.operator.kube import StaleWrite, apply_body
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
-from goodput.operator.reconcile import Reconciler
+from goodput.operator.reconcile import Reconciler, replica_ids, without_drained
 from goodput.operator.settings import WorkloadSettings
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -443,15 +443,32 @@ def test_a_replica_deployment_the_spec_does_not_want_goes_on_the_next_event() ->
     assert kube.deployments() == ["llama-r0"] and kube.deleted == ["llama-r1"]
 
 
-def test_enabled_autoscaling_is_not_accepted_in_silence() -> None:
-    kube = _kube(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3})
+def test_scaling_down_removes_the_replicas_the_autoscaler_names_first() -> None:
+    """The autoscaler names the replica with the least work in flight (goodput.dev/drain-first)
+    before it lowers spec.replicas: that one goes, not the highest id; a stale annotation moves
+    nothing once the count matches."""
+    kube = _kube(replicas=3)
     r, _ = _reconciler(kube)
-    outcome, _ = _run(r, kube)
-    warned = [n for n in outcome.notices if n.reason == "AutoscalingNotActive"]
-    assert len(warned) == 1 and warned[0].warning
-    assert "does not change replicas yet" in warned[0].message
-    again, _ = _run(r, kube)
-    assert again.notices == (), "said once per generation"
-    plain = _kube()
-    quiet, _ = _run(_reconciler(plain)[0], plain)
-    assert "AutoscalingNotActive" not in {n.reason for n in quiet.notices}
+    _run(r, kube)
+    assert kube.deployments() == ["llama-r0", "llama-r1", "llama-r2"]
+    kube.parent()["metadata"]["annotations"] = {naming.ANNOTATION_DRAIN_FIRST: "0"}
+    _run(r, kube, replicas=2)
+    assert kube.deployments() == ["llama-r1", "llama-r2"] and kube.deleted == ["llama-r0"]
+    _run(r, kube, replicas=3)  # up again: the lowest free id, the others untouched
+    assert kube.deployments() == ["llama-r0", "llama-r1", "llama-r2"]
+    _run(r, kube, replicas=1)  # the annotation names one; the second to go is the highest
+    assert kube.deployments() == ["llama-r1"]
+    _run(r, kube, replicas=1)
+    assert kube.deployments() == ["llama-r1"]
+
+
+def test_replica_ids_keep_the_running_ones() -> None:
+    assert replica_ids([], 2) == [0, 1]
+    assert replica_ids([0, 1, 2], 2) == [0, 1]
+    assert replica_ids([0, 1, 2], 2, first=[1]) == [0, 2]
+    assert replica_ids([2], 2, first=[2]) == [0, 2], "not removed when none are too many"
+    assert replica_ids([0, 2], 3) == [0, 1, 2]
+    assert replica_ids([0, 1], 0, first=[1]) == []
+    placement = [{"replica": 0}, {"replica": 1}, {"replica": 2}]
+    assert without_drained(placement, 2, [1, 2]) == [{"replica": 0}, {"replica": 2}]
+    assert without_drained(placement, 3, [1]) == placement

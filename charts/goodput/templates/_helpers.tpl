@@ -111,6 +111,10 @@ Call with (list $ "ServiceMonitor").
 - apiGroups: ["goodput.dev"]
   resources: ["llmdeployments/status"]
   verbs: ["get", "patch", "update"]
+# The autoscaler moves spec.replicas through the scale subresource, as an HPA would.
+- apiGroups: ["goodput.dev"]
+  resources: ["llmdeployments/scale"]
+  verbs: ["get", "patch", "update"]
 # The serving workload, its endpoint and the gateway config (server-side apply).
 - apiGroups: ["apps"]
   resources: ["deployments"]
