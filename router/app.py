@@ -8,10 +8,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.datastructures import Headers, State
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import EndpointTable, LoadPoller
@@ -22,6 +23,9 @@ from goodput.router.proxy import Router, status_body
 from goodput.router.stages import RoutingPipeline
 from goodput.router.upstream import Upstream
 from goodput.serving.http_guard import HttpLimits, RequestGuard
+from goodput.serving.openai_request import Endpoint as Route
+
+_ROUTES: dict[str, Route] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
 def free_slots(table: EndpointTable) -> int:
@@ -55,15 +59,42 @@ def build_router(
     return router, poller, registry
 
 
-def guarded(app: FastAPI, limits: HttpLimits) -> ASGIApp:
+class RouterApp:
+    """The router's ASGI app: the two routes every routed request takes are answered straight
+    from ASGI, the rest by a FastAPI app. FastAPI's routing and request layers cost most of a
+    millisecond per request here (docs/router.md, "Cost"), which is what the router may add."""
+
+    def __init__(self, app: FastAPI, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:  # the guard outside has bounded it already
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        response = await self.router.handle(bytes(body), route, Headers(scope=scope))
+        await response(scope, receive, send)
+
+
+def guarded(app: RouterApp, limits: HttpLimits) -> ASGIApp:
     """The gateway's bounded HTTP edge around the router: body size and time, and every
     unexpected exception a counted OpenAI-format 500 that keeps the connection."""
-    router: Router = app.state.router
-    counter = router.metrics.internal_errors.labels(router.label)
+    counter = app.router.metrics.internal_errors.labels(app.router.label)
     return RequestGuard(app, limits, on_internal_error=counter.inc)
 
 
-def create_app(config: RouterConfig) -> FastAPI:
+def create_app(config: RouterConfig) -> RouterApp:
     router, poller, registry = build_router(config)
     watcher = None
     if config.discovery is not None:
@@ -92,14 +123,6 @@ def create_app(config: RouterConfig) -> FastAPI:
     )
     app.state.router = router
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await router.handle(await request.body(), "chat", request.headers)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await router.handle(await request.body(), "completions", request.headers)
-
     @app.get("/v1/models")
     async def models() -> Response:
         return await router.models()
@@ -122,4 +145,4 @@ def create_app(config: RouterConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return RouterApp(app, router)

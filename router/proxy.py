@@ -10,6 +10,7 @@ a failure ends the stream with an OpenAI error event.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -17,7 +18,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint, EndpointTable
@@ -251,10 +253,11 @@ class Router:
             return "failed", engine_failed(f"replica {endpoint.name}: {exc}").response()
         self.metrics.ttft.labels(self.label).observe(self.clock() - arrival)
         self._outcome("ok")
-        return StreamingResponse(
+        return RelayResponse(
             self._relay(endpoint, upstream, first, chunks),
             status_code=upstream.status,
             headers=_relayed(upstream.headers),
+            on_disconnect=upstream.close,
         )
 
     async def _relay(
@@ -316,6 +319,51 @@ class Router:
             if index is not None:
                 index.forget(name)
         self.capacity_changed()
+
+
+class RelayResponse(Response):
+    """A replica's stream passed on chunk by chunk. A client that leaves closes the replica's
+    response at once (its gateway sees the disconnect and stops the engine's work), watched by
+    one plain task rather than Starlette's per-response task group, which costs a measurable
+    share of the router's added time to first token."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        status_code: int,
+        headers: Mapping[str, str],
+        on_disconnect: Callable[[], object],
+    ) -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.background = None
+        self.on_disconnect = on_disconnect
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        left = asyncio.ensure_future(_disconnected(receive))
+        left.add_done_callback(lambda f: None if f.cancelled() else self.on_disconnect())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            left.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (the request body was read before)."""
+    message: Message = {}
+    while message.get("type") != "http.disconnect":
+        message = await receive()
 
 
 def _relayed(headers: Mapping[str, str]) -> dict[str, str]:

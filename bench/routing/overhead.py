@@ -5,8 +5,10 @@ drown a millisecond.
 One engine process, one gateway (``goodput serve``) before it, one router (``goodput route``)
 before the gateway. The same requests go to the gateway directly and through the router:
 
-- added TTFT: streamed requests one at a time, direct and routed in alternating order, paired;
-  the median (and p90) of the per-pair differences;
+- added TTFT: streamed requests one at a time, direct, through the router and through two
+  reference relays (``relays.py``: a bytes-only L4 relay and a bare uvicorn + aiohttp relay,
+  the floors under any proxy hop and under the router's HTTP stack), in a rotated order per
+  round; the median (and p90) of each hop's per-round differences from direct;
 - throughput at saturation: a closed loop of ``--concurrency`` streams for ``--seconds``, direct
   and routed in ``--rounds`` ABBA-ordered pairs, completed tokens per second, the median of the
   pairs' routed / direct ratios; and the router's CPU per relayed token, which bounds what one
@@ -40,6 +42,8 @@ from goodput.dev.processes import free_port, served
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 MODEL = "tiny"
+# The reference hops measured beside the router (bench/routing/relays.py): name there -> here.
+FLOORS = {"l4": "l4-relay", "http": "bare-http-relay"}
 
 ENGINE = """
 import sys
@@ -87,25 +91,37 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> t
     return ttft, tokens
 
 
-async def paired_ttft(direct: str, routed: str, pairs: int) -> dict[str, Any]:
+async def paired_ttft(direct: str, hops: dict[str, str], pairs: int) -> dict[str, Any]:
+    """Each round sends the same request directly and through every hop, in a rotated order;
+    per hop, the distribution of (through the hop - direct) within a round."""
+    urls = {"direct": direct, **hops}
+    names = list(urls)
     async with httpx.AsyncClient(timeout=30) as client:
-        for i in range(20):  # warm both paths' connections and code
-            await one(client, direct, body(i, 2))
-            await one(client, routed, body(i, 2))
-        deltas, directs = [], []
+        for i in range(20):  # warm every path's connections and code
+            for url in urls.values():
+                await one(client, url, body(i, 2))
+        deltas: dict[str, list[float]] = {name: [] for name in hops}
+        directs = []
         for i in range(pairs):
             ttft: dict[str, float] = {}
-            for url in (direct, routed) if i % 2 == 0 else (routed, direct):
-                ttft[url] = (await one(client, url, body(i, 2)))[0]
-            deltas.append(ttft[routed] - ttft[direct])
-            directs.append(ttft[direct])
-    ms = np.array(deltas) * 1000
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                ttft[name] = (await one(client, urls[name], body(i, 2)))[0]
+            for name in hops:
+                deltas[name].append(ttft[name] - ttft["direct"])
+            directs.append(ttft["direct"])
+    added = {}
+    for name, values in deltas.items():
+        ms = np.array(values) * 1000
+        added[name] = {
+            "added_ttft_p50_ms": round(float(np.median(ms)), 3),
+            "added_ttft_p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "added_ttft_iqr_ms": [round(float(np.percentile(ms, q)), 3) for q in (25, 75)],
+        }
     return {
         "pairs": pairs,
         "direct_ttft_p50_ms": round(statistics.median(directs) * 1000, 3),
-        "added_ttft_p50_ms": round(float(np.median(ms)), 3),
-        "added_ttft_p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "added_ttft_iqr_ms": [round(float(np.percentile(ms, q)), 3) for q in (25, 75)],
+        "hops": added,
     }
 
 
@@ -163,6 +179,7 @@ def main(
 ) -> None:
     started = time.monotonic()
     engine_port, gateway_port, router_port = free_port(), free_port(), free_port()
+    floors = {name: f"http://127.0.0.1:{free_port()}" for name in FLOORS}
     engine = f"http://127.0.0.1:{engine_port}"
     direct = f"http://127.0.0.1:{gateway_port}"
     routed = f"http://127.0.0.1:{router_port}"
@@ -191,10 +208,18 @@ def main(
                 routed + "/readyz",
             )
         ).pid  # fmt: skip
-        click.echo(f"engine {engine}, gateway {direct}, router {routed}")
+        for name, url in floors.items():
+            port = url.rsplit(":", 1)[1]
+            relay = [py, str(REPO / "bench" / "routing" / "relays.py"), name, port, direct]
+            stack.enter_context(served(relay, url + "/readyz"))
+        click.echo(f"engine {engine}, gateway {direct}, router {routed}, floors {floors}")
         cpu0, (dsum0, dcount0) = cpu_seconds(router_pid), decision_seconds(routed)
-        ttft = asyncio.run(paired_ttft(direct, routed, pairs))
-        click.echo(f"added TTFT: {ttft}")
+        ttft = asyncio.run(
+            paired_ttft(
+                direct, {"router": routed, **{FLOORS[n]: u for n, u in floors.items()}}, pairs
+            )
+        )
+        click.echo(f"added TTFT: {json.dumps(ttft)}")
         loops: dict[str, list[dict[str, Any]]] = {"direct": [], "routed": []}
         cpu_loops0 = cpu_seconds(router_pid)
         for block in range(rounds):
@@ -205,7 +230,8 @@ def main(
                 click.echo(f"{name:7s} {result}")
                 loops[name].append(result)
         cpu1, (dsum1, dcount1) = cpu_seconds(router_pid), decision_seconds(routed)
-    routed_requests = 2 * pairs + 40 + sum(r["requests"] for r in loops["routed"])
+    routed_requests = pairs + 20 + sum(r["requests"] for r in loops["routed"])
+    hops = ttft["hops"]
     routed_tokens = sum(r["tokens"] for r in loops["routed"])
     # Each block's routed/direct ratio, and their median: one noisy block cannot decide it.
     ratios = [
@@ -215,8 +241,12 @@ def main(
     loss = 1 - statistics.median(ratios)
     cpu_per_token_us = 1e6 * (cpu1 - cpu_loops0) / routed_tokens
     summary = {
-        "added_ttft_p50_ms": ttft["added_ttft_p50_ms"],
-        "added_ttft_p90_ms": ttft["added_ttft_p90_ms"],
+        "added_ttft_p50_ms": hops["router"]["added_ttft_p50_ms"],
+        "added_ttft_p90_ms": hops["router"]["added_ttft_p90_ms"],
+        # The same measure through hops that do nothing but relay: the floor under the router.
+        "floors_added_ttft_p50_ms": {
+            name: hops[name]["added_ttft_p50_ms"] for name in FLOORS.values()
+        },
         "direct_ttft_p50_ms": ttft["direct_ttft_p50_ms"],
         "throughput_loss_at_saturation": round(loss, 4),
         "throughput_ratio_by_block": [round(r, 3) for r in ratios],
@@ -225,7 +255,10 @@ def main(
         "router_cpu_ms_per_request": round(1000 * (cpu1 - cpu0) / routed_requests, 3),
         "router_decision_ms_mean": round(1000 * (dsum1 - dsum0) / max(dcount1 - dcount0, 1), 4),
         "targets": {
-            "added_ttft_p50_ms": {"target": "< 1.0", "met": ttft["added_ttft_p50_ms"] < 1.0},
+            "added_ttft_p50_ms": {
+                "target": "< 1.0",
+                "met": hops["router"]["added_ttft_p50_ms"] < 1.0,
+            },
             # Not judged when the blocks scatter wider than the effect to be shown.
             "throughput_loss": {
                 "target": "< 0.02",
@@ -265,11 +298,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     s = report["summary"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.bar(["direct p50", "added p50", "added p90"],
-             [s["direct_ttft_p50_ms"], s["added_ttft_p50_ms"], s["added_ttft_p90_ms"]])  # fmt: skip
+    hops = report["paired_ttft"]["hops"]
+    names = list(hops)
+    left.bar(names, [hops[n]["added_ttft_p50_ms"] for n in names], label="p50")
+    left.scatter(names, [hops[n]["added_ttft_p90_ms"] for n in names], color="black", label="p90")
     left.axhline(1.0, color="red", linestyle="--", label="target: 1 ms added")
-    left.set_ylabel("ms")
-    left.set_title("time to first token")
+    left.set_ylabel("ms added to TTFT")
+    left.set_title(f"added TTFT (direct p50 {s['direct_ttft_p50_ms']:.0f} ms)")
     left.legend()
     loops = report["closed_loop"]
     means = [statistics.mean(r["tokens_per_s"] for r in loops[k]) for k in ("direct", "routed")]
