@@ -53,6 +53,26 @@ def test_openai_clients_stream_and_complete_through_the_router(
     assert 'goodput_router_endpoints{router="router",state="ready"} 2.0' in metrics
 
 
+def test_a_client_that_leaves_mid_stream_stops_the_engine_through_the_router(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    (rep,) = replicas(1)
+    router, url = router_for([rep.url])
+    stream = client(url).completions.create(model="tiny", prompt="x", max_tokens=2000, stream=True)
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 5
+    while (rep.engine.aborted == 0 or router.table.all()[0].outstanding) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    # The router closed its relay at once: the gateway saw the disconnect and aborted the
+    # engine's request, long before its 2,000 tokens; the router holds nothing there.
+    assert rep.engine.aborted == 1
+    assert rep.engine.completed == 0
+    assert router.table.all()[0].outstanding == 0
+
+
 def test_a_session_keeps_landing_on_one_replica(
     replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
 ) -> None:
