@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from goodput.api.llmdeployment import LLMDeploymentSpec
 from goodput.operator.gpu_catalog import gpu_for_label
-from goodput.operator.gpu_selection import Placement
 from goodput.operator.model_memory import CatalogMemory
+from goodput.operator.placement.selection import Placement
 from goodput.profiler.memory import VllmFlags
 
 ENGINE_HOST = "127.0.0.1"

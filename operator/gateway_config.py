@@ -22,7 +22,7 @@ from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import naming
 from goodput.operator.engine_args import ENGINE_PORT as ENGINE_PORT
 from goodput.operator.engine_args import engine_facts
-from goodput.operator.gpu_selection import Placement
+from goodput.operator.placement.selection import Placement
 
 CONFIG_KEY = "gateway.json"
 CONFIG_DIR = "/etc/goodput"

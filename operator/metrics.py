@@ -20,7 +20,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from goodput.api.llmdeployment import Phase
-from goodput.operator.gpu_selection import GPUNode
+from goodput.operator.inventory import GpuNode
 
 PHASES: tuple[str, ...] = get_args(Phase)
 
@@ -116,7 +116,7 @@ class OperatorMetrics:
             self._facts.pop(key, None)
             self._refresh()
 
-    def observe_capacity(self, nodes: Iterable[GPUNode]) -> None:
+    def observe_capacity(self, nodes: Iterable[GpuNode]) -> None:
         capacity: Tally[str] = Tally()
         for node in nodes:
             capacity[node.product] += node.gpus

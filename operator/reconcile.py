@@ -25,18 +25,17 @@ from goodput.operator import (
     tls,
     workload,
 )
-from goodput.operator.gpu_selection import (
-    FirstFitSelector,
-    GPUSelector,
-    Placement,
-    SelectionContext,
-    Unplaceable,
-    gpu_nodes,
-)
 from goodput.operator.inventory import GpuInventory
 from goodput.operator.kube import StaleWrite, rejected
 from goodput.operator.metrics import DeploymentFacts, OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory, ModelMemory, ModelProfile
+from goodput.operator.placement.first_fit import FirstFitSelector
+from goodput.operator.placement.selection import (
+    GPUSelector,
+    Placement,
+    SelectionContext,
+    Unplaceable,
+)
 from goodput.operator.placement.selector import SolverSelector
 from goodput.operator.rollout import (
     ANNOTATION_POD_SPEC,
@@ -285,7 +284,7 @@ class Reconciler:
         previous: Mapping[str, Any] = body.get("status") or {}
         old_placed = status.find(previous.get("conditions") or [], status.PLACED)
         node_objects = self.kube.list_nodes()
-        nodes = gpu_nodes(node_objects)
+        nodes = GpuInventory.from_objects(node_objects).nodes()
         self.metrics.observe_capacity(nodes)
         context = SelectionContext(
             deployment=f"{meta.namespace}/{meta.name}",

@@ -40,7 +40,8 @@ from goodput.api.llmdeployment import PVC_SOURCE, EnvVar, LLMDeployment
 from goodput.operator import naming, tls
 from goodput.operator.engine_args import build as build_engine_args
 from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, STATE_DIR
-from goodput.operator.gpu_selection import GPU_RESOURCE, LABEL_PRODUCT, Placement
+from goodput.operator.inventory import GPU_RESOURCE, LABEL_PRODUCT
+from goodput.operator.placement.selection import Placement
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
 

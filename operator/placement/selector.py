@@ -24,17 +24,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from goodput.api.llmdeployment import LLMDeploymentSpec
-from goodput.operator.gpu_selection import (
-    GPUNode,
+from goodput.operator.inventory import GpuInventory, GpuNode, ReplicaBooking
+from goodput.operator.model_memory import ModelMemory
+from goodput.operator.placement.demand import ModelDemand
+from goodput.operator.placement.plan import DeploymentPlacement, ReplicaPlacement, StagePlacement
+from goodput.operator.placement.selection import (
     GPUSelector,
     Placement,
     SelectionContext,
     Unplaceable,
 )
-from goodput.operator.inventory import GpuInventory, GpuNode, ReplicaBooking
-from goodput.operator.model_memory import ModelMemory
-from goodput.operator.placement.demand import ModelDemand
-from goodput.operator.placement.plan import DeploymentPlacement, ReplicaPlacement, StagePlacement
 from goodput.operator.placement.solver import PlacementSolver
 from goodput.operator.placement.spec_demand import demand_from_spec
 
@@ -80,7 +79,7 @@ class SolverSelector:
     def select(
         self,
         spec: LLMDeploymentSpec,
-        nodes: Sequence[GPUNode],
+        nodes: Sequence[GpuNode],
         context: SelectionContext | None = None,
     ) -> Placement | Unplaceable:
         demand = demand_from_spec(context.deployment, spec) if context else None

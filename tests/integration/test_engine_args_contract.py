@@ -21,7 +21,7 @@ import yaml
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import workload
-from goodput.operator.gpu_selection import Placement
+from goodput.operator.placement.selection import Placement
 from goodput.profiler.memory import Quantization, VllmFlags
 
 pytestmark = pytest.mark.engine

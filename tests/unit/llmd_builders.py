@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from goodput.operator.inventory import GpuInventory, GpuNode
+
 BASE: dict[str, Any] = {
     "apiVersion": "goodput.dev/v1alpha1",
     "kind": "LLMDeployment",
@@ -21,6 +23,11 @@ def make_body(**spec: Any) -> dict[str, Any]:
     body = copy.deepcopy(BASE)
     body["spec"].update(spec)
     return body
+
+
+def gpu_nodes(nodes: list[dict[str, Any]]) -> tuple[GpuNode, ...]:
+    """Node objects as the operator reads them (the GPU inventory's parser)."""
+    return GpuInventory.from_objects(nodes).nodes()
 
 
 def make_node(

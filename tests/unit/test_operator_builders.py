@@ -10,7 +10,7 @@ from llmd_builders import make_body
 from goodput.api.gateway_config import GatewayConfig
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import gateway_config, naming, service, workload
-from goodput.operator.gpu_selection import Placement
+from goodput.operator.placement.selection import Placement
 from goodput.operator.settings import WorkloadSettings, parse_toleration
 
 H100 = "NVIDIA-H100-80GB-HBM3"

@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 import yaml
-from llmd_builders import make_body, make_node
+from llmd_builders import gpu_nodes, make_body, make_node
 from test_operator_reconcile import FakeKube, _reconciler, _run
 
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import gateway_config, workload
 from goodput.operator.engine_args import engine_facts, flag_name, refusal, user_flags
-from goodput.operator.gpu_selection import FirstFitSelector, Placement, gpu_nodes
 from goodput.operator.model_memory import EstimatedMemory
+from goodput.operator.placement.first_fit import FirstFitSelector
+from goodput.operator.placement.selection import Placement
 from goodput.profiler import catalog
 
 ROOT = Path(__file__).resolve().parents[2]

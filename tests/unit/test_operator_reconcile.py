@@ -13,10 +13,10 @@ from kubernetes.client.exceptions import ApiException
 from llmd_builders import make_body, make_node
 
 from goodput.operator import naming
-from goodput.operator.gpu_selection import FirstFitSelector
 from goodput.operator.kube import StaleWrite, apply_body
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
+from goodput.operator.placement.first_fit import FirstFitSelector
 from goodput.operator.reconcile import Reconciler, replica_ids, without_drained
 from goodput.operator.settings import WorkloadSettings
 

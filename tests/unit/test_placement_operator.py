@@ -7,19 +7,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from llmd_builders import make_body
+from llmd_builders import gpu_nodes, make_body
 
 from goodput.api.llmdeployment import LLMDeployment
-from goodput.operator.gpu_selection import (
-    FirstFitSelector,
-    Placement,
-    SelectionContext,
-    Unplaceable,
-    gpu_nodes,
-)
 from goodput.operator.inventory import GpuInventory
 from goodput.operator.metrics import OperatorMetrics
 from goodput.operator.model_memory import EstimatedMemory
+from goodput.operator.placement.first_fit import FirstFitSelector
+from goodput.operator.placement.selection import Placement, SelectionContext, Unplaceable
 from goodput.operator.placement.selector import SolverSelector
 from goodput.operator.reconcile import Reconciler, replica_placement
 from goodput.operator.settings import WorkloadSettings

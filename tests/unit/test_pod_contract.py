@@ -21,7 +21,7 @@ from pod_security import restricted_violations
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import workload
 from goodput.operator.gateway_config import STATE_DIR, config_map
-from goodput.operator.gpu_selection import Placement
+from goodput.operator.placement.selection import Placement
 from goodput.operator.settings import (
     ENGINE_STOP_SECONDS,
     GATEWAY_EXIT_SECONDS,

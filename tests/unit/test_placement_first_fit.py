@@ -1,20 +1,17 @@
-"""The first GPU-selection rule and the memory estimates behind it."""
+"""First fit (models outside the profiler's catalog), on the inventory's node model, and the
+memory estimates behind it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmd_builders import make_body, make_node
+from llmd_builders import gpu_nodes, make_body, make_node
 
 from goodput.api.llmdeployment import LLMDeploymentSpec
-from goodput.operator.gpu_selection import (
-    FirstFitSelector,
-    Placement,
-    Unplaceable,
-    gpu_nodes,
-    matches_gpu_type,
-)
+from goodput.operator.gpu_catalog import matches_gpu_type
 from goodput.operator.model_memory import EstimatedMemory, parameters_from_name
+from goodput.operator.placement.first_fit import FirstFitSelector
+from goodput.operator.placement.selection import Placement, Unplaceable
 
 H100, A100, L4 = "NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB", "NVIDIA-L4"
 SELECT = FirstFitSelector(EstimatedMemory())
@@ -34,7 +31,7 @@ def test_node_reading_skips_cordoned_and_gpu_less_nodes() -> None:
         ]
     )
     assert [(n.name, n.product, n.gpus) for n in nodes] == [("a", H100, 8), ("c", L4, 1)]
-    assert nodes[1].memory_bytes is not None and nodes[1].memory_bytes > 20 * 1024**3
+    assert nodes[1].gpu.memory_bytes > 20 * 1024**3
 
 
 def test_gpu_type_matching() -> None:
