@@ -95,8 +95,9 @@ class Endpoint:
             return False
         return self.free_slots() == 0
 
-    def predicted_ttft_s(self) -> float | None:
-        """Queueing plus first token for a request sent now; ``None`` before any report."""
+    def predicted_ttft_s(self, uncached_tokens: float = 0.0) -> float | None:
+        """Queueing plus first token for a request sent now, plus the prefill of its
+        ``uncached_tokens`` at the replica's reported rate; ``None`` before any report."""
         report = self.report
         if report is None:
             return None
@@ -109,7 +110,7 @@ class Endpoint:
             # about a first-token time more.
             over = self.inflight_now() + report.queue - report.limit
             wait += max(0, over) * max(first, 0.001)
-        return wait + first
+        return wait + first + (report.prefill_s_per_token or 0.0) * uncached_tokens
 
     def failed(self, now: float, backoff_s: float = 1.0) -> None:
         self.failures += 1

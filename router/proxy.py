@@ -94,7 +94,13 @@ class Router:
             prompt = body["prompt"]
             if prompt and all(isinstance(t, int) for t in prompt):
                 token_ids = prompt
-        blocks = block_hashes(parsed.prompt_text, token_ids, self.config.prefix.block_chars)
+        block_chars = self.config.prefix.block_chars
+        blocks = block_hashes(parsed.prompt_text, token_ids, block_chars)
+        if token_ids:
+            block_tokens = float(max(1, block_chars // 4))
+        else:
+            chars = max(1, len(parsed.prompt_text))
+            block_tokens = parsed.prompt_tokens_estimate * min(1.0, block_chars / chars)
         session = headers.get(self.config.session_header) or None
         user = body.get("user")
         if session is None and self.config.session_from_user and isinstance(user, str) and user:
@@ -107,6 +113,7 @@ class Router:
             model=parsed.model,
             blocks=blocks,
             prompt_tokens=parsed.prompt_tokens_estimate,
+            block_tokens=block_tokens,
             session=session,
             tenant=tenant.name,
             priority=priority,

@@ -11,9 +11,11 @@
 
 Affinity (prefix, session) is bounded: a replica carrying more than ``bounded_load`` times the
 mean load plus one request gets no affinity score, so one hot prefix or session cannot pin a
-saturated replica. Where no router has seen a prompt yet, its home replica comes from rendezvous
-hashing of its leading blocks, which every router computes alike: routers agree without a
-shared store.
+saturated replica. Short of that bound it holds even while the replica queues: a move re-prefills
+the prompt elsewhere, which the SLO-headroom stages weigh (they predict each replica's TTFT with
+the prefill of what it does not hold, ``PrefixKnowledge``). Where no router has seen a prompt
+yet, its home replica comes from rendezvous hashing of its leading blocks, which every router
+computes alike: routers agree without a shared store.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class RoutingRequest:
     blocks: tuple[int, ...]
     """Chained prefix block hashes (``prefix.block_hashes``)."""
     prompt_tokens: int
+    block_tokens: float
+    """The prompt tokens one block covers (the prompt's tokens over its length, times a
+    block's)."""
     session: str | None
     tenant: str
     priority: str
@@ -70,6 +75,44 @@ class Scorer(Protocol):
         ...
 
 
+class PrefixKnowledge:
+    """What this router believes each replica holds of a request's prompt: the one owner of
+    prefix-index lookups for the stages that judge by it — the prefix scorer (affinity) and the
+    SLO-headroom stages (the prefill a replica would still have to do). Lookups are kept for the
+    request being decided, so each stage asks without repeating the search."""
+
+    def __init__(self, index: PrefixIndex) -> None:
+        self.index = index
+        self._request: RoutingRequest | None = None
+        self._matched: dict[str, int] = {}
+
+    def matched_blocks(self, request: RoutingRequest, endpoint: Endpoint) -> int:
+        if request is not self._request:
+            self._request, self._matched = request, {}
+        found = self._matched.get(endpoint.name)
+        if found is None:
+            found = self._matched[endpoint.name] = self.index.matched_blocks(
+                endpoint.name, request.blocks
+            )
+        return found
+
+    def record(self, request: RoutingRequest, endpoint: Endpoint) -> None:
+        """``endpoint`` got ``request``: it holds its blocks now."""
+        self.index.record(endpoint.name, request.blocks)
+        self._request, self._matched = None, {}
+
+    def uncached_tokens(self, request: RoutingRequest, endpoint: Endpoint) -> float:
+        """The prompt's tokens that ``endpoint`` would have to prefill: those past the blocks
+        this router sent there."""
+        if not request.blocks:
+            return float(request.prompt_tokens)
+        held = self.matched_blocks(request, endpoint) * request.block_tokens
+        return max(0.0, request.prompt_tokens - held)
+
+    def predicted_ttft_s(self, request: RoutingRequest, endpoint: Endpoint) -> float | None:
+        return endpoint.predicted_ttft_s(self.uncached_tokens(request, endpoint))
+
+
 # -- filters ------------------------------------------------------------------------------------
 
 
@@ -90,13 +133,23 @@ class ReadyFilter:
 
 class SLOHeadroomFilter:
     """Where some replicas are predicted to meet the request's TTFT objective, only those.
-    Where none are (or nothing is known yet), all: the choice is left to the scorers."""
+    Where none are (or nothing is known yet), all: the choice is left to the scorers. The
+    prediction includes prefilling what the replica does not hold of the prompt, so a replica
+    with a short queue but a cold cache is not preferred blindly to the one holding the
+    prompt."""
 
     name = "slo-headroom"
     soft = True
 
+    def __init__(self, knowledge: PrefixKnowledge) -> None:
+        self.knowledge = knowledge
+
     def filter(self, request: RoutingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
-        meeting = [e for e in endpoints if _meets(e, _objective(request, e))]
+        meeting = [
+            e
+            for e in endpoints
+            if _meets(self.knowledge.predicted_ttft_s(request, e), _objective(request, e))
+        ]
         return meeting or endpoints
 
 
@@ -107,9 +160,8 @@ def _objective(request: RoutingRequest, endpoint: Endpoint) -> float | None:
     return None if endpoint.report is None else endpoint.report.ttft_objective_s
 
 
-def _meets(endpoint: Endpoint, objective_s: float | None) -> bool:
-    ttft = endpoint.predicted_ttft_s()
-    return ttft is None or objective_s is None or ttft <= objective_s
+def _meets(ttft_s: float | None, objective_s: float | None) -> bool:
+    return ttft_s is None or objective_s is None or ttft_s <= objective_s
 
 
 # -- scorers ------------------------------------------------------------------------------------
@@ -117,13 +169,11 @@ def _meets(endpoint: Endpoint, objective_s: float | None) -> bool:
 
 def _overloaded(endpoints: Sequence[Endpoint], factor: float) -> list[bool]:
     """Bounded load: above ``factor`` x mean load + 1 request (consistent hashing with bounded
-    loads), or saturated while another replica is not."""
+    loads). A queue short of that is not a reason to leave: whether waiting there beats
+    prefilling elsewhere is the SLO-headroom stages' judgement, made with the prefill cost."""
     loads = [e.load for e in endpoints]
     bound = factor * (sum(loads) / len(loads)) + 1.0
-    any_free = any(not e.saturated for e in endpoints)
-    return [
-        load > bound or (any_free and e.saturated) for load, e in zip(loads, endpoints, strict=True)
-    ]
+    return [load > bound for load in loads]
 
 
 class PrefixCacheScorer:
@@ -134,8 +184,11 @@ class PrefixCacheScorer:
     name = "prefix-cache"
     HOME_SCORE = 0.5
 
-    def __init__(self, index: PrefixIndex, affinity_blocks: int, bounded_load: float) -> None:
-        self.index = index
+    def __init__(
+        self, knowledge: PrefixKnowledge, affinity_blocks: int, bounded_load: float
+    ) -> None:
+        self.knowledge = knowledge
+        self.index = knowledge.index
         self.affinity_blocks = affinity_blocks
         self.bounded_load = bounded_load
 
@@ -144,7 +197,7 @@ class PrefixCacheScorer:
         if not blocks or not endpoints:
             return [0.0] * len(endpoints)
         over = _overloaded(endpoints, self.bounded_load)
-        matched = [self.index.matched_blocks(e.name, blocks) for e in endpoints]
+        matched = [self.knowledge.matched_blocks(request, e) for e in endpoints]
         scores = [0.0 if o else m / len(blocks) for m, o in zip(matched, over, strict=True)]
         home_key = blocks[min(len(blocks), self.affinity_blocks) - 1]
         for name in rendezvous_rank(home_key, [e.name for e in endpoints]):
@@ -155,7 +208,7 @@ class PrefixCacheScorer:
         return scores
 
     def chosen(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        self.index.record(endpoint.name, request.blocks)
+        self.knowledge.record(request, endpoint)
 
 
 class SessionAffinityScorer:
@@ -193,15 +246,19 @@ def stable_hash(text: str) -> int:
 
 class SLOHeadroomScorer:
     """Prefers the replica predicted to answer the first token soonest relative to the
-    request's TTFT objective (1: immediately; 0: at or past the objective)."""
+    request's TTFT objective (1: immediately; 0: at or past the objective), prefill of what it
+    does not hold of the prompt included."""
 
     name = "slo-headroom"
+
+    def __init__(self, knowledge: PrefixKnowledge) -> None:
+        self.knowledge = knowledge
 
     def score(self, request: RoutingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         scores = []
         for e in endpoints:
             objective = _objective(request, e)
-            ttft = e.predicted_ttft_s()
+            ttft = self.knowledge.predicted_ttft_s(request, e)
             if ttft is None or objective is None:
                 scores.append(0.5)
             else:
@@ -344,17 +401,17 @@ class RoutingPipeline:
         rng: random.Random | None = None,
     ) -> RoutingPipeline:
         rng = rng or random.Random()
-        index = PrefixIndex(config.prefix.index_blocks)
+        knowledge = PrefixKnowledge(PrefixIndex(config.prefix.index_blocks))
         filters: dict[str, Callable[[], Filter]] = {
             "ready": lambda: ReadyFilter(clock),
-            "slo-headroom": SLOHeadroomFilter,
+            "slo-headroom": lambda: SLOHeadroomFilter(knowledge),
         }
         scorers: dict[str, Callable[[], Scorer]] = {
             "prefix-cache": lambda: PrefixCacheScorer(
-                index, config.prefix.affinity_blocks, config.bounded_load
+                knowledge, config.prefix.affinity_blocks, config.bounded_load
             ),
             "session-affinity": lambda: SessionAffinityScorer(config.bounded_load),
-            "slo-headroom": SLOHeadroomScorer,
+            "slo-headroom": lambda: SLOHeadroomScorer(knowledge),
             "least-load": LeastLoadScorer,
             "random": lambda: RandomScorer(rng),
         }

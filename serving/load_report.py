@@ -21,6 +21,7 @@ def load_report(gateway: Gateway) -> LoadReport:
     if limit is not None:
         concurrency = min(concurrency, max(limit, 1))
     snapshot = gateway.budget.snapshot
+    prefill = gateway.service.prefill.fit
     return LoadReport(
         ready=gateway.ready,
         draining=gateway.draining,
@@ -29,6 +30,7 @@ def load_report(gateway: Gateway) -> LoadReport:
         limit=limit,
         predicted_wait_s=None if wait is None or not math.isfinite(wait) else max(0.0, wait),
         first_token_s=gateway.service.predict_first_token_s(concurrency),
+        prefill_s_per_token=None if prefill is None else prefill.slope_s,
         kv_usage=snapshot.kv_usage,
         prefix_cache_queries=snapshot.prefix_cache_queries,
         prefix_cache_hits=snapshot.prefix_cache_hits,

@@ -38,6 +38,14 @@ class LoadReport(BaseModel):
         alias="firstTokenS",
         description="Predicted dispatch-to-first-token time at the current batch size.",
     )
+    prefill_s_per_token: float | None = Field(
+        default=None,
+        ge=0,
+        alias="prefillSPerToken",
+        description="Predicted first-token time added per prompt token to prefill (the slope "
+        "of the gateway's prefill fit; cached tokens cost the engine almost nothing, so the "
+        "router applies it to the tokens it believes are not cached there).",
+    )
     kv_usage: float | None = Field(
         default=None, ge=0, alias="kvUsage", description="Engine KV-cache use, 0..1."
     )

@@ -23,6 +23,7 @@ def test_an_idle_gateway_reports_ready_and_empty(gateway_for: GatewayFactory) ->
     assert report.ttft_objective_s == 2.0
     assert report.kv_usage == 0.25
     assert not report.saturated
+    assert report.prefill_s_per_token is None  # no first token seen yet
     assert (report.requests, report.met_slo, report.finished, report.output_tokens) == (0, 0, 0, 0)
 
 
@@ -56,6 +57,26 @@ async def test_a_busy_gateway_reports_its_queue_and_saturation(
         usage = [r.json()["usage"] for r in responses]
         assert after.output_tokens == sum(u["completion_tokens"] for u in usage)
         assert after.prompt_tokens >= 5
+
+
+def test_the_prefill_rate_is_reported_once_prompts_of_several_sizes_were_served(
+    gateway_for: GatewayFactory,
+) -> None:
+    """The router prices a replica's missing prefix with it (``router.stages.PrefixKnowledge``):
+    the slope of the gateway's first-token time over the prompt tokens prefilling."""
+    gateway, url = gateway_for()
+    for i in range(12):
+        prompt = "word " * (20 + 150 * (i % 4))
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "tiny", "prompt": prompt, "max_tokens": 2, "stream": True},
+            timeout=30,
+        ).raise_for_status()
+    report = LoadReport.model_validate(httpx.get(f"{url}{LOAD_PATH}").json())
+    fit = gateway.service.prefill.fit
+    assert fit is not None
+    assert report.prefill_s_per_token == fit.slope_s >= 0.0
+    assert "prefillSPerToken" in httpx.get(f"{url}{LOAD_PATH}").json()
 
 
 def test_engine_prefix_cache_counters_are_read_from_vllm_metrics() -> None:

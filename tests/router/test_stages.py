@@ -12,6 +12,7 @@ from goodput.router.stages import (
     LeastLoadScorer,
     MaxScorePicker,
     PrefixCacheScorer,
+    PrefixKnowledge,
     ReadyFilter,
     RoutingPipeline,
     RoutingRequest,
@@ -34,6 +35,7 @@ def request(text: str = "", session: str | None = None, key: int = 7) -> Routing
         model="m",
         blocks=block_hashes(text, [], 16),
         prompt_tokens=len(text) // 4,
+        block_tokens=4.0,
         session=session,
         tenant="t",
         priority="default",
@@ -59,13 +61,13 @@ def test_slo_filter_keeps_only_replicas_predicted_in_time_when_there_are_any() -
     fast = endpoint("fast", predictedWaitS=0.1, firstTokenS=0.1)
     slow = endpoint("slow", predictedWaitS=5.0, firstTokenS=0.1)
     unknown = endpoint("unknown")  # no prediction yet: not excluded
-    f = SLOHeadroomFilter()
+    f = SLOHeadroomFilter(PrefixKnowledge(PrefixIndex(100)))
     assert f.filter(request(), [fast, slow, unknown]) == [fast, unknown]
     assert f.filter(request(), [slow]) == [slow]  # nobody in time: left to the scorers
 
 
 def test_slo_scorer_rates_headroom_against_the_objective() -> None:
-    scores = SLOHeadroomScorer().score(
+    scores = SLOHeadroomScorer(PrefixKnowledge(PrefixIndex(100))).score(
         request(),
         [endpoint("a", predictedWaitS=0.0), endpoint("b", predictedWaitS=0.5), endpoint("c")],
     )
@@ -80,8 +82,7 @@ def test_least_load_scorer_counts_what_was_sent_since_the_last_report() -> None:
 
 
 def test_prefix_scorer_prefers_the_holder_then_the_home_replica() -> None:
-    index = PrefixIndex(1000)
-    scorer = PrefixCacheScorer(index, affinity_blocks=2, bounded_load=1.25)
+    scorer = PrefixCacheScorer(PrefixKnowledge(PrefixIndex(1000)), 2, bounded_load=1.25)
     a, b, c = endpoint("a"), endpoint("b"), endpoint("c")
     req = request("p" * 160)
     first = scorer.score(req, [a, b, c])
@@ -97,8 +98,7 @@ def test_prefix_scorer_prefers_the_holder_then_the_home_replica() -> None:
 
 
 def test_affinity_yields_to_bounded_load() -> None:
-    index = PrefixIndex(1000)
-    scorer = PrefixCacheScorer(index, affinity_blocks=2, bounded_load=1.25)
+    scorer = PrefixCacheScorer(PrefixKnowledge(PrefixIndex(1000)), 2, bounded_load=1.25)
     hot, idle = endpoint("hot", inflight=10), endpoint("idle")
     req = request("p" * 160)
     scorer.chosen(req, hot)
@@ -108,6 +108,42 @@ def test_affinity_yields_to_bounded_load() -> None:
     for key in range(20):
         s = sessions.score(request(session=f"s{key}"), [hot, idle])
         assert s[0] == 0.0
+
+
+def test_affinity_holds_through_a_queue_short_of_the_bound() -> None:
+    """A replica holding a request or two in its gateway keeps its sessions and prefixes:
+    moving would re-prefill the history elsewhere (the SLO stages weigh that, not this)."""
+    scorer = PrefixCacheScorer(PrefixKnowledge(PrefixIndex(1000)), 2, bounded_load=1.25)
+    busy = endpoint("busy", queue=1, inflight=1, limit=1)
+    free = endpoint("free")
+    assert busy.saturated and not free.saturated
+    req = request("p" * 160)
+    scorer.chosen(req, busy)
+    assert scorer.score(req, [busy, free])[0] == 1.0  # 2 <= 1.25 * 1 + 1
+    sessions = SessionAffinityScorer(bounded_load=1.25)
+    homes = [sessions.score(request(session=f"s{k}"), [busy, free]) for k in range(20)]
+    assert any(s[0] == 1.0 for s in homes)  # sessions at home on the busy replica stay there
+
+
+def test_slo_stages_count_the_prefill_of_what_a_replica_does_not_hold() -> None:
+    """The replica holding the prompt waits 0.3 s; the idle one would prefill 400 tokens at
+    3 ms each (1.2 s): against a 1 s objective the holder is the one in time."""
+    knowledge = PrefixKnowledge(PrefixIndex(1000))
+    holder = endpoint("holder", predictedWaitS=0.3, firstTokenS=0.05, prefillSPerToken=0.003)
+    cold = endpoint("cold", predictedWaitS=0.0, firstTokenS=0.05, prefillSPerToken=0.003)
+    req = request("h" * 1600)  # 100 blocks of 16 chars, 400 tokens
+    knowledge.index.record("holder", req.blocks)
+    assert knowledge.uncached_tokens(req, holder) == 0.0
+    assert knowledge.uncached_tokens(req, cold) == 400.0
+    assert SLOHeadroomFilter(knowledge).filter(req, [holder, cold]) == [holder]
+    scores = SLOHeadroomScorer(knowledge).score(req, [holder, cold])
+    assert scores[0] > scores[1] == 0.0
+    # Without a prefill rate (an older gateway) only the queue counts: the idle one wins.
+    for e in (holder, cold):
+        assert e.report is not None
+        e.report = e.report.model_copy(update={"prefill_s_per_token": None})
+    assert SLOHeadroomFilter(knowledge).filter(req, [holder, cold]) == [holder, cold]
+    assert SLOHeadroomScorer(knowledge).score(req, [holder, cold])[1] > 0.9
 
 
 def test_sessions_spread_and_stick() -> None:
