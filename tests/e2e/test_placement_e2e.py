@@ -243,3 +243,74 @@ def test_memory_refusal_names_the_constraint(cluster: LocalCluster, ns: str) -> 
     cond = wait_for(lambda: placed(cluster, ns, "tight"), what="Placed")
     assert (cond["status"], cond["reason"]) == ("False", "InsufficientGPUMemory"), cond
     assert "no GPU type in [A10G] can hold" in cond["message"]
+
+
+def booked_gpus(cluster: LocalCluster, ns: str, nodes: list[str]) -> dict[str, int]:
+    """GPUs the operator has booked per node: replica Deployments pinned there (annotation
+    ``goodput.dev/node``), each with its pod template's GPU request."""
+    out: dict[str, int] = dict.fromkeys(nodes, 0)
+    for dep in get(cluster, ns, "deployments", "-l", "goodput.dev/deployment")["items"]:
+        node = (dep["metadata"].get("annotations") or {}).get("goodput.dev/node")
+        if node in out:
+            containers = dep["spec"]["template"]["spec"]["containers"]
+            out[node] += sum(
+                int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+                for c in containers
+            )
+    return out
+
+
+def test_concurrent_creations_never_book_a_gpu_twice(cluster: LocalCluster, ns: str) -> None:
+    """Ten LLMDeployments of two 1-GPU replicas created in one apply, on 12 GPUs of their own:
+    the operator converges them in parallel threads, and placement books one at a time (the
+    solver selector's lock; a solve's reservation holds its GPUs until the watch shows the
+    replica Deployments), so exactly six fit and no node is ever booked beyond its GPUs."""
+    pool = {
+        "name": "a100-80",
+        "gpu": {"product": "NVIDIA-A100-SXM4-80GB", "memoryMiB": 81920, "family": "ampere",
+                "computeCapability": "8.0"},
+        "gpusPerNode": 4, "interconnect": "nvswitch", "count": 3,
+        "zones": ["local-1a", "local-1b", "local-1c"], "nodesPerRack": 1,
+        "instanceType": "sim.a100-80.4x", "cpu": 96, "memoryGiB": 1152,
+    }  # fmt: skip
+    names = [f"race-{i}" for i in range(10)]
+    with own_nodes(cluster, pool, "race") as nodes:
+        spec = {
+            "slo": {"ttftMs": 2000, "tpotMs": 100},
+            "model": LLAMA_8B,
+            "replicas": 2,
+            "resources": {"gpuTypes": ["A100-80GB"]},
+        }
+        docs = [
+            {
+                "apiVersion": "goodput.dev/v1alpha1",
+                "kind": "LLMDeployment",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+            for name in names
+        ]
+        cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
+        peak: dict[str, int] = {}
+
+        def settled() -> dict[str, dict[str, Any]] | None:
+            for node, gpus in booked_gpus(cluster, ns, nodes).items():
+                peak[node] = max(peak.get(node, 0), gpus)
+                assert gpus <= 4, f"{node} booked {gpus} of its 4 GPUs"
+            conds = {name: placed(cluster, ns, name) for name in names}
+            if any(c is None for c in conds.values()):
+                return None
+            ok = [name for name, c in conds.items() if c and c["status"] == "True"]
+            if sum(booked_gpus(cluster, ns, nodes).values()) != 2 * len(ok):
+                return None
+            return {name: c for name, c in conds.items() if c}
+
+        conds = wait_for(settled, timeout=300, what="every LLMDeployment decided and booked")
+        ok = sorted(name for name, c in conds.items() if c["status"] == "True")
+        refused = {c["reason"] for c in conds.values() if c["status"] != "True"}
+        assert len(ok) == 6 and refused == {"InsufficientGPUs"}, conds
+        assert peak == dict.fromkeys(nodes, 4), peak
+        for name in ok:
+            where = wait_for(lambda n=name: on_plan(cluster, ns, n), what=f"{name} on plan")
+            assert {node for _, node in where.values()} <= set(nodes)
+        cluster.kubectl("delete", "llmdeployment", *names, "-n", ns, "--wait=false")
