@@ -51,6 +51,8 @@ def gateway_config(obj: LLMDeployment, placement: Placement | None = None) -> Ga
         max_model_len=facts.max_model_len,
         max_concurrency=facts.max_num_seqs,
         kv_cache_tokens=facts.kv_cache_tokens,
+        # Cut as the router cuts, so that its prefix stages can read what the engine holds.
+        prefix_block_chars=spec.routing.router.block_chars if spec.routing.prefix_aware else None,
         slo=SLOTargets(
             ttft_ms=spec.slo.ttft_ms,
             tpot_ms=spec.slo.tpot_ms,

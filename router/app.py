@@ -55,7 +55,13 @@ def build_router(
     )
     upstream = Upstream(config.upstream_tls)
     router = Router(config, table, pipeline, flow, metrics, upstream, clock, hold)
-    poller = LoadPoller(table, upstream, config.poll_interval_s, on_report=router.capacity_changed)
+    poller = LoadPoller(
+        table,
+        upstream,
+        config.poll_interval_s,
+        on_report=router.capacity_changed,
+        block_chars=config.prefix.block_chars,
+    )
     return router, poller, registry
 
 

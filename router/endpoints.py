@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from goodput.api.load_report import LOAD_PATH, LoadReport
+from goodput.api.load_report import LOAD_PATH, SKETCH_SINCE, LoadReport
+from goodput.api.prefix_blocks import BlockSketch
 from goodput.router.upstream import ERRORS, Upstream
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Endpoint:
     down_until: float = -math.inf
     """After a failed connection: skipped until then."""
     failures: int = field(default=0)
+    held: BlockSketch | None = None
+    """The prompt blocks its gateway reports its engine holds (every router's traffic)."""
+    held_version: int | None = None
 
     def eligible(self, now: float) -> bool:
         """May get a new request: ready, not draining, not recently failed, and (once it has
@@ -171,11 +175,15 @@ class LoadPoller:
         upstream: Upstream,
         interval_s: float,
         on_report: Callable[[], None] = lambda: None,
+        block_chars: int | None = None,
     ) -> None:
         self.table = table
         self.upstream = upstream
         self.interval_s = interval_s
         self.on_report = on_report
+        self.block_chars = block_chars
+        """The router's prefix block size: a sketch cut otherwise is not read (and said once)."""
+        self._mismatch_said = False
         self._task: asyncio.Task[None] | None = None
 
     async def poll_once(self) -> None:
@@ -183,11 +191,11 @@ class LoadPoller:
         self.on_report()
 
     async def _poll(self, endpoint: Endpoint) -> None:
+        url = (endpoint.load_url or endpoint.url) + LOAD_PATH
+        if endpoint.held is not None:
+            url += f"?{SKETCH_SINCE}={endpoint.held_version}"
         try:
-            status, content = await self.upstream.get(
-                (endpoint.load_url or endpoint.url) + LOAD_PATH,
-                timeout_s=max(self.interval_s * 4, 1.0),
-            )
+            status, content = await self.upstream.get(url, timeout_s=max(self.interval_s * 4, 1.0))
             report = LoadReport.model_validate_json(content) if status == 200 else None
         except (*ERRORS, ValueError, ValidationError) as exc:
             log.debug("load report of %s failed: %s", endpoint.name, exc)
@@ -197,8 +205,28 @@ class LoadPoller:
             endpoint.report = LoadReport(ready=False, queue=0, inflight=0)
         else:
             endpoint.report = report
+            self._take_sketch(endpoint, report)
         endpoint.reported_at = self.table.clock()
         endpoint.sent_since_report = endpoint.ended_since_report = 0
+
+    def _take_sketch(self, endpoint: Endpoint, report: LoadReport) -> None:
+        sketch = report.prefix_sketch
+        if sketch is None or self.block_chars is None:
+            endpoint.held = endpoint.held_version = None
+        elif sketch.block_chars != self.block_chars:
+            endpoint.held = endpoint.held_version = None
+            if not self._mismatch_said:
+                self._mismatch_said = True
+                log.warning(
+                    "%s cuts prompts into %d-character blocks, this router into %d: its "
+                    "prefix sketch is not used (set the gateways' prefixBlockChars alike)",
+                    endpoint.name, sketch.block_chars, self.block_chars,
+                )  # fmt: skip
+        elif sketch.bits:
+            endpoint.held = BlockSketch.decode(sketch)
+            endpoint.held_version = sketch.version
+        elif sketch.version != endpoint.held_version:  # bits left out, yet not ours: ask again
+            endpoint.held = endpoint.held_version = None
 
     async def _run(self) -> None:
         while True:

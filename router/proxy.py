@@ -21,12 +21,12 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from goodput.api.prefix_blocks import block_hashes, prompt_token_ids
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint, EndpointTable
 from goodput.router.flow import FlowController
 from goodput.router.hold import ReplicaHold
 from goodput.router.metrics import RouterMetrics
-from goodput.router.prefix import block_hashes
 from goodput.router.stages import RoutingPipeline, RoutingRequest, stable_hash
 from goodput.router.upstream import ERRORS, Upstream
 from goodput.serving.auth import ANONYMOUS, AccessDenied, KeyStore, Tenant
@@ -89,11 +89,7 @@ class Router:
         self, parsed: ParsedRequest, headers: Mapping[str, str], arrival_key: str, tenant: Tenant
     ) -> RoutingRequest:
         body = parsed.body
-        token_ids: list[int] = []
-        if parsed.endpoint == "completions" and isinstance(body.get("prompt"), list):
-            prompt = body["prompt"]
-            if prompt and all(isinstance(t, int) for t in prompt):
-                token_ids = prompt
+        token_ids = prompt_token_ids(parsed.endpoint, body)
         block_chars = self.config.prefix.block_chars
         blocks = block_hashes(parsed.prompt_text, token_ids, block_chars)
         if token_ids:
@@ -190,8 +186,8 @@ class Router:
         endpoint.outstanding += 1
         endpoint.sent_since_report += 1
         if request.blocks:
-            index = self.pipeline.prefix_index
-            matched = 0 if index is None else index.matched_blocks(endpoint.name, request.blocks)
+            knowledge = self.pipeline.prefix_knowledge
+            matched = 0 if knowledge is None else knowledge.matched_blocks(request, endpoint)
             self.metrics.prefix_blocks.labels(self.label).inc(len(request.blocks))
             self.metrics.prefix_predicted_hit_blocks.labels(self.label).inc(matched)
         self.pipeline.chosen(request, endpoint)
@@ -321,10 +317,10 @@ class Router:
     def replace_endpoints(self, endpoints: Sequence[Sequence[str | bool]]) -> None:
         """Discovery's new view: ``(name, url, ready, draining[, load_url])`` each. Replicas
         that left are forgotten by the prefix index (a new pod of the same name starts cold)."""
-        index = self.pipeline.prefix_index
+        knowledge = self.pipeline.prefix_knowledge
         for name in self.table.replace(endpoints):
-            if index is not None:
-                index.forget(name)
+            if knowledge is not None:
+                knowledge.index.forget(name)
         self.capacity_changed()
 
 

@@ -76,10 +76,13 @@ class Scorer(Protocol):
 
 
 class PrefixKnowledge:
-    """What this router believes each replica holds of a request's prompt: the one owner of
-    prefix-index lookups for the stages that judge by it — the prefix scorer (affinity) and the
-    SLO-headroom stages (the prefill a replica would still have to do). Lookups are kept for the
-    request being decided, so each stage asks without repeating the search."""
+    """What this router believes each replica holds of a request's prompt: the longer match of
+    what it sent there itself (its ``PrefixIndex``, exact for its own traffic since the last
+    poll) and what the replica's gateway reports its engine was sent by every router (the
+    replica's ``held`` sketch: routers reading the same sketch agree). The one owner of these
+    lookups for the stages that judge by them — the prefix scorer (affinity) and the SLO-headroom
+    stages (the prefill a replica would still have to do); kept for the request being decided,
+    so each stage asks without repeating the search."""
 
     def __init__(self, index: PrefixIndex) -> None:
         self.index = index
@@ -91,9 +94,10 @@ class PrefixKnowledge:
             self._request, self._matched = request, {}
         found = self._matched.get(endpoint.name)
         if found is None:
-            found = self._matched[endpoint.name] = self.index.matched_blocks(
-                endpoint.name, request.blocks
-            )
+            found = self.index.matched_blocks(endpoint.name, request.blocks)
+            if endpoint.held is not None and found < len(request.blocks):
+                found = max(found, endpoint.held.matched_blocks(request.blocks))
+            self._matched[endpoint.name] = found
         return found
 
     def record(self, request: RoutingRequest, endpoint: Endpoint) -> None:
@@ -449,9 +453,9 @@ class RoutingPipeline:
             scorer.chosen(request, endpoint)
 
     @property
-    def prefix_index(self) -> PrefixIndex | None:
+    def prefix_knowledge(self) -> PrefixKnowledge | None:
         """What the prefix scorer believes each replica holds (for metrics and forgetting)."""
         for scorer, _ in self.scorers:
             if isinstance(scorer, PrefixCacheScorer):
-                return scorer.index
+                return scorer.knowledge
         return None

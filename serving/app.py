@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from goodput.api.load_report import LOAD_PATH
+from goodput.api.load_report import LOAD_PATH, SKETCH_SINCE
 from goodput.serving.admission import RejectReason
 from goodput.serving.auth import AccessDenied, Tenant
 from goodput.serving.engine_client import EngineBroken, EngineUnreachable
@@ -125,25 +125,28 @@ def _common_routes(app: FastAPI, gateway: Gateway) -> None:
 
 
 def _admin_routes(app: FastAPI, gateway: Gateway, *, guarded: bool) -> None:
-    def route(answer: Callable[[], Response]) -> Callable[[Request], Awaitable[Response]]:
+    def route(answer: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             if guarded:
                 try:
                     gateway.keys.authenticate(request.headers)
                 except AccessDenied as denied:
                     return _refused(gateway, denied)
-            return answer()
+            return answer(request)
 
         return handler
 
-    app.add_api_route(
-        LOAD_PATH,
-        route(lambda: JSONResponse(load_report(gateway).model_dump(by_alias=True))),
-        methods=["GET"],
-    )
+    def load(request: Request) -> Response:
+        since = request.query_params.get(SKETCH_SINCE, "")
+        report = load_report(gateway, int(since) if since.isdecimal() and len(since) < 19 else None)
+        return JSONResponse(report.model_dump(by_alias=True))
+
+    app.add_api_route(LOAD_PATH, route(load), methods=["GET"])
     app.add_api_route(
         "/metrics",
-        route(lambda: Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)),
+        route(
+            lambda _: Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
+        ),
         methods=["GET"],
     )
 

@@ -123,6 +123,11 @@ class EngineBudget:
         self.inflight_requests -= 1
         self.inflight_tokens = max(0.0, self.inflight_tokens - tokens)
 
+    @property
+    def capacity_tokens(self) -> int | None:
+        """The engine's KV capacity: its reported figure, else the configured one."""
+        return self.snapshot.kv_capacity_tokens or self._configured_capacity
+
     def kv_fits(self, tokens: float) -> bool:
         """Whether ``tokens`` more fit in the engine's KV cache (its reported capacity, else the
         configured one; unknown: no limit). An idle engine always takes a request: one too large

@@ -20,11 +20,13 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from goodput.api.gateway_config import GatewayConfig
+from goodput.api.prefix_blocks import DEFAULT_BLOCK_CHARS
 from goodput.serving.admission import AdmissionController, RejectReason
 from goodput.serving.auth import ANONYMOUS, KeyStore, Quotas, Tenant
 from goodput.serving.dispatcher import Dispatcher
 from goodput.serving.engine_client import EngineClient
 from goodput.serving.engine_state import EngineBudget, EngineMonitor, EngineSnapshot
+from goodput.serving.held_blocks import DEFAULT_CAPACITY_BLOCKS, HeldBlocks
 from goodput.serving.job import Job
 from goodput.serving.length_estimate import (
     LearnedLengthPredictor,
@@ -88,6 +90,11 @@ class Gateway:
         )
         self.service = ServiceModel()
         self.budget = EngineBudget(kv_capacity_tokens=config.kv_cache_tokens)
+        self.held_blocks = (
+            None
+            if config.prefix_block_chars is None
+            else HeldBlocks(config.prefix_block_chars, self._capacity_blocks)
+        )
         self.policy = make_policy(
             config.policy,
             max_concurrency=config.max_concurrency,
@@ -144,6 +151,12 @@ class Gateway:
         self._exchanges: set[Exchange] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _capacity_blocks(self) -> int:
+        """The engine's KV capacity in prompt blocks (about four characters a token)."""
+        tokens = self.budget.capacity_tokens
+        chars = self.config.prefix_block_chars or DEFAULT_BLOCK_CHARS
+        return DEFAULT_CAPACITY_BLOCKS if tokens is None else max(1, 4 * tokens // chars)
 
     def _concurrency_limit(self) -> float:
         """The policy's batch limit for the deployment's own SLO (NaN: unlimited)."""

@@ -10,8 +10,9 @@ from goodput.api.load_report import LoadReport
 from goodput.serving.gateway import Gateway
 
 
-def load_report(gateway: Gateway) -> LoadReport:
-    """Built from state the gateway keeps anyway: no engine round trip, microseconds."""
+def load_report(gateway: Gateway, sketch_since: int | None = None) -> LoadReport:
+    """Built from state the gateway keeps anyway: no engine round trip; the prefix sketch is
+    left out (its version only) when the caller holds it already."""
     slo = gateway.config.slo
     dispatcher = gateway.dispatcher
     tpot_s, ttft_s = slo.tpot_ms / 1000, slo.ttft_ms / 1000
@@ -22,6 +23,10 @@ def load_report(gateway: Gateway) -> LoadReport:
         concurrency = min(concurrency, max(limit, 1))
     snapshot = gateway.budget.snapshot
     prefill = gateway.service.prefill.fit
+    held = gateway.held_blocks
+    sketch = None
+    if held is not None:
+        sketch = held.report(unchanged=held.version == sketch_since)
     return LoadReport(
         ready=gateway.ready,
         draining=gateway.draining,
@@ -31,6 +36,7 @@ def load_report(gateway: Gateway) -> LoadReport:
         predicted_wait_s=None if wait is None or not math.isfinite(wait) else max(0.0, wait),
         first_token_s=gateway.service.predict_first_token_s(concurrency),
         prefill_s_per_token=None if prefill is None else prefill.slope_s,
+        prefix_sketch=sketch,
         kv_usage=snapshot.kv_usage,
         prefix_cache_queries=snapshot.prefix_cache_queries,
         prefix_cache_hits=snapshot.prefix_cache_hits,

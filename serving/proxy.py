@@ -21,6 +21,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from goodput.api.prefix_blocks import prompt_token_ids
 from goodput.serving.admission import Rejection, RejectReason
 from goodput.serving.auth import Quotas, Tenant
 from goodput.serving.engine_client import EngineBroken, EngineStream, EngineUnreachable
@@ -130,6 +131,11 @@ class ProxyExchange(Response):
                 )
                 return
             assert job.dispatched_at is not None
+            if gw.held_blocks is not None:  # the engine is about to cache this prompt
+                request = self.request
+                gw.held_blocks.record(
+                    request.prompt_text, prompt_token_ids(request.endpoint, request.body)
+                )
             gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority)).observe(
                 job.dispatched_at - job.arrival
             )

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from goodput.api.prefix_blocks import DEFAULT_BLOCK_CHARS
+
 PolicyName = Literal["fcfs", "slo", "oracle"]
 OverloadAction = Literal["reject", "best-effort"]
 
@@ -159,6 +161,14 @@ class GatewayConfig(BaseModel):
         alias="kvCacheTokens",
         description="The engine's KV-cache capacity in tokens, for an engine whose /metrics does "
         "not report it (vLLM run with --disable-log-stats); the engine's own figure wins.",
+    )
+    prefix_block_chars: int | None = Field(
+        default=DEFAULT_BLOCK_CHARS,
+        ge=8,
+        le=65536,
+        alias="prefixBlockChars",
+        description="Cut prompts into blocks of this many characters, as the cluster router "
+        "does (its `prefix.blockChars`), to report which the engine holds; null: report none.",
     )
     priority_classes: list[PriorityClass] = Field(
         default_factory=lambda: [PriorityClass(name="default")], alias="priorityClasses"

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from goodput.api.prefix_blocks import SketchReport
+
 LOAD_PATH = "/v1/goodput/load"
+SKETCH_SINCE = "sketchSince"
+"""Query parameter: the prefix sketch version the caller holds; an unchanged sketch is then
+sent without its bits."""
 
 
 class LoadReport(BaseModel):
@@ -45,6 +50,12 @@ class LoadReport(BaseModel):
         description="Predicted first-token time added per prompt token to prefill (the slope "
         "of the gateway's prefill fit; cached tokens cost the engine almost nothing, so the "
         "router applies it to the tokens it believes are not cached there).",
+    )
+    prefix_sketch: SketchReport | None = Field(
+        default=None,
+        alias="prefixSketch",
+        description="The prompt blocks the engine most likely holds (every router's traffic). "
+        "Empty `bits`: unchanged since the version the caller named.",
     )
     kv_usage: float | None = Field(
         default=None, ge=0, alias="kvUsage", description="Engine KV-cache use, 0..1."

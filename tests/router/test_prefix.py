@@ -1,8 +1,10 @@
-"""Prefix blocks and the per-replica index."""
+"""Prefix blocks, the per-replica index, and the block sketch gateways report."""
 
 from __future__ import annotations
 
-from goodput.router.prefix import PrefixIndex, block_hashes, rendezvous_rank
+from goodput.api.prefix_blocks import BlockSketch, SketchReport, block_hashes
+from goodput.router.prefix import PrefixIndex, rendezvous_rank
+from goodput.serving.held_blocks import HeldBlocks
 
 
 def test_equal_prefixes_hash_alike_and_diverge_where_the_text_does() -> None:
@@ -47,3 +49,37 @@ def test_rendezvous_is_stable_and_moves_only_the_keys_of_a_leaving_replica() -> 
     after = {k: rendezvous_rank(k, ["a", "b"])[0] for k in range(300)}
     moved = {k for k in homes if homes[k] != after[k]}
     assert moved == {k for k in homes if homes[k] == "c"}
+
+
+def test_a_block_sketch_never_misses_a_held_block_and_rarely_invents_one() -> None:
+    held = [block_hashes(f"prompt {i} " + "z" * 300, [], 16) for i in range(100)]
+    hashes = [h for chain in held for h in chain]
+    sketch = BlockSketch.of(hashes)
+    assert all(h in sketch for h in hashes)
+    assert sketch.matched_blocks(held[7]) == len(held[7])
+    strangers = [h for i in range(200) for h in block_hashes(f"other {i} " + "q" * 300, [], 16)]
+    false = sum(h in sketch for h in strangers) / len(strangers)
+    assert false < 0.03, false  # ~1% at 10 bits and 7 probes a block
+    # What the gateway sends is what the router reads.
+    report = SketchReport(
+        block_chars=16, probes=sketch.probes, bits=sketch.encode(), blocks=len(hashes), version=3
+    )
+    again = BlockSketch.decode(
+        SketchReport.model_validate_json(report.model_dump_json(by_alias=True))
+    )
+    assert again.bits == sketch.bits and again.matched_blocks(held[7]) == len(held[7])
+
+
+def test_held_blocks_keep_the_engine_s_share_and_report_versions() -> None:
+    held = HeldBlocks(block_chars=16, capacity_blocks=lambda: 30)
+    held.record("a" * 320, [])  # 20 blocks
+    held.record("b" * 320, [])  # 20 more: the deepest of a's leave first
+    a, b = block_hashes("a" * 320, [], 16), block_hashes("b" * 320, [], 16)
+    assert len(held) == 30
+    report = held.report()
+    sketch = BlockSketch.decode(report)
+    assert sketch.matched_blocks(b) == 20
+    assert 10 <= sketch.matched_blocks(a) <= 11  # its first ten remain (one stale positive at most)
+    assert held.report(unchanged=True).bits == "" and report.version == 2
+    held.record("", list(range(64)))  # token ids: blocks of 4 ids
+    assert held.version == 3

@@ -16,8 +16,13 @@ import httpx
 import openai
 import pytest
 
+from goodput.api.load_report import LOAD_PATH, SKETCH_SINCE
+from goodput.api.prefix_blocks import block_hashes
+from goodput.api.router_config import RouterConfig
 from goodput.dev.pki import ClusterPKI
 from goodput.dev.processes import free_port
+from goodput.router.prefix import rendezvous_rank
+from goodput.router.stages import stable_hash
 
 from .conftest import API_KEY, Replica
 
@@ -71,6 +76,52 @@ def test_a_client_that_leaves_mid_stream_stops_the_engine_through_the_router(
     assert rep.engine.aborted == 1
     assert rep.engine.completed == 0
     assert router.table.all()[0].outstanding == 0
+
+
+def test_a_second_router_finds_a_prefix_where_the_first_sent_it(
+    replicas: Callable[..., list[Replica]], router_for: Callable[..., tuple[Any, str]]
+) -> None:
+    """Routers agree without talking: the gateways report what their engines were sent (block
+    sketches), so router B sends a prompt it never saw to the replica router A put it on —
+    here, on purpose, not the prompt's home, where B alone would have sent it."""
+    reps = replicas(2)
+    urls = [r.url for r in reps]
+    _, first_url = router_for(urls)
+    second, second_url = router_for(urls)
+    prompt = "You are a careful assistant. " * 12 + "Question: what is a prefix cache?"
+    blocks = block_hashes(prompt, [], 64)
+    affinity = RouterConfig.model_validate({"endpoints": urls}).prefix.affinity_blocks
+    home = rendezvous_rank(blocks[min(len(blocks), affinity) - 1], urls)[0]
+    session = next(
+        f"s{i}" for i in range(100) if rendezvous_rank(stable_hash(f"s{i}"), urls)[0] != home
+    )
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 2}
+    httpx.post(
+        f"{first_url}/v1/completions",
+        json=body,
+        timeout=30,
+        headers={**AUTH, "x-session-id": session},
+    ).raise_for_status()
+    holder = next(i for i, r in enumerate(reps) if r.engine.received)
+    assert urls[holder] != home
+    deadline = time.monotonic() + 5  # the next poll of the holder's load report
+    while second.table.all()[holder].held is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    httpx.post(
+        f"{second_url}/v1/completions",
+        json={**body, "prompt": prompt + " And why does it matter?"},
+        timeout=30,
+        headers=AUTH,
+    ).raise_for_status()
+    assert [len(r.engine.received) for r in reps][holder] == 2
+    # Unchanged sketches are not resent: the router names its version, the gateway omits bits.
+    assert second.table.all()[holder].held_version is not None
+    load = f"{urls[holder]}{LOAD_PATH}"
+    current = httpx.get(load, headers=AUTH).json()["prefixSketch"]
+    assert current["bits"] and current["version"] == 2
+    same = httpx.get(f"{load}?{SKETCH_SINCE}=2", headers=AUTH).json()["prefixSketch"]
+    assert same["bits"] == "" and same["version"] == 2
+    assert httpx.get(f"{load}?{SKETCH_SINCE}=1", headers=AUTH).json()["prefixSketch"]["bits"]
 
 
 def test_a_session_keeps_landing_on_one_replica(

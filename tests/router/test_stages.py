@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 from goodput.api.load_report import LoadReport
+from goodput.api.prefix_blocks import BlockSketch, block_hashes
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint
-from goodput.router.prefix import PrefixIndex, block_hashes
+from goodput.router.prefix import PrefixIndex
 from goodput.router.stages import (
     LeastLoadScorer,
     MaxScorePicker,
@@ -146,6 +147,16 @@ def test_slo_stages_count_the_prefill_of_what_a_replica_does_not_hold() -> None:
     assert SLOHeadroomScorer(knowledge).score(req, [holder, cold])[1] > 0.9
 
 
+def test_what_a_replica_s_gateway_reports_it_holds_counts_as_held() -> None:
+    knowledge = PrefixKnowledge(PrefixIndex(100))
+    a, b = endpoint("a"), endpoint("b")
+    req = request("s" * 320)  # 20 blocks of 16 characters
+    b.held = BlockSketch.of(req.blocks[:15])
+    assert (knowledge.matched_blocks(req, a), knowledge.matched_blocks(req, b)) == (0, 15)
+    assert knowledge.uncached_tokens(req, b) == req.prompt_tokens - 15 * 4
+    assert PrefixCacheScorer(knowledge, 2, bounded_load=1.25).score(req, [a, b])[1] == 0.75
+
+
 def test_sessions_spread_and_stick() -> None:
     scorer = SessionAffinityScorer(bounded_load=1.25)
     a, b = endpoint("a"), endpoint("b")
@@ -179,7 +190,7 @@ def test_the_pipeline_composes_what_the_config_names() -> None:
     pipeline = RoutingPipeline.from_config(config, lambda: 0.0, random.Random(1))
     assert [f.name for f in pipeline.filters] == ["ready", "slo-headroom"]
     assert [s.name for s, _ in pipeline.scorers] == ["least-load"]
-    assert pipeline.prefix_index is None
+    assert pipeline.prefix_knowledge is None
     a, b = endpoint("a"), endpoint("b")
     names = [pipeline.decide(request(), [a, b]).ranked[0].name for _ in range(4)]
     assert names == ["a", "b", "a", "b"]

@@ -115,6 +115,13 @@ def test_the_gateway_config_carries_the_placements_engine_and_the_learned_predic
     assert config.request_log.path == f"{gateway_config.STATE_DIR}/requests.jsonl"
     data = json.loads(gateway_config.config_map(obj, placement)["data"]["gateway.json"])
     assert data["requestLog"]["path"] == "/var/lib/goodput/requests.jsonl"
+    assert config.prefix_block_chars is None  # no prefix-aware router: nothing to report
+
+
+def test_a_prefix_aware_deployment_s_gateways_cut_prompts_as_its_router_does() -> None:
+    obj = _obj(routing={"prefixAware": True, "router": {"blockChars": 96}})
+    config = gateway_config.gateway_config(obj, _placed(obj))
+    assert config.prefix_block_chars == 96
 
 
 @pytest.mark.parametrize(
