@@ -105,7 +105,7 @@ def test_a_second_router_finds_a_prefix_where_the_first_sent_it(
     holder = next(i for i, r in enumerate(reps) if r.engine.received)
     assert urls[holder] != home
     deadline = time.monotonic() + 5  # the next poll of the holder's load report
-    while second.table.all()[holder].held is None and time.monotonic() < deadline:
+    while not second.table.all()[holder].held_version and time.monotonic() < deadline:
         time.sleep(0.05)
     httpx.post(
         f"{second_url}/v1/completions",
