@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from goodput.operator.inventory import GpuNode
 from goodput.operator.placement.allocation import PoolRoom
@@ -99,13 +99,24 @@ class FleetState:
         return PoolRoom(sum(free * n for free, n in counts.items()), groups)
 
 
+K = TypeVar("K")
+
+
+class _Tally(dict[K, int]):
+    """Counts with 0 for what was never counted: a ``Counter`` without its cost per instance
+    (a solve makes one ``SpreadUsage`` per deployment, 1,000 on every incremental change)."""
+
+    def __missing__(self, key: K) -> int:
+        return 0
+
+
 @dataclass(slots=True)
 class SpreadUsage:
     """Where one deployment's replicas already are, so the next one can go elsewhere."""
 
-    zones: Counter[str] = field(default_factory=Counter)
-    racks: Counter[tuple[str, str]] = field(default_factory=Counter)
-    nodes: Counter[str] = field(default_factory=Counter)
+    zones: _Tally[str] = field(default_factory=lambda: _Tally())
+    racks: _Tally[tuple[str, str]] = field(default_factory=lambda: _Tally())
+    nodes: _Tally[str] = field(default_factory=lambda: _Tally())
 
     def add(self, node: GpuNode) -> None:
         self.zones[node.zone] += 1

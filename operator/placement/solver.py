@@ -144,11 +144,22 @@ class MoveFewToUnblock:
         return 0 < moves <= self.max_moves
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    options: list[PoolOption]
+    refusals: list[str]
+    #: Every shape of every option as its own choice (fallbacks none), in ranked order: the
+    #: allocation and the fill choose among shapes too (a bigger shape serves more per replica
+    #: when the maximum replicas bind).
+    choices: list[PoolOption]
+
+
 @dataclass(slots=True)
 class _Work:
     demand: ModelDemand
     options: list[PoolOption]
     refusals: list[str]
+    choices: list[PoolOption]
     replicas: list[ReplicaPlacement] = field(default_factory=list)
     moved: list[int] = field(default_factory=list)
     usage: SpreadUsage = field(default_factory=SpreadUsage)
@@ -174,9 +185,9 @@ class PlacementSolver:
     allocation: DemandAllocation = field(default_factory=PoolShareLP)
     #: Running replicas of others one incremental change may move.
     incremental_moves: int = 1
-    _options_cache: dict[
-        tuple[GpuPool, ...], dict[tuple[object, ...], tuple[list[PoolOption], list[str]]]
-    ] = field(default_factory=dict, repr=False, compare=False)
+    _options_cache: dict[tuple[GpuPool, ...], dict[tuple[object, ...], _Options]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def options(
         self, demand: ModelDemand, pools: Iterable[GpuPool]
@@ -286,12 +297,19 @@ class PlacementSolver:
                 demand.gpu_memory_utilization,
             )
             if key not in cache:
-                cache[key] = self.options(demand, pools)
-            options, refusals = cache[key]
+                options, refusals = self.options(demand, pools)
+                choices = [
+                    replace(o, shape=shape, requests_per_second=rps, fallbacks=())
+                    for o in options
+                    for shape, rps in ((o.shape, o.requests_per_second), *o.fallbacks)
+                ]
+                cache[key] = _Options(options, refusals, choices)
+            found = cache[key]
+            options = found.options
             if demand.target.target_rps is None and demand.desired_replicas and options:
                 rate = demand.desired_replicas * options[0].requests_per_second
                 demand = replace(demand, target=replace(demand.target, target_rps=rate))
-            works[demand.name] = _Work(demand, options, refusals)
+            works[demand.name] = _Work(demand, options, found.refusals, found.choices)
         return list(works.values())
 
     def _keep_previous(
@@ -338,8 +356,7 @@ class PlacementSolver:
                 continue
             for stage in replica.stages:
                 state.take(stage.node, stage.gpus)
-            work.replicas.append(replica)
-            work.usage.add(state.nodes[replica.stages[0].node])
+            work.replicas.append(replica)  # its spread is counted only if one of it moves
 
     def _trim(self, state: FleetState, work: _Work) -> None:
         """Scale down: keep the lowest-numbered replicas that still meet demand."""
@@ -359,8 +376,8 @@ class PlacementSolver:
                 work.usage.add(state.nodes[replica.stages[0].node])
 
     def _allocate(self, state: FleetState, order: list[_Work]) -> dict[tuple[str, int], float]:
-        """The allocation's replicas per (deployment, option) for all deployments still short;
-        none for a single one (its ranked options are the answer)."""
+        """The allocation's replicas per (deployment, choice) for all deployments still short;
+        none for a single one that its best choice can serve within its maximum replicas."""
         claims = [
             Claim(
                 w.demand.name,
@@ -369,7 +386,7 @@ class PlacementSolver:
                 w.demand.priority,
                 tuple(
                     ReplicaChoice(o.pool.key, o.shape.tensor, o.shape.gpus, o.requests_per_second)
-                    for o in w.options
+                    for o in w.choices
                 ),
                 minimum=max(0, max(1, w.demand.min_replicas) - len(w.replicas)),
             )
@@ -377,7 +394,10 @@ class PlacementSolver:
             if w.options
         ]
         claims = [c for c in claims if c.unserved > 0 or c.minimum > 0]
-        if len(claims) < 2:
+        alone = len(claims) == 1 and (
+            claims[0].unserved <= claims[0].replicas_left * claims[0].choices[0].requests_per_second
+        )
+        if not claims or alone:  # its ranked choices are the answer
             return {}
         keys = {ch.pool for c in claims for ch in c.choices}
         return self.allocation.allocate(claims, {key: state.room(key) for key in sorted(keys)})
@@ -389,9 +409,9 @@ class PlacementSolver:
         pool with room; False (and why) when none has."""
         name = work.demand.name
         given = shares or {}
-        ks = sorted(range(len(work.options)), key=lambda k: (given.get((name, k), 0.0) < 0.5, k))
+        ks = sorted(range(len(work.choices)), key=lambda k: (given.get((name, k), 0.0) < 0.5, k))
         for k in ks:
-            if self._place_on(state, work, work.options[k]):
+            if self._place_on(state, work, work.choices[k]):
                 if (name, k) in given:
                     given[(name, k)] -= 1
                 return True
@@ -413,7 +433,7 @@ class PlacementSolver:
             ),
             key=lambda t: (
                 -by_name[t[0]].demand.priority,
-                -by_name[t[0]].options[t[1]].shape.gpus,
+                -by_name[t[0]].choices[t[1]].shape.gpus,
                 t[0],
                 t[1],
             ),
@@ -421,11 +441,11 @@ class PlacementSolver:
         for name, k, count in whole:
             work = by_name[name]
             for _ in range(count):
-                if self._unserved(work) <= 0 or not self._place_on(state, work, work.options[k]):
+                if self._unserved(work) <= 0 or not self._place_on(state, work, work.choices[k]):
                     break
         heap: list[tuple[int, int, float, str, int]] = []
         for work in live:
-            for k in range(len(work.options)):
+            for k in range(len(work.choices)):
                 chosen = 0 if shares.get((work.demand.name, k), 0.0) > 1e-6 else 1
                 heapq.heappush(heap, (-work.demand.priority, chosen, -self._value(work, k),
                                       work.demand.name, k))  # fmt: skip
@@ -438,7 +458,7 @@ class PlacementSolver:
             if now < -value - 1e-9:
                 heapq.heappush(heap, (priority, chosen, -now, name, k))
                 continue
-            if self._place_on(state, work, work.options[k]):
+            if self._place_on(state, work, work.choices[k]):
                 heapq.heappush(heap, (priority, chosen, -self._value(work, k), name, k))
         for work in live:
             if self._unserved(work) > 0:
@@ -452,22 +472,20 @@ class PlacementSolver:
         return max(0.0, target - work.capacity)
 
     def _value(self, work: _Work, k: int) -> float:
-        """Demand served per GPU by one more replica on option ``k``."""
-        option = work.options[k]
-        return min(option.requests_per_second, self._unserved(work)) / option.shape.gpus
+        """Demand served per GPU by one more replica of choice ``k``."""
+        choice = work.choices[k]
+        return min(choice.requests_per_second, self._unserved(work)) / choice.shape.gpus
 
-    def _place_on(self, state: FleetState, work: _Work, option: PoolOption) -> bool:
-        """One more replica on ``option``'s pool (its shape, else a fallback shape)."""
+    def _place_on(self, state: FleetState, work: _Work, choice: PoolOption) -> bool:
+        """One more replica of ``choice``'s shape on its pool, if some node has room."""
         taken = {r.replica for r in work.replicas}
         index = next(i for i in range(len(taken) + 1) if i not in taken)
-        for shape, rps in ((option.shape, option.requests_per_second), *option.fallbacks):
-            shaped = replace(option, shape=shape, requests_per_second=rps)
-            replica = self._place_replica(state, work, shaped, index)
-            if replica is not None:
-                work.replicas.append(replica)
-                work.usage.add(state.nodes[replica.stages[0].node])
-                return True
-        return False
+        replica = self._place_replica(state, work, choice, index)
+        if replica is None:
+            return False
+        work.replicas.append(replica)
+        work.usage.add(state.nodes[replica.stages[0].node])
+        return True
 
     def _unblock(
         self, state: FleetState, works: list[_Work], work: _Work, policy: MoveFewToUnblock
@@ -555,6 +573,10 @@ class PlacementSolver:
             other.replicas.remove(r)
         state.take(name, option.shape.tensor)
         placed: list[tuple[_Work, ReplicaPlacement]] = []
+        for other, _ in chosen:  # held replicas' spread is not counted until one moves
+            other.usage = SpreadUsage()
+            for replica in other.replicas:
+                other.usage.add(state.nodes[replica.stages[0].node])
         for other, r in chosen:
             new = None
             for candidate in sorted(

@@ -90,3 +90,14 @@ def test_one_change_decides_only_that_deployment_and_moves_at_most_one_replica()
     blocked = PlacementSolver().solve(nodes, [*small, big], previous, changed="big")
     assert not blocked.deployments["big"].placed
     assert sum(len(d.moved) for d in blocked.deployments.values()) == 0
+
+
+def test_a_bigger_shape_when_the_maximum_replicas_bind() -> None:
+    nodes = [gpu_node(f"n{i}") for i in range(2)]
+    options, _ = PlacementSolver().options(demand("x"), group_pools(nodes).values())
+    shapes = [(options[0].shape, options[0].requests_per_second), *options[0].fallbacks]
+    (small, small_rps), (big, big_rps) = shapes[0], shapes[1]
+    assert big.gpus > small.gpus and big_rps > small_rps
+    want = replace(TARGET, target_rps=big_rps * 2)  # two of the bigger shape serve it all
+    plan = PlacementSolver().solve(nodes, [demand("x", target=want, max_replicas=2)])
+    assert plan.deployments["x"].requests_per_second >= 0.999 * big_rps * 2
