@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -182,19 +183,25 @@ def length_eval_command(
     console.print(f"wrote {json_path}, {scatter}, {taus}")
 
 
+def _training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--out`` and ``--data-dir``, alike for every command that trains a shipped model."""
+    out = click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Model file to write (default: the one shipped in the package).",
+    )
+    data_dir = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The shared data folder (default: $GOODPUT_SHARED_DIR/data).",
+    )
+    return out(data_dir(command))
+
+
 @profile.command("train")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Model file to write (default: the one shipped in the package).",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The shared data folder (default: $GOODPUT_SHARED_DIR/data).",
-)
+@_training_options
 def length_train_command(out: Path | None, data_dir: Path | None) -> None:
     """Train the output-length predictor on all of AlpacaEval and save it (deterministic)."""
     import time
@@ -218,6 +225,27 @@ def length_train_command(out: Path | None, data_dir: Path | None) -> None:
     console.print(
         f"fitted in {time.perf_counter() - started:.1f} s on {len(data)} responses "
         f"({len(data.model_names)} models); wrote {target} ({target.stat().st_size / 1024:.0f} KiB)"
+    )
+
+
+@profile.command("train-quality")
+@_training_options
+def quality_train_command(out: Path | None, data_dir: Path | None) -> None:
+    """Train the cascade's answer-quality predictor on all of AlpacaEval's verdicts and save it
+    (deterministic). Held-out numbers come from bench/cascade, not from this fit."""
+    from goodput.profiler.datasets import load_alpaca_preferences
+    from goodput.profiler.quality_model_io import default_quality_model_path, save_quality_model
+    from goodput.profiler.quality_predictor import QualityPredictor
+
+    data = load_alpaca_preferences(data_dir)
+    model = QualityPredictor(reference=data.reference).fit(
+        list(zip(data.prompts, data.models, strict=True)), data.verdicts
+    )
+    target = out or default_quality_model_path()
+    save_quality_model(model, target)
+    click.echo(
+        f"fitted on {len(data.prompts)} verdicts ({len(data.judges)} models); "
+        f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB)"
     )
 
 

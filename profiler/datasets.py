@@ -36,12 +36,14 @@ __all__ = [
     "AlpacaEvalSet",
     "LengthTrace",
     "MistralV1TokenCounter",
+    "PreferenceSet",
     "RequestTrace",
     "TokenCounter",
     "cache_dir",
     "hash_fraction",
     "leave_one_model_out",
     "load_alpaca_eval",
+    "load_alpaca_preferences",
     "load_azure_trace",
     "load_sharegpt_lengths",
     "prompt_folds",
@@ -207,6 +209,65 @@ def load_alpaca_eval(
         prompt_tokens=np.array([cached["prompt"][str(r[0])] for r in rows], dtype=np.int64),
         output_tokens=np.array([cached["output"][f"{r[0]}\t{r[1]}"] for r in rows], dtype=np.int64),
         tokenizer=tokenizer_name,
+    )
+
+
+@dataclass(frozen=True)
+class PreferenceSet:
+    """AlpacaEval's judge verdicts, one row per (prompt, model): ``verdict`` in [0, 1] is the
+    judged chance that the model's answer beats the reference's on that prompt."""
+
+    prompt_ids: npt.NDArray[np.int64]
+    prompts: tuple[str, ...]
+    models: tuple[str, ...]
+    verdicts: npt.NDArray[np.float64]
+    judges: dict[str, str]
+    """The judge whose verdicts were kept, per model."""
+    reference: str
+
+
+# Where a model was judged twice, the verdicts kept: the weighted judge (a probability) before
+# the chain-of-thought one before the plain one.
+_JUDGE_ORDER = (
+    "weighted_alpaca_eval_gpt4_turbo",
+    "alpaca_eval_cot_gpt4_turbo_fn",
+    "alpaca_eval_gpt4_turbo_fn",
+)
+
+
+def load_alpaca_preferences(data_dir: Path | None = None) -> PreferenceSet:
+    """``preferences.jsonl.gz`` joined to the prompts, one judge per model."""
+    root = (data_dir or shared_data_dir()) / "alpaca_eval"
+    prefs_path = root / "preferences.jsonl.gz"
+    if not prefs_path.exists():
+        raise FileNotFoundError(f"AlpacaEval preferences not found at {root}")
+    prompts = {
+        int(str(r["prompt_id"])): str(r["instruction"]) for r in _read_jsonl(root / "prompts.jsonl")
+    }
+    rows = [r for r in _read_jsonl(prefs_path) if int(str(r["prompt_id"])) in prompts]
+    judged: dict[str, set[str]] = {}
+    for r in rows:
+        judged.setdefault(str(r["model"]), set()).add(str(r["judge"]))
+
+    def rank(judge: str) -> tuple[int, str]:
+        return (_JUDGE_ORDER.index(judge) if judge in _JUDGE_ORDER else len(_JUDGE_ORDER), judge)
+
+    judges = {model: min(found, key=rank) for model, found in judged.items()}
+    kept = sorted(
+        (int(str(r["prompt_id"])), str(r["model"]), float(str(r["preference"])) - 1.0)
+        for r in rows
+        if r["preference"] is not None and judges[str(r["model"])] == r["judge"]
+    )
+    references = {str(r["reference"]) for r in rows}
+    if len(references) != 1:
+        raise ValueError(f"expected one reference model, found {sorted(references)}")
+    return PreferenceSet(
+        prompt_ids=np.array([k[0] for k in kept], dtype=np.int64),
+        prompts=tuple(prompts[k[0]] for k in kept),
+        models=tuple(k[1] for k in kept),
+        verdicts=np.clip(np.array([k[2] for k in kept], dtype=np.float64), 0.0, 1.0),
+        judges=judges,
+        reference=references.pop(),
     )
 
 

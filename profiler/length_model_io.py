@@ -26,7 +26,9 @@ __all__ = [
     "load_default_length_model",
     "load_length_model",
     "loads_length_model",
+    "loads_trusted",
     "save_length_model",
+    "write_atomically",
 ]
 
 DEFAULT_MODEL = "length_default.skops"
@@ -42,10 +44,15 @@ class UntrustedModelFile(ValueError):
 
 def save_length_model(model: LengthPredictor, path: str | Path) -> None:
     """Write a fitted model as a compressed skops file (atomically: readers never see half)."""
+    write_atomically(path, dumps_length_model(model))
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the whole new one, never half."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(dumps_length_model(model))
+    tmp.write_bytes(data)
     tmp.replace(target)
 
 
@@ -57,16 +64,21 @@ def dumps_length_model(model: LengthPredictor) -> bytes:
 
 def loads_length_model(data: bytes) -> LengthPredictor:
     """Load from bytes, refusing any type outside ``TRUSTED_TYPES`` and skops' safe defaults."""
+    model = loads_trusted(data, TRUSTED_TYPES)
+    _check(model)
+    return model  # type: ignore[return-value]
+
+
+def loads_trusted(data: bytes, trusted: tuple[str, ...]) -> object:
+    """A skops file's object, refusing any type outside ``trusted`` and skops' safe defaults."""
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except (zipfile.BadZipFile, KeyError, ValueError) as err:
         raise UntrustedModelFile(f"not a skops model file: {err}") from err
-    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    unexpected = sorted(set(untrusted) - set(trusted))
     if unexpected:
         raise UntrustedModelFile(f"model file contains untrusted types: {unexpected}")
-    model = sio.loads(data, trusted=list(TRUSTED_TYPES))
-    _check(model)
-    return model  # type: ignore[no-any-return]
+    return sio.loads(data, trusted=list(trusted))
 
 
 def load_length_model(path: str | Path) -> LengthPredictor:

@@ -26,7 +26,6 @@ file that loads with an explicit list of trusted types (``length_model_io``).
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Self
@@ -39,7 +38,12 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from goodput.profiler.prompt_features import prompt_cue_matrix, prompt_cues
+from goodput.profiler.prompt_features import (
+    clip_text,
+    prompt_cue_matrix,
+    prompt_cues,
+    prompt_fold,
+)
 
 __all__ = ["FORMAT_VERSION", "LengthPredictor", "as_requests"]
 
@@ -78,18 +82,6 @@ def as_requests(X: Any) -> tuple[list[str], list[str]]:
     return prompts, models
 
 
-def _clip_text(text: str, max_chars: int) -> str:
-    """Head and tail of a long prompt: instructions sit at either end, the middle is material.
-
-    Lone surrogates (``"\\ud800"`` is valid JSON) become ``?``: the hashing vectorizer encodes
-    the text as UTF-8 and would raise on them.
-    """
-    if len(text) > max_chars:
-        head = (max_chars * 2) // 3
-        text = text[:head] + "\n" + text[-(max_chars - head) :]
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
 @functools.lru_cache(maxsize=4)
 def _vectorizers(n_features: int) -> tuple[HashingVectorizer, HashingVectorizer]:
     """Stateless hashing vectorizers: nothing to fit, nothing to save."""
@@ -102,11 +94,6 @@ def _vectorizers(n_features: int) -> tuple[HashingVectorizer, HashingVectorizer]
     words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), **common)
     chars = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
     return words, chars
-
-
-def _fold_of(prompt: str, n_folds: int) -> int:
-    digest = hashlib.sha256(prompt.encode("utf-8", "replace")).digest()
-    return int.from_bytes(digest[:8], "big") % n_folds
 
 
 class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
@@ -193,7 +180,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def _ngram_blocks(self, prompts: Sequence[str]) -> list[sp.csr_matrix]:
         words, chars = _vectorizers(self.n_features)
-        texts = [_clip_text(p, self.max_chars) for p in prompts]
+        texts = [clip_text(p, self.max_chars) for p in prompts]
         blocks = []
         for vec in (words, chars):
             X = vec.transform(texts).tocsr()
@@ -254,7 +241,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
         # Out-of-fold prompt scores: the per-model calibration and the residual spread must be
         # learned from predictions on prompts the ridge did not see, or both come out too tight.
-        folds = np.array([_fold_of(p, self.n_oof_folds) for p in uniq_prompts])
+        folds = np.array([prompt_fold(p, self.n_oof_folds) for p in uniq_prompts])
         z_oof = np.empty(len(uniq_prompts))
         for k in range(self.n_oof_folds):
             test = folds == k
@@ -552,7 +539,7 @@ class LengthPredictor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     def _request_row(self, prompt: str) -> FloatArray:
         """``_rows`` of one prompt, on the row's indices and values directly."""
         check_is_fitted(self, "coef_")
-        text = _clip_text(prompt, self.max_chars)
+        text = clip_text(prompt, self.max_chars)
         z = self.intercept_
         start = 0
         idfs = (self.word_idf_, self.char_idf_)

@@ -10,6 +10,7 @@ microseconds.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -328,3 +329,21 @@ def prompt_cue_matrix(
     if not prompts:
         return np.zeros((0, len(FEATURE_NAMES)))
     return np.vstack([prompt_cues(p, max_chars) for p in prompts])
+
+
+def clip_text(text: str, max_chars: int) -> str:
+    """Head and tail of a long prompt: instructions sit at either end, the middle is material.
+
+    Lone surrogates (``"\\ud800"`` is valid JSON) become ``?``: the hashing vectorizer encodes
+    the text as UTF-8 and would raise on them.
+    """
+    if len(text) > max_chars:
+        head = (max_chars * 2) // 3
+        text = text[:head] + "\n" + text[-(max_chars - head) :]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def prompt_fold(prompt: str, n_folds: int) -> int:
+    """A prompt's fold of ``n_folds``, by its content: the same in every fit."""
+    digest = hashlib.sha256(prompt.encode("utf-8", "replace")).digest()
+    return int.from_bytes(digest[:8], "big") % n_folds
