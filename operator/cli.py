@@ -187,6 +187,8 @@ def run(
         # kopf logs every handled watch event ("Handler ... succeeded") at INFO; the operator's
         # own decisions are logged by goodput.operator and posted as Events.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # The autoscaler reads every pod's load report each tick: one INFO line per request.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     run_operator(
         OperatorSettings(
             namespaces=namespaces,
