@@ -3,6 +3,7 @@ replicas; and the wiring of its parts from a ``RouterConfig``."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +43,8 @@ def build_router(
     table = EndpointTable(clock)
     if config.endpoints:
         table.replace((url, url.rstrip("/"), True, False) for url in config.endpoints)
+    for model in config.cascade.models if config.cascade is not None else ():
+        table.replace(((url, url.rstrip("/"), True, False) for url in model.endpoints), model.name)
     pipeline = RoutingPipeline.from_config(config, clock, rng)
     flow = FlowController(config.flow, lambda: free_slots(table), clock)
     hold = ReplicaHold(config.hold, clock)
@@ -102,17 +105,26 @@ def guarded(app: RouterApp, limits: HttpLimits) -> ASGIApp:
 
 def create_app(config: RouterConfig) -> RouterApp:
     router, poller, registry = build_router(config)
-    watcher = None
-    if config.discovery is not None:
+    sources = [("", config.discovery)] + [
+        (m.name, m.discovery) for m in (config.cascade.models if config.cascade else ())
+    ]
+    watchers = []
+    if any(spec is not None for _, spec in sources):
         # Imported only here: a router with static endpoints needs no Kubernetes client.
         from goodput.router.discovery import EndpointSliceWatcher
 
         scheme = "https" if config.upstream_tls is not None else "http"
-        watcher = EndpointSliceWatcher(router.replace_endpoints, config.discovery, scheme=scheme)
+        watchers = [
+            EndpointSliceWatcher(
+                functools.partial(router.replace_endpoints, group=group), spec, scheme=scheme
+            )
+            for group, spec in sources
+            if spec is not None
+        ]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if watcher is not None:
+        for watcher in watchers:  # one per Service: a cascade's models each have theirs
             await watcher.start()
         await poller.poll_once()
         poller.start()
@@ -120,7 +132,7 @@ def create_app(config: RouterConfig) -> RouterApp:
             yield
         finally:
             await poller.stop()
-            if watcher is not None:
+            for watcher in watchers:
                 await watcher.stop()
             await router.upstream.aclose()
 

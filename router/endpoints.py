@@ -49,6 +49,8 @@ class Endpoint:
     held: BlockSketch | None = None
     """The prompt blocks its gateway reports its engine holds (every router's traffic)."""
     held_version: int | None = None
+    group: str = ""
+    """The model (cascade group) whose replica it is; empty outside a cascade."""
 
     def eligible(self, now: float) -> bool:
         """May get a new request: ready, not draining, not recently failed, and (once it has
@@ -139,10 +141,10 @@ class EndpointTable:
         now = self.clock()
         return [e for e in self._by_name.values() if e.eligible(now)]
 
-    def replace(self, endpoints: Iterable[Sequence[str | bool]]) -> list[str]:
-        """Set the replicas to ``(name, url, ready, draining[, load_url])``; keep what is known
-        of those that stay; return the names that left (the caller forgets their prefix
-        state)."""
+    def replace(self, endpoints: Iterable[Sequence[str | bool]], group: str = "") -> list[str]:
+        """Set the replicas of ``group`` to ``(name, url, ready, draining[, load_url])``; keep
+        what is known of those that stay; return the names that left (the caller forgets their
+        prefix state). Each group (a cascade's model) has its own discovery."""
         seen: set[str] = set()
         for entry in endpoints:
             name, url, ready, draining = (
@@ -154,13 +156,18 @@ class EndpointTable:
             load_url = str(entry[4]) if len(entry) > 4 else ""
             seen.add(name)
             current = self._by_name.get(name)
-            if current is None or current.url != url or current.load_url != load_url:
+            if (
+                current is None
+                or current.url != url
+                or current.load_url != load_url
+                or current.group != group
+            ):
                 self._by_name[name] = Endpoint(
-                    name, url, load_url=load_url, ready=ready, draining=draining
+                    name, url, load_url=load_url, ready=ready, draining=draining, group=group
                 )
             else:
                 current.ready, current.draining = ready, draining
-        gone = [n for n in self._by_name if n not in seen]
+        gone = [n for n, e in self._by_name.items() if e.group == group and n not in seen]
         for name in gone:
             del self._by_name[name]
         return gone

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from goodput.api.prefix_blocks import block_hashes, prompt_token_ids
 from goodput.api.router_config import RouterConfig
+from goodput.router.cascade import cascade_of, request_content
 from goodput.router.endpoints import Endpoint, EndpointTable
 from goodput.router.flow import FlowController
 from goodput.router.hold import ReplicaHold
@@ -76,6 +78,8 @@ class Router:
         self.clock = clock
         self.hold = hold or ReplicaHold(config.hold, clock)
         self.label = config.name
+        cascade = config.cascade.models if config.cascade is not None else ()
+        self.served_models = {m.name: m.model for m in cascade if m.model is not None}
         # The gateways' own check, done here first: a bad key never takes a place in the queue,
         # and a client cannot name another tenant to get its share.
         self.keys = KeyStore(
@@ -105,6 +109,7 @@ class Router:
         priority = headers.get(HEADER_PRIORITY) or "default"
         if tenant.priorities is not None and priority not in tenant.priorities:
             priority = tenant.priorities[0]  # the gateway refuses it; no better band meanwhile
+        prompt, images = request_content(body) if self.config.cascade else ("", False)
         return RoutingRequest(
             model=parsed.model,
             blocks=blocks,
@@ -115,6 +120,8 @@ class Router:
             priority=priority,
             ttft_objective_s=None,
             key=stable_hash(key_source),
+            prompt=prompt,
+            images=images,
         )
 
     # -- serving ---------------------------------------------------------------------------------
@@ -171,7 +178,8 @@ class Router:
                 if granted:
                     self.flow.dispatched()
                     granted = False
-                outcome = await self._try(endpoint, raw, parsed, route, forward, arrival, final)
+                body = self._body_for(endpoint, raw, parsed)
+                outcome = await self._try(endpoint, body, parsed, route, forward, arrival, final)
                 if isinstance(outcome, Response):
                     return outcome
                 reason, last_error = outcome
@@ -181,6 +189,14 @@ class Router:
         finally:
             if granted:
                 self.flow.dispatched()
+
+    def _body_for(self, endpoint: Endpoint, raw: bytes, parsed: ParsedRequest) -> bytes:
+        """The request as ``endpoint`` must get it: a cascade's model serves under its own
+        name, written over the logical one the client sent."""
+        served = self.served_models.get(endpoint.group)
+        if served is None or served == parsed.model:
+            return raw
+        return json.dumps({**parsed.body, "model": served}).encode()
 
     def _sent(self, endpoint: Endpoint, request: RoutingRequest) -> None:
         endpoint.outstanding += 1
@@ -314,11 +330,12 @@ class Router:
         to zero must still be reachable, or nothing would wake it)."""
         return bool(self.table.eligible()) or self.hold.enabled
 
-    def replace_endpoints(self, endpoints: Sequence[Sequence[str | bool]]) -> None:
-        """Discovery's new view: ``(name, url, ready, draining[, load_url])`` each. Replicas
-        that left are forgotten by the prefix index (a new pod of the same name starts cold)."""
+    def replace_endpoints(self, endpoints: Sequence[Sequence[str | bool]], group: str = "") -> None:
+        """Discovery's new view of ``group`` (a cascade's model; else the one group):
+        ``(name, url, ready, draining[, load_url])`` each. Replicas that left are forgotten by
+        the prefix index (a new pod of the same name starts cold)."""
         knowledge = self.pipeline.prefix_knowledge
-        for name in self.table.replace(endpoints):
+        for name in self.table.replace(endpoints, group):
             if knowledge is not None:
                 knowledge.index.forget(name)
         self.capacity_changed()
@@ -384,6 +401,7 @@ def status_body(router: Router) -> dict[str, Any]:
                 "ready": e.ready,
                 "draining": e.draining,
                 "load": e.load,
+                "group": e.group,
                 "outstanding": e.outstanding,
                 "report": None if e.report is None else e.report.model_dump(by_alias=True),
             }
@@ -391,4 +409,5 @@ def status_body(router: Router) -> dict[str, Any]:
         ],
         "queue": router.flow.depth,
         "held": router.hold.held,
+        "cascade": None if (cascade := cascade_of(router.pipeline)) is None else cascade.status(),
     }

@@ -49,6 +49,10 @@ class RoutingRequest:
     key: int
     """A stable hash of the request (its prompt, else its id) for tie-breaking alike on every
     router."""
+    prompt: str = ""
+    """What a model must answer now (a chat's last user message): filled only for a cascade."""
+    images: bool = False
+    """The request carries image content (a cascade sends it to a multimodal model)."""
 
 
 class Filter(Protocol):
@@ -410,6 +414,11 @@ class RoutingPipeline:
             "ready": lambda: ReadyFilter(clock),
             "slo-headroom": lambda: SLOHeadroomFilter(knowledge),
         }
+        if config.cascade is not None:
+            from goodput.router.cascade import cascade_stages  # it builds on this module
+
+            modality, cascade = cascade_stages(config.cascade, knowledge)
+            filters |= {"model-modality": lambda: modality, "model-cascade": lambda: cascade}
         scorers: dict[str, Callable[[], Scorer]] = {
             "prefix-cache": lambda: PrefixCacheScorer(
                 knowledge, config.prefix.affinity_blocks, config.bounded_load

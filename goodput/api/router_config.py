@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goodput.api.gateway_config import AuthConfig
 
-FilterName = Literal["ready", "slo-headroom"]
+FilterName = Literal["ready", "model-modality", "model-cascade", "slo-headroom"]
 ScorerName = Literal["prefix-cache", "session-affinity", "slo-headroom", "least-load", "random"]
 PickerName = Literal["max-score", "round-robin"]
 DEFAULT_FILTERS: tuple[FilterName, ...] = ("ready", "slo-headroom")
@@ -135,6 +135,90 @@ class UpstreamTLS(BaseModel):
     )
 
 
+class CascadeModel(BaseModel):
+    """One model of a cascade: a group of replicas the router may pick for a request."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        description="The group's name (the operator: the LLMDeployment's name); metrics label.",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The model name its replicas serve, written into each request sent there "
+        "(the client names the cascade's logical model). Unset: the request's own.",
+    )
+    quality_key: str | None = Field(
+        default=None,
+        alias="qualityKey",
+        description="The quality predictor's name for this model (e.g. Mistral-7B-Instruct-v0.2); "
+        "unset: `model`. An unknown name gets the mean of the known small models.",
+    )
+    multimodal: bool = Field(
+        default=False, description="Takes requests with image content; others never get them."
+    )
+    tpot_s: float | None = Field(
+        default=None,
+        gt=0,
+        alias="tpotS",
+        description="Seconds per output token under its SLO: with it, a spill weighs the "
+        "request's predicted output length (predicted TTFT + tokens x tpotS).",
+    )
+    endpoints: list[str] = Field(default_factory=list, description="Static replica URLs.")
+    discovery: ServiceDiscovery | None = None
+
+
+class CascadeConfig(BaseModel):
+    """Several models behind one model name; the ``model-cascade`` stage picks one per request
+    (docs/cascade.md). Models are listed cheapest first: the first is the default, the others
+    are escalations."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    models: list[CascadeModel] = Field(min_length=2, max_length=8)
+    max_large_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        alias="maxLargeShare",
+        description="At most this share of requests (over the last `windowRequests`) goes past "
+        "the first model: those where the predicted quality gain is largest.",
+    )
+    min_win_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        alias="minWinRate",
+        description="A model serves a request only when its predicted win-rate against the "
+        "reference is at least this; the first model that does, else the best predicted.",
+    )
+    window_requests: int = Field(default=1000, ge=10, le=1_000_000, alias="windowRequests")
+    quality_model: str | None = Field(
+        default=None,
+        alias="qualityModel",
+        description="A quality model file (skops); unset: the one shipped with Goodput.",
+    )
+    sessions: int = Field(
+        default=100_000,
+        ge=0,
+        description="Sessions whose model is remembered (least recently used first out).",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CascadeConfig:
+        if (self.max_large_share is None) == (self.min_win_rate is None):
+            raise ValueError("a cascade sets one target: `maxLargeShare` or `minWinRate`")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("cascade model names must be unique")
+        if not any(m.endpoints or m.discovery for m in self.models):
+            raise ValueError("cascade models need `endpoints` or `discovery`")
+        return self
+
+
 class RouterConfig(BaseModel):
     """Everything ``goodput route`` needs."""
 
@@ -191,11 +275,23 @@ class RouterConfig(BaseModel):
         description="The same tenant keys as the gateways: a bad key is refused before it "
         "queues, and tenants are who flow control shares capacity between.",
     )
+    cascade: CascadeConfig | None = Field(
+        default=None,
+        description="Several models behind one name; their replicas come from each model's "
+        "`endpoints`/`discovery` (docs/cascade.md).",
+    )
 
     @model_validator(mode="after")
     def _has_a_source(self) -> RouterConfig:
-        if not self.endpoints and self.discovery is None:
+        if not self.endpoints and self.discovery is None and self.cascade is None:
             raise ValueError("give `endpoints` or `discovery`")
+        if self.cascade is not None:
+            # The cascade's stages go right after readiness, before the SLO stages judge
+            # replicas of the chosen model only.
+            at = self.filters.index("ready") + 1 if "ready" in self.filters else 0
+            for stage in ("model-cascade", "model-modality"):
+                if stage not in self.filters:
+                    self.filters.insert(at, stage)
         types = [s.type for s in self.scorers]
         if len(set(types)) != len(types):
             raise ValueError("each scorer type may appear once")
