@@ -6,7 +6,7 @@ Three sources, in this order of authority:
    and the parallelism the placement chose. The pod works only if these are exactly the
    operator's, so ``engine.args`` may not set them.
 2. **Spec fields** (``SPEC_FIELDS``): dtype, quantization, revision, context length, memory
-   utilization, prefix caching, KV-cache dtype, CPU KV offload, LoRA adapters. The placement and
+   utilization, prefix caching, KV-cache dtype, CPU KV offload, LoRA capacity. The placement and
    the memory model read these fields, so setting the same flag in ``engine.args`` would make
    the engine disagree with what the operator planned for; the field is the one place.
 3. **The memory model's flags** (``_profiled``), from the placement's ``VllmFlags``: the
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from goodput.api.llmdeployment import LLMDeploymentSpec
+from goodput.api.llmdeployment import PVC_SOURCE, LLMDeploymentSpec
 from goodput.operator.gpu_catalog import gpu_for_label
 from goodput.operator.model_memory import CatalogMemory
 from goodput.operator.placement.selection import Placement
@@ -33,6 +33,19 @@ from goodput.profiler.memory import VllmFlags
 
 ENGINE_HOST = "127.0.0.1"
 ENGINE_PORT = 8000
+#: Where ``pvc://`` sources are mounted in the pod.
+MODELS_DIR = "/models"
+
+
+def in_pod_path(source: str) -> str:
+    """Where the pod sees a source: ``pvc://CLAIM/PATH`` is ``/models/CLAIM/PATH`` (the claim
+    mounted read-only, ``workload.Volumes``); anything else is passed on as it is."""
+    m = PVC_SOURCE.match(source)
+    return source if m is None else f"{MODELS_DIR}/{m.group('claim')}{m.group('path') or ''}"
+
+
+#: vLLM serves ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` only with this set.
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 #: Flags only the operator sets (vLLM's short aliases included), and why.
 OWNED: dict[str, str] = {
@@ -59,10 +72,12 @@ SPEC_FIELDS: dict[str, str] = {
     "--no-enable-prefix-caching": "spec.kvCache.prefixCaching",
     "--kv-cache-dtype": "spec.kvCache.dtype",
     "--kv-offloading-size": "spec.kvCache.cpuOffloadGiB",
-    "--enable-lora": "spec.adapters",
-    "--no-enable-lora": "spec.adapters",
-    "--max-loras": "spec.adapters",
-    "--lora-modules": "spec.adapters",
+    "--enable-lora": "spec.lora.enabled (or spec.adapters)",
+    "--no-enable-lora": "spec.lora.enabled (or spec.adapters)",
+    "--max-loras": "spec.lora.maxLoras",
+    "--max-lora-rank": "spec.lora.maxRank",
+    "--max-cpu-loras": "spec.lora.maxCpuLoras",
+    "--lora-modules": "spec.adapters (loaded at runtime by the gateway)",
 }
 
 
@@ -193,7 +208,7 @@ def engine_facts(spec: LLMDeploymentSpec, profile: VllmFlags | None) -> EngineFa
 
 
 def build(spec: LLMDeploymentSpec, placement: Placement, path: Callable[[str], str]) -> list[str]:
-    """The engine's arguments. ``path`` maps a model or adapter source to where the pod sees it
+    """The engine's arguments. ``path`` maps the model's source to where the pod sees it
     (``pvc://`` sources are mounted)."""
     model, kv = spec.model, spec.kv_cache
     args = [
@@ -226,9 +241,13 @@ def build(spec: LLMDeploymentSpec, placement: Placement, path: Callable[[str], s
         args += ["--kv-cache-dtype", kv.dtype]
     if kv.cpu_offload_gib > 0:
         args += ["--kv-offloading-size", f"{kv.cpu_offload_gib:g}"]
-    if spec.adapters:
-        args += ["--enable-lora", "--max-loras", str(len(spec.adapters)), "--lora-modules"]
-        args += [f"{a.name}={path(a.source)}" for a in spec.adapters]
+    lora = spec.lora_capacity
+    if lora is not None:
+        # Capacity only: the adapters themselves are loaded at runtime by the gateway (from its
+        # adapter catalog), so that adding or removing one leaves these arguments, and the pod
+        # template, as they are (docs/adapters.md).
+        args += ["--enable-lora", "--max-loras", str(lora.max_loras)]
+        args += ["--max-lora-rank", str(lora.max_rank), "--max-cpu-loras", str(lora.max_cpu_loras)]
     return args + _profiled(spec, placement) + list(spec.engine.args)
 
 

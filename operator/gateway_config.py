@@ -1,7 +1,9 @@
 """The gateway's ConfigMap: the LLMDeployment's serving policy in the gateway's own contract.
 
-The ConfigMap's content hash goes into the pod template (``goodput.dev/config-hash``), so a policy
-change rolls the pods: the gateway reads its config once, at start-up.
+The hash of ``gateway.json`` goes into the pod template (``goodput.dev/config-hash``), so a policy
+change rolls the pods: the gateway reads that file once, at start-up. ``adapters.json`` (the
+adapter catalog) is left out of the hash: the gateway re-reads it while it runs (the kubelet
+refreshes a mounted ConfigMap in place), so adapters come and go without a rollout.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import json
 from typing import Any
 
 from goodput.api.gateway_config import (
+    AdapterCatalog,
+    AdapterEntry,
+    AdapterObjectives,
     GatewayConfig,
+    LoRAServing,
     PredictorConfig,
     PriorityClass,
     RefitConfig,
@@ -21,12 +27,14 @@ from goodput.api.gateway_config import (
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import naming
 from goodput.operator.engine_args import ENGINE_PORT as ENGINE_PORT
-from goodput.operator.engine_args import engine_facts
+from goodput.operator.engine_args import engine_facts, in_pod_path
 from goodput.operator.placement.selection import Placement
 
 CONFIG_KEY = "gateway.json"
+ADAPTERS_KEY = "adapters.json"
 CONFIG_DIR = "/etc/goodput"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+ADAPTERS_PATH = f"{CONFIG_DIR}/{ADAPTERS_KEY}"
 #: The gateway's writable state (an emptyDir, ``gateway-state``): its root filesystem is read-only.
 STATE_DIR = "/var/lib/goodput"
 #: Where a pod's gateway keeps its request log, which the online refit learns from.
@@ -46,7 +54,9 @@ def gateway_config(obj: LLMDeployment, placement: Placement | None = None) -> Ga
         deployment=obj.metadata.name,
         namespace=obj.metadata.namespace,
         served_model_name=spec.model.name,
-        adapters=[a.name for a in spec.adapters],
+        lora=None
+        if spec.lora_capacity is None
+        else LoRAServing(catalog_path=ADAPTERS_PATH, max_loaded=spec.lora_capacity.max_cpu_loras),
         engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
         max_model_len=facts.max_model_len,
         max_concurrency=facts.max_num_seqs,
@@ -75,7 +85,26 @@ def gateway_config(obj: LLMDeployment, placement: Placement | None = None) -> Ga
     )
 
 
-def render(config: GatewayConfig) -> str:
+def adapter_catalog(obj: LLMDeployment) -> AdapterCatalog:
+    """``spec.adapters`` as the gateway loads them: each source where the pod sees it (a
+    ``pvc://`` claim is mounted into the engine by ``workload``; the engine reads the path)."""
+    return AdapterCatalog(
+        adapters=[
+            AdapterEntry(
+                name=a.name,
+                path=in_pod_path(a.source),
+                slo=AdapterObjectives(ttft_ms=a.slo.ttft_ms, tpot_ms=a.slo.tpot_ms),
+                priority=a.priority,
+                requests_per_second=a.quota.requests_per_second,
+                burst=a.quota.burst,
+                tokens_per_minute=a.quota.tokens_per_minute,
+            )
+            for a in obj.spec.adapters
+        ]
+    )
+
+
+def render(config: GatewayConfig | AdapterCatalog) -> str:
     """Stable JSON (sorted keys) so the hash changes only when the content does."""
     return json.dumps(
         config.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True
@@ -90,8 +119,14 @@ def config_hash(*parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def rolling_hash(config_map: dict[str, Any]) -> str:
+    """The hash that rolls the pods: of what the gateway reads only at start (not the adapter
+    catalog, which it re-reads while running)."""
+    return config_hash(config_map["data"][CONFIG_KEY])
+
+
 def config_map(obj: LLMDeployment, placement: Placement | None = None) -> dict[str, Any]:
-    """The ConfigMap holding the gateway's config file."""
+    """The ConfigMap holding the gateway's config file and its adapter catalog."""
     meta = obj.metadata
     return {
         "apiVersion": "v1",
@@ -99,5 +134,8 @@ def config_map(obj: LLMDeployment, placement: Placement | None = None) -> dict[s
         "metadata": naming.object_meta(
             naming.config_map_name(meta.name), meta.namespace, meta.name, meta.uid
         ),
-        "data": {CONFIG_KEY: render(gateway_config(obj, placement))},
+        "data": {
+            CONFIG_KEY: render(gateway_config(obj, placement)),
+            ADAPTERS_KEY: render(adapter_catalog(obj)),
+        },
     }

@@ -370,7 +370,7 @@ class Reconciler:
         them."""
         meta = obj.metadata
         cm = gateway_config.config_map(obj, placement)
-        digest = gateway_config.config_hash(*cm["data"].values())
+        digest = gateway_config.rolling_hash(cm)
         spec_hash = pod_spec_hash(workload.pod_template(obj, placement, self.settings, digest))
         self.kube.apply(cm)
         self._apply_router(obj, had_router)

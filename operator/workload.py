@@ -38,6 +38,7 @@ from typing import Any
 
 from goodput.api.llmdeployment import PVC_SOURCE, EnvVar, LLMDeployment
 from goodput.operator import naming, tls
+from goodput.operator.engine_args import MODELS_DIR, RUNTIME_LORA_ENV, in_pod_path
 from goodput.operator.engine_args import build as build_engine_args
 from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, STATE_DIR
 from goodput.operator.inventory import GPU_RESOURCE, LABEL_PRODUCT
@@ -53,7 +54,6 @@ GATEWAY_HOST = "0.0.0.0"
 GATEWAY_ADMIN_PORT = 9090
 GATEWAY_ADMIN_PORT_NAME = "admin"
 GATEWAY_KEYS_DIR = "/etc/goodput-keys"
-MODELS_DIR = "/models"
 #: Both containers' UID and GID: non-root, and the conventional "nonroot" of distroless images.
 RUN_AS_USER = 65532
 #: The engine's writable home (an emptyDir), for the caches vLLM, torch and Hugging Face keep.
@@ -86,9 +86,8 @@ class Volumes:
         m = PVC_SOURCE.match(source)
         if m is None:
             return source
-        claim = m.group("claim")
-        self.claims.setdefault(claim, f"pvc-{len(self.claims)}")
-        return f"{MODELS_DIR}/{claim}{m.group('path') or ''}"
+        self.claims.setdefault(m.group("claim"), f"pvc-{len(self.claims)}")
+        return in_pod_path(source)
 
     def volumes(self) -> list[dict[str, Any]]:
         return [
@@ -105,8 +104,12 @@ class Volumes:
 
 def engine_args(obj: LLMDeployment, placement: Placement, volumes: Volumes) -> list[str]:
     """The engine's arguments (``goodput.operator.engine_args``: the contract), with ``pvc://``
-    sources mounted through ``volumes``."""
-    return build_engine_args(obj.spec, placement, volumes.path)
+    sources mounted through ``volumes``: the model's, and the claims adapters are on (the
+    gateway loads those at runtime from the same paths, ``gateway_config.adapter_catalog``)."""
+    args = build_engine_args(obj.spec, placement, volumes.path)
+    for adapter in obj.spec.adapters:
+        volumes.path(adapter.source)
+    return args
 
 
 def _env(var: EnvVar) -> dict[str, Any]:
@@ -176,6 +179,8 @@ def pod_template(
         # image may not list; it reads $USER first.
         {"name": "USER", "value": "engine"},
     ]
+    if spec.lora_capacity is not None:
+        own_env.append({"name": RUNTIME_LORA_ENV, "value": "True"})
     overridden = {v["name"] for v in user_env}
     engine = {
         "name": "engine",

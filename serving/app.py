@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
+from goodput.api.gateway_config import AdapterEntry
 from goodput.api.load_report import LOAD_PATH, SKETCH_SINCE
 from goodput.serving.admission import RejectReason
 from goodput.serving.auth import AccessDenied, Tenant
@@ -177,12 +178,20 @@ async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Res
         error = engine_unavailable("it does not answer its health check; retry shortly")
         error.headers["Retry-After"] = str(_ENGINE_DOWN_RETRY_S)
         return error.response()
+    adapter_quota: Tenant | None = None
     try:
-        slo = gateway.resolver.resolve(headers, tenant)
         parsed = parse_request(
             await request.body(), endpoint, gateway.known_models, gateway.max_model_len
         )
+        adapter = gateway.adapter_of(parsed.model)
+        entry = (
+            None if adapter is None or gateway.adapters is None else gateway.adapters.entry(adapter)
+        )
+        slo = gateway.resolver.resolve(headers, tenant, entry)
         oracle = _oracle_tokens(headers.get(HEADER_ORACLE_TOKENS))
+        if entry is not None:
+            adapter_quota = _adapter_quota(entry)
+            gateway.quotas.admit(adapter_quota)
     except AccessDenied as denied:
         return _refused(gateway, denied)
     except OpenAIError as error:
@@ -195,13 +204,33 @@ async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Res
         arrival=arrival,
         slo=slo,
         prompt_tokens=parsed.prompt_tokens_estimate,
-        prediction=gateway.predictor.predict(
+        prediction=gateway.predictor_for(adapter).predict(
             parsed.prompt_text, parsed.prompt_tokens_estimate, parsed.max_tokens
         ),
         max_tokens=parsed.max_tokens,
+        model=adapter,
         oracle_output_tokens=oracle,
     )
-    return ProxyExchange(gateway, parsed, job, {"x-request-id": request_id}, tenant, gateway.quotas)
+    return ProxyExchange(
+        gateway,
+        parsed,
+        job,
+        {"x-request-id": request_id},
+        tenant,
+        gateway.quotas,
+        adapter_quota=adapter_quota,
+    )
+
+
+def _adapter_quota(entry: AdapterEntry) -> Tenant:
+    """An adapter's quota as a tenant of its own for the rate and token buckets (``adapter:``
+    cannot begin a tenant's file name, so the buckets never mix)."""
+    return Tenant(
+        name=f"adapter:{entry.name}",
+        requests_per_second=entry.requests_per_second,
+        burst=entry.burst,
+        tokens_per_minute=entry.tokens_per_minute,
+    )
 
 
 def _oracle_tokens(raw: str | None) -> int | None:

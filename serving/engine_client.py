@@ -84,11 +84,23 @@ class EngineClient:
         return self._session
 
     async def get(self, path: str, *, timeout_s: float = 5.0) -> EngineReply:
+        return await self._whole("GET", path, None, timeout_s)
+
+    async def post_json(self, path: str, body: bytes, *, timeout_s: float = 60.0) -> EngineReply:
+        """A short control call (loading an adapter): the whole answer within ``timeout_s``."""
+        return await self._whole("POST", path, body, timeout_s)
+
+    async def _whole(
+        self, method: str, path: str, body: bytes | None, timeout_s: float
+    ) -> EngineReply:
         session = self._open_session()
+        headers = self._auth if body is None else {"content-type": "application/json", **self._auth}
         try:
-            async with session.get(
+            async with session.request(
+                method,
                 self.base_url + path,
-                headers=self._auth,
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 return EngineReply(response.status, await response.read())

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from goodput.api.gateway_config import GatewayConfig
 from goodput.api.prefix_blocks import DEFAULT_BLOCK_CHARS
+from goodput.serving.adapters import AdapterSet
 from goodput.serving.admission import AdmissionController, RejectReason
 from goodput.serving.auth import ANONYMOUS, KeyStore, Quotas, Tenant
 from goodput.serving.dispatcher import Dispatcher
@@ -31,6 +32,7 @@ from goodput.serving.job import Job
 from goodput.serving.length_estimate import (
     LearnedLengthPredictor,
     LengthPredictor,
+    PerModelPredictors,
     make_predictor,
 )
 from goodput.serving.metrics import GatewayMetrics, RollingAttainment, Totals
@@ -88,6 +90,7 @@ class Gateway:
         self.predictor = predictor or make_predictor(
             config.predictor, model_key=config.served_model_name
         )
+        self.predictor_for = PerModelPredictors(self.predictor)
         self.service = ServiceModel()
         self.budget = EngineBudget(kv_capacity_tokens=config.kv_cache_tokens)
         self.held_blocks = (
@@ -147,6 +150,11 @@ class Gateway:
             metrics_interval_s=engine_metrics_interval_s,
             on_poll=self._engine_polled,
         )
+        self.adapters = (
+            None
+            if config.lora is None
+            else AdapterSet(config.lora, self.client, on_cold_load=self.metrics.adapter_loaded)
+        )
         self.draining = False
         self._exchanges: set[Exchange] = set()
         self._idle = asyncio.Event()
@@ -187,7 +195,15 @@ class Gateway:
 
     @property
     def known_models(self) -> set[str]:
-        return {self.config.served_model_name, *self.config.adapters, *self.monitor.models}
+        adapters = self.adapters.names if self.adapters is not None else ()
+        return {self.config.served_model_name, *adapters, *self.monitor.models}
+
+    def adapter_of(self, model: str) -> str | None:
+        """The adapter a request's model names; None: the base model (or one the engine
+        serves of its own)."""
+        if self.adapters is None or self.adapters.entry(model) is None:
+            return None
+        return model
 
     @property
     def max_model_len(self) -> int | None:
@@ -241,6 +257,8 @@ class Gateway:
         await self.monitor.poll_once()
         self.monitor.start()
         self.dispatcher.start()
+        if self.adapters is not None:
+            self.adapters.start()
         if self.refitter is not None:
             self._refit_task = asyncio.create_task(self.refitter.run(), name="predictor-refit")
 
@@ -251,6 +269,8 @@ class Gateway:
                 await self._refit_task
         if self.refitter is not None:
             self.refitter.close()
+        if self.adapters is not None:
+            await self.adapters.stop()
         await self.dispatcher.stop()
         await self.monitor.stop()
         await self.client.close()
@@ -259,13 +279,14 @@ class Gateway:
 
     # -- outcomes --------------------------------------------------------------------------------
 
-    def rejected(self, reason: RejectReason, priority: str) -> None:
-        self.metrics.reject(reason.value, priority)
+    def rejected(self, reason: RejectReason, priority: str, model: str | None = None) -> None:
+        self.metrics.reject(reason.value, priority, model)
         self.attainment.record(False)
         self.totals.judged(False)
 
     def failed(self, job: Job) -> None:
-        self.metrics.requests.labels(**self.metrics.labels(job.slo.priority), outcome="error").inc()
+        labels = self.metrics.labels(job.slo.priority, job.model)
+        self.metrics.requests.labels(**labels, outcome="error").inc()
         self.attainment.record(False)
         self.totals.judged(False)
 
@@ -282,7 +303,7 @@ class Gateway:
     ) -> None:
         """Judge and record a request that ran to completion (``end`` on the dispatcher clock)."""
         m = self.metrics
-        labels = m.labels(job.slo.priority)
+        labels = m.labels(job.slo.priority, job.model)
         e2e = end - job.arrival
         ttft = None if job.first_token_at is None else job.first_token_at - job.arrival
         tpot = None
@@ -309,13 +330,13 @@ class Gateway:
         m.predicted_tokens.observe(job.prediction.p50)
         m.prediction_error.observe((job.prediction.p50 - output_tokens) / max(output_tokens, 1))
         m.generated_tokens.inc(output_tokens)
-        self.predictor.observe(prompt, job.prompt_tokens, output_tokens)
+        self.predictor_for(job.model).observe(prompt, job.prompt_tokens, output_tokens)
         if self.request_log is not None:
             self.request_log.write(
                 RequestRecord(
                     ts=time.time(),
                     deployment=self.config.deployment,
-                    model=self.config.served_model_name,
+                    model=job.model or self.config.served_model_name,
                     request_id=job.request_id,
                     prompt=prompt,
                     prompt_tokens=prompt_tokens if prompt_tokens is not None else job.prompt_tokens,

@@ -25,6 +25,8 @@ class Job:
     prompt_tokens: int
     prediction: LengthPrediction
     max_tokens: int | None = None
+    model: str | None = None
+    """The adapter it asked for; None: the base model."""
     oracle_output_tokens: int | None = None
     best_effort: bool = False
     state: JobState = JobState.NEW

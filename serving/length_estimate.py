@@ -136,10 +136,57 @@ class LearnedLengthPredictor:
     def model(self) -> ProfilerLengthModel:
         return self._model
 
+    def keyed(self, model_key: str) -> LengthPredictor:
+        """The same learned model answering for another served model (an adapter: its own
+        verbosity, calibrated from its own answers), following this one through refits."""
+        return _KeyedView(self, model_key)
+
     def use(self, model: ProfilerLengthModel) -> None:
         """Answer with ``model`` from now on (a refitted copy): one assignment, so a request
         sees either model whole."""
         self._model = model
+
+
+class _KeyedView:
+    def __init__(self, parent: LearnedLengthPredictor, model_key: str) -> None:
+        self._parent = parent
+        self._key = model_key
+
+    def predict(self, prompt: str, prompt_tokens: int, max_tokens: int | None) -> LengthPrediction:
+        p50, p90 = self._parent.model.predict_request(prompt, self._key, max_tokens)
+        return LengthPrediction(p50, p90)
+
+    def observe(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+        self._parent.model.observe_request(prompt, self._key, output_tokens)
+
+
+class PerModelPredictors:
+    """A length predictor per served model: the base model's, and one per adapter keyed by its
+    name — fine-tunes of one base answer at lengths of their own (a SQL adapter's answers are
+    short, a chat adapter's long), so one estimate for all would mislead the scheduler for
+    each. With the learned model, adapters share its prompt features and each gets its own
+    calibration; with the online estimator, each gets its own window."""
+
+    def __init__(self, base: LengthPredictor, *, max_models: int = 1024) -> None:
+        self.base = base
+        self.max_models = max_models
+        self._by_model: dict[str, LengthPredictor] = {}
+
+    def __call__(self, model: str | None) -> LengthPredictor:
+        if model is None:
+            return self.base
+        found = self._by_model.get(model)
+        if found is None:
+            if len(self._by_model) >= self.max_models:  # bounded: forget the oldest
+                self._by_model.pop(next(iter(self._by_model)))
+            base = self.base
+            found = (
+                base.keyed(model)
+                if isinstance(base, LearnedLengthPredictor)
+                else (OnlineLengthEstimator())
+            )
+            self._by_model[model] = found
+        return found
 
 
 def make_predictor(config: PredictorConfig, *, model_key: str) -> LengthPredictor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from goodput.api.load_report import LoadReport
+from goodput.api.load_report import AdapterLoad, LoadReport
 from goodput.serving.gateway import Gateway
 
 
@@ -46,4 +46,11 @@ def load_report(gateway: Gateway, sketch_since: int | None = None) -> LoadReport
         finished=gateway.totals.finished,
         prompt_tokens=gateway.totals.prompt_tokens,
         output_tokens=gateway.totals.output_tokens,
+        adapters=None
+        if gateway.adapters is None
+        else AdapterLoad(
+            loaded=gateway.adapters.loaded,
+            capacity=gateway.adapters.slots.capacity,
+            cold_loads=dict(gateway.adapters.cold_loads),
+        ),
     )

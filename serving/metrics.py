@@ -1,6 +1,7 @@
 """The gateway's Prometheus metrics. Names and labels are a contract with the operator and the
 Helm chart's dashboards and alerts (see docs/serving.md); every series carries ``deployment`` and
-``model``. Gauges that describe current state are computed at scrape time, off the hot path."""
+``model`` (in a request's series: the model it asked for, the base or an adapter). Gauges that
+describe current state are computed at scrape time, off the hot path."""
 
 from __future__ import annotations
 
@@ -153,6 +154,19 @@ class GatewayMetrics:
             (*BASE_LABELS, "reason"),
             registry=registry,
         )
+        self.adapter_cold_loads = Counter(
+            "goodput_adapter_cold_loads",
+            "Adapters loaded into the engine for a request that found them unloaded (`model`: "
+            "the adapter).",
+            BASE_LABELS,
+            registry=registry,
+        )
+        self.adapter_load_seconds = histogram(
+            "goodput_adapter_load_seconds",
+            "Time to load an adapter into the engine (an eviction before it included).",
+            _LATENCY_BUCKETS,
+            BASE_LABELS,
+        )
         self.generated_tokens = Counter(
             "goodput_generated_tokens", "Output tokens generated.", BASE_LABELS, registry=registry
         ).labels(**self._base)
@@ -188,12 +202,18 @@ class GatewayMetrics:
     def base_labels(self) -> dict[str, str]:
         return dict(self._base)
 
-    def labels(self, priority: str) -> dict[str, str]:
-        return {**self._base, "priority": priority}
+    def labels(self, priority: str, model: str | None = None) -> dict[str, str]:
+        """A request's labels: ``model`` is the name it asked for (an adapter's, or the base
+        model's when None), so each adapter's traffic is a series of its own."""
+        return {**self._base, "priority": priority, **({"model": model} if model else {})}
 
-    def reject(self, reason: str, priority: str) -> None:
+    def adapter_loaded(self, adapter: str, seconds: float) -> None:
+        self.adapter_cold_loads.labels(**{**self._base, "model": adapter}).inc()
+        self.adapter_load_seconds.labels(**{**self._base, "model": adapter}).observe(seconds)
+
+    def reject(self, reason: str, priority: str, model: str | None = None) -> None:
         self.rejections.labels(**self._base, reason=reason).inc()
-        self.requests.labels(**self.labels(priority), outcome="rejected").inc()
+        self.requests.labels(**self.labels(priority, model), outcome="rejected").inc()
 
     def engine_polled(self, snapshot: EngineSnapshot) -> None:
         self.engine_up.set(1.0 if snapshot.up else 0.0)

@@ -99,6 +99,18 @@ def engine_unavailable(detail: str) -> OpenAIError:
     )
 
 
+def adapter_unavailable(adapter: str, detail: str) -> OpenAIError:
+    """The engine would not load the adapter a request names (a bad path, a rank above the
+    engine's maximum, an engine gone): 503, for another replica or a later retry."""
+    return OpenAIError(
+        503,
+        f"Adapter {adapter!r} could not be loaded: {detail}",
+        "server_error",
+        code="adapter_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def access_denied(denied: AccessDenied) -> OpenAIError:
     """401/403 as the OpenAI API answers them; 429 for a quota, with ``Retry-After``."""
     if denied.status == 429:

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from goodput.api.prefix_blocks import prompt_token_ids
+from goodput.serving.adapters import AdapterLoadError
 from goodput.serving.admission import Rejection, RejectReason
 from goodput.serving.auth import Quotas, Tenant
 from goodput.serving.engine_client import EngineBroken, EngineStream, EngineUnreachable
@@ -29,6 +30,7 @@ from goodput.serving.gateway import Gateway
 from goodput.serving.job import Job
 from goodput.serving.openai_errors import (
     OpenAIError,
+    adapter_unavailable,
     engine_failed,
     engine_unavailable,
     normalize_engine_error,
@@ -57,6 +59,8 @@ class ProxyExchange(Response):
         headers: dict[str, str],
         tenant: Tenant,
         quotas: Quotas,
+        *,
+        adapter_quota: Tenant | None = None,
     ) -> None:
         # Response.__init__ is not called: this object writes its own ASGI messages.
         self.gateway = gateway
@@ -65,6 +69,7 @@ class ProxyExchange(Response):
         self.forward_headers = headers
         self.tenant = tenant
         self.quotas = quotas
+        self.adapter_quota = adapter_quota
         self.background = None
         self._started = False
         self._completed = False
@@ -114,13 +119,31 @@ class ProxyExchange(Response):
 
     async def _serve(self, send: Send) -> None:
         gw, job = self.gateway, self.job
+        adapters = gw.adapters if job.model is not None else None
+        if adapters is not None and job.model is not None:
+            # Loaded (cold, if it was not) before the request queues, and kept loaded until it
+            # ends: the load counts against its first token, as the client sees it.
+            try:
+                await adapters.acquire(job.model)
+            except (AdapterLoadError, EngineUnreachable, EngineBroken) as exc:
+                gw.failed(job)
+                await self._send_error(send, adapter_unavailable(job.model, str(exc)))
+                return
+        try:
+            await self._dispatched(send)
+        finally:
+            if adapters is not None and job.model is not None:
+                await adapters.release(job.model)
+
+    async def _dispatched(self, send: Send) -> None:
+        gw, job = self.gateway, self.job
         try:
             try:
                 gw.dispatcher.submit(job)
                 assert job.waiter is not None
                 await job.waiter
             except Rejection as rejection:
-                gw.rejected(rejection.reason, job.slo.priority)
+                gw.rejected(rejection.reason, job.slo.priority, job.model)
                 await self._send_error(
                     send,
                     rate_limited(
@@ -136,7 +159,7 @@ class ProxyExchange(Response):
                 gw.held_blocks.record(
                     request.prompt_text, prompt_token_ids(request.endpoint, request.body)
                 )
-            gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority)).observe(
+            gw.metrics.queue_wait.labels(**gw.metrics.labels(job.slo.priority, job.model)).observe(
                 job.dispatched_at - job.arrival
             )
             self._engine_byte_at = time.monotonic()
@@ -144,7 +167,10 @@ class ProxyExchange(Response):
         finally:
             self._engine_byte_at = None
             if job.dispatched_at is not None:
-                self.quotas.charge(self.tenant, job.prompt_tokens + self._output_tokens)
+                used = job.prompt_tokens + self._output_tokens
+                self.quotas.charge(self.tenant, used)
+                if self.adapter_quota is not None:
+                    self.quotas.charge(self.adapter_quota, used)
             # Whatever happened (done, rejected, failed, cancelled by a departed client), the
             # job's place in the queue or the engine is given back here.
             gw.dispatcher.release(
@@ -162,7 +188,7 @@ class ProxyExchange(Response):
         payload = await upstream.read()
         body = normalize_engine_error(upstream.status, payload)
         if upstream.status < 500:
-            self.gateway.rejected(RejectReason.INVALID, self.job.slo.priority)
+            self.gateway.rejected(RejectReason.INVALID, self.job.slo.priority, self.job.model)
         else:
             self.gateway.failed(self.job)
         await self._send_json(send, upstream.status, json.dumps(body).encode())
@@ -255,7 +281,7 @@ class ProxyExchange(Response):
         if error is not None and not usage and finish_reason == "unknown":
             # Already told to the client, with the engine's own [DONE]: only counted here.
             if _error_status(error) < 500:
-                gw.rejected(RejectReason.INVALID, job.slo.priority)
+                gw.rejected(RejectReason.INVALID, job.slo.priority, job.model)
             else:
                 gw.failed(job)
             await send({"type": "http.response.body", "body": b"", "more_body": False})

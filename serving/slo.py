@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from goodput.api.gateway_config import GatewayConfig, PriorityClass
+from goodput.api.gateway_config import AdapterEntry, GatewayConfig, PriorityClass
 from goodput.serving.auth import AccessDenied, SLOFloor, Tenant
 from goodput.serving.openai_errors import invalid_request
 
@@ -65,11 +65,21 @@ class SLOResolver:
         self._classes = {pc.name: pc for pc in config.priority_classes}
         self._default = config.default_priority
 
-    def resolve(self, headers: Mapping[str, str], tenant: Tenant | None = None) -> RequestSLO:
+    def resolve(
+        self,
+        headers: Mapping[str, str],
+        tenant: Tenant | None = None,
+        adapter: AdapterEntry | None = None,
+    ) -> RequestSLO:
         """Raise ``OpenAIError`` (400) for a malformed header, ``AccessDenied`` (403) for a class
-        the tenant may not use."""
+        the tenant may not use. A request for an adapter is judged against the adapter's own
+        objectives and, naming no class, is in the adapter's class (where its tenant may use
+        it)."""
         requested = _header(headers, HEADER_PRIORITY)
         default = (tenant.default_priority if tenant else None) or self._default
+        own = adapter.priority if adapter is not None else None
+        if own is not None and (tenant is None or tenant.may_use(own)):
+            default = own
         priority = requested or default
         cls = self._classes.get(priority)
         if cls is None:
@@ -86,7 +96,7 @@ class SLOResolver:
                 "priority_not_allowed",
             )
         floor = tenant.slo_floor if tenant is not None else SLOFloor()
-        ttft_ms, tpot_ms, e2e_ms = self._class_objectives_ms(cls)
+        ttft_ms, tpot_ms, e2e_ms = self._class_objectives_ms(cls, adapter)
         ttft = _clamped(headers, HEADER_TTFT, ttft_ms, floor.min_ttft_ms)
         tpot = _clamped(headers, HEADER_TPOT, tpot_ms, floor.min_tpot_ms)
         e2e = _clamped(
@@ -101,10 +111,15 @@ class SLOResolver:
             batch_tpot_s=tpot_ms / 1000.0,
         )
 
-    def _class_objectives_ms(self, cls: PriorityClass) -> tuple[float, float, float | None]:
+    def _class_objectives_ms(
+        self, cls: PriorityClass, adapter: AdapterEntry | None = None
+    ) -> tuple[float, float, float | None]:
         scale = cls.slo_scale
         e2e = None if self._slo.e2e_ms is None else self._slo.e2e_ms * scale
-        return self._slo.ttft_ms * scale, self._slo.tpot_ms * scale, e2e
+        own = adapter.slo if adapter is not None else None
+        ttft = (own.ttft_ms if own and own.ttft_ms else None) or self._slo.ttft_ms
+        tpot = (own.tpot_ms if own and own.tpot_ms else None) or self._slo.tpot_ms
+        return ttft * scale, tpot * scale, e2e
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

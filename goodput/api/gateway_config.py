@@ -132,6 +132,67 @@ class AuthConfig(BaseModel):
         return self
 
 
+class AdapterObjectives(BaseModel):
+    """An adapter's own objectives, ms; an omitted one is the deployment's."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ttft_ms: float | None = Field(default=None, gt=0, alias="ttftMs")
+    tpot_ms: float | None = Field(default=None, gt=0, alias="tpotMs")
+
+
+class AdapterEntry(BaseModel):
+    """One adapter the gateway may load into its engine, and the terms its requests get."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63, description="The model name clients send.")
+    path: str = Field(min_length=1, description="Where the engine loads it from (in the pod).")
+    slo: AdapterObjectives = Field(default_factory=AdapterObjectives)
+    priority: str | None = Field(
+        default=None, description="Class of its requests that name none (default: the gateway's)."
+    )
+    requests_per_second: float | None = Field(default=None, gt=0, alias="requestsPerSecond")
+    burst: int | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0, alias="tokensPerMinute")
+
+
+class AdapterCatalog(BaseModel):
+    """The adapters of a deployment: a file of its own (``LoRAServing.catalogPath``, a key of the
+    gateway's ConfigMap outside the config hash), which the gateway re-reads while it runs, so
+    that adapters come and go without restarting the pod."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    adapters: list[AdapterEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AdapterCatalog:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError("adapter names must be unique")
+        return self
+
+
+class LoRAServing(BaseModel):
+    """The engine serves LoRA adapters, loaded at runtime by the gateway."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    catalog_path: str = Field(
+        alias="catalogPath", description="The adapter catalog file (``AdapterCatalog``)."
+    )
+    max_loaded: int = Field(
+        gt=0,
+        alias="maxLoaded",
+        description="Adapters the engine keeps loaded (its --max-cpu-loras); loading one more "
+        "unloads the least recently used that no request is using.",
+    )
+    reload_interval_s: float = Field(
+        default=2.0, gt=0, alias="reloadIntervalS", description="How often the catalog is re-read."
+    )
+
+
 class GatewayConfig(BaseModel):
     """Everything the gateway needs to know about the deployment it fronts."""
 
@@ -140,7 +201,9 @@ class GatewayConfig(BaseModel):
     deployment: str = Field(description="LLMDeployment name; the `deployment` metrics label.")
     namespace: str = "default"
     served_model_name: str = Field(alias="servedModelName")
-    adapters: list[str] = Field(default_factory=list)
+    lora: LoRAServing | None = Field(
+        default=None, description="Set: requests may name adapters of the catalog."
+    )
     engine_url: str = Field(default="http://127.0.0.1:8000", alias="engineUrl")
     max_model_len: int | None = Field(default=None, gt=0, alias="maxModelLen")
     slo: SLOTargets

@@ -108,12 +108,77 @@ class ModelSpec(_Spec):
     )
 
 
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
+
+
+class AdapterSLOSpec(_Spec):
+    """An adapter's own latency objectives; an omitted one is the deployment's."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "!has(self.ttftMs) || self.ttftMs > 0.0",
+                "an adapter's slo.ttftMs must be a positive number of ms",
+            ),
+            _rule(
+                "!has(self.tpotMs) || self.tpotMs > 0.0",
+                "an adapter's slo.tpotMs must be a positive number of ms",
+            ),
+        ),
+    )
+
+    ttft_ms: float | None = Field(
+        default=None, le=3_600_000, alias="ttftMs", description="Time to first token, ms."
+    )
+    tpot_ms: float | None = Field(
+        default=None, le=60_000, alias="tpotMs", description="Time per output token, ms."
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> AdapterSLOSpec:
+        for name, value in (("ttftMs", self.ttft_ms), ("tpotMs", self.tpot_ms)):
+            if value is not None and not value > 0:
+                raise ValueError(f"an adapter's slo.{name} must be a positive number of ms")
+        return self
+
+
+class AdapterQuotaSpec(_Spec):
+    """What one adapter's traffic may take of the shared replicas, whoever sends it."""
+
+    requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        alias="requestsPerSecond",
+        description="Sustained request rate per gateway; past it requests get 429.",
+    )
+    burst: int | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Requests above the rate a gateway accepts at once (default: the rate).",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e12,
+        alias="tokensPerMinute",
+        description="Prompt and output tokens per minute per gateway; past it requests get 429.",
+    )
+
+
 class AdapterSpec(_Spec):
-    """A LoRA adapter served next to the base model under its own model name."""
+    """A LoRA adapter served next to the base model under its own model name: a tenant of the
+    base. Adding or removing one changes only the gateways' adapter catalog (no pod restarts);
+    each gateway loads it into its engine on its first request (docs/adapters.md)."""
 
     name: str = Field(
         min_length=1,
-        max_length=253,
+        max_length=63,
+        pattern=_DNS_LABEL,
         description="Model name clients use to address this adapter.",
     )
     source: str = Field(
@@ -121,9 +186,82 @@ class AdapterSpec(_Spec):
         max_length=1024,
         description=(
             "Where the adapter weights are: a Hugging Face id, `pvc://CLAIM/PATH`, or a path "
-            "inside the pod."
+            "inside the pod. An adapter on a claim the pods do not mount yet adds a volume, "
+            "which rolls the pods once."
         ),
     )
+    slo: AdapterSLOSpec = Field(
+        default_factory=AdapterSLOSpec,
+        description="The adapter's own objectives (each omitted one: spec.slo's).",
+    )
+    priority: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=_DNS_LABEL,
+        description="Priority class of the adapter's requests when they name none "
+        "(one of scheduling.priorityClasses; default: scheduling.defaultPriority).",
+    )
+    quota: AdapterQuotaSpec = Field(
+        default_factory=AdapterQuotaSpec,
+        description="Rate and token limits on the adapter's requests (each omitted: none).",
+    )
+
+
+class LoRASpec(_Spec):
+    """How many adapters each replica's engine holds: fixed per pod (vLLM sizes its LoRA
+    buffers at start), so that adapters come and go without restarts."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule(
+                "self.maxCpuLoras >= self.maxLoras",
+                "lora.maxCpuLoras must be at least lora.maxLoras",
+            ),
+            _rule(
+                f"self.maxRank in {list(_LORA_RANKS)}",
+                f"lora.maxRank must be one of {', '.join(map(str, _LORA_RANKS))}",
+            ),
+        ),
+    )
+
+    enabled: bool = Field(
+        default=False,
+        description="Serve LoRA with no adapter yet, so that the first one added needs no "
+        "rollout either (with any adapter given, LoRA is served regardless).",
+    )
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        alias="maxLoras",
+        description="Adapters one engine step may mix (vLLM --max-loras): GPU memory for each "
+        "is reserved at start.",
+    )
+    max_rank: int = Field(
+        default=16,
+        alias="maxRank",
+        description="Highest adapter rank accepted (vLLM --max-lora-rank); sizes the buffers.",
+    )
+    max_cpu_loras: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        alias="maxCpuLoras",
+        description="Adapters a replica keeps loaded (vLLM --max-cpu-loras, host memory); "
+        "past it the gateway unloads the least recently used.",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LoRASpec:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("lora.maxCpuLoras must be at least lora.maxLoras")
+        if self.max_rank not in _LORA_RANKS:
+            raise ValueError(f"lora.maxRank must be one of {', '.join(map(str, _LORA_RANKS))}")
+        return self
 
 
 class SLOSpec(_Spec):
@@ -632,6 +770,10 @@ class GatewaySpec(_Spec):
     )
 
 
+_ADAPTER_SHADOWS_MODEL = "an adapter may not be named like spec.model.name"
+_ADAPTER_PRIORITY = "an adapter's priority must name one of scheduling.priorityClasses"
+
+
 class LLMDeploymentSpec(_Spec):
     """Desired state: a model served within an SLO."""
 
@@ -640,6 +782,12 @@ class LLMDeploymentSpec(_Spec):
         populate_by_name=True,
         frozen=True,
         json_schema_extra=_cel(
+            _rule("!self.adapters.exists(a, a.name == self.model.name)", _ADAPTER_SHADOWS_MODEL),
+            _rule(
+                "!self.adapters.exists(a, has(a.priority) && "
+                "!self.scheduling.priorityClasses.exists(p, p.name == a.priority))",
+                _ADAPTER_PRIORITY,
+            ),
             _rule(
                 "!has(self.autoscaling) || !self.autoscaling.enabled || "
                 "(self.replicas >= self.autoscaling.minReplicas && "
@@ -655,7 +803,12 @@ class LLMDeploymentSpec(_Spec):
         default_factory=list,
         max_length=32,
         json_schema_extra=_cel(_rule(_UNIQUE_NAMES, "adapters names must be unique")),
-        description="LoRA adapters served next to the base model, each under its own name.",
+        description="LoRA adapters served next to the base model, each under its own name; "
+        "added and removed without restarting the pods.",
+    )
+    lora: LoRASpec = Field(
+        default_factory=LoRASpec,
+        description="Adapter capacity of each replica, fixed per pod (changing it rolls them).",
     )
     slo: SLOSpec = Field(description="Latency objectives every replica is sized and scheduled for.")
     replicas: int = Field(
@@ -695,7 +848,18 @@ class LLMDeploymentSpec(_Spec):
         names = [ad.name for ad in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("adapters names must be unique")
+        if self.model.name in names:
+            raise ValueError(_ADAPTER_SHADOWS_MODEL)
+        classes = {p.name for p in self.scheduling.priority_classes}
+        for ad in self.adapters:
+            if ad.priority is not None and ad.priority not in classes:
+                raise ValueError(_ADAPTER_PRIORITY)
         return self
+
+    @property
+    def lora_capacity(self) -> LoRASpec | None:
+        """The adapter capacity each replica is started with; None: the engine serves no LoRA."""
+        return self.lora if self.lora.enabled or self.adapters else None
 
     @property
     def needs_router(self) -> bool:
@@ -809,6 +973,25 @@ class EngineStatus(BaseModel):
     )
 
 
+class AdapterStatus(BaseModel):
+    """Where one adapter is loaded now, as the replicas' gateways report it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    name: str = Field(max_length=63, description="The adapter (spec.adapters[].name).")
+    loaded_on: list[str] = Field(
+        default_factory=list,
+        alias="loadedOn",
+        description="Pods whose engine has it loaded (it loads on a replica's first request).",
+    )
+    cold_loads: int = Field(
+        default=0,
+        ge=0,
+        alias="coldLoads",
+        description="Loads into an engine so far, summed over the pods that report them.",
+    )
+
+
 class LLMDeploymentStatus(BaseModel):
     """Observed state, written by the operator only."""
 
@@ -852,6 +1035,11 @@ class LLMDeploymentStatus(BaseModel):
     profile: ProfileStatus | None = Field(default=None, description="Model estimates.")
     engine: EngineStatus | None = Field(
         default=None, description="What the pods run with (engine arguments, gateway limits)."
+    )
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Each adapter of spec.adapters and the pods that have it loaded.",
     )
     slo_attainment: float | None = Field(
         default=None,

@@ -18,6 +18,18 @@ SKETCH_SINCE = "sketchSince"
 sent without its bits."""
 
 
+class AdapterLoad(BaseModel):
+    """The adapters a gateway's engine has loaded (``goodput.serving.adapters``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    loaded: list[str] = Field(description="Loaded now, most recently used first.")
+    capacity: int = Field(ge=0, description="Most it keeps loaded; one more evicts one.")
+    cold_loads: dict[str, int] = Field(
+        default_factory=dict, alias="coldLoads", description="Loads so far, per adapter."
+    )
+
+
 class LoadReport(BaseModel):
     """One gateway's state at ``at`` (its monotonic clock is meaningless to others; the router
     stamps reports with its own receive time)."""
@@ -91,6 +103,9 @@ class LoadReport(BaseModel):
         default=0, ge=0, alias="outputTokens", description="Output tokens of finished requests."
     )
     finished: int = Field(default=0, ge=0, description="Requests that ran to completion.")
+    adapters: AdapterLoad | None = Field(
+        default=None, description="Adapters loaded in the engine; None: it serves no LoRA."
+    )
 
     @property
     def saturated(self) -> bool:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,22 +87,27 @@ def tiny_model_dir(spec: TinyLlamaSpec | None = None) -> Path:
 
 
 def ensure_tiny_model(spec: TinyLlamaSpec | None = None) -> Path:
-    """Return the model directory for ``spec``, generating it first if it is not cached.
+    """Return the model directory for ``spec``, generating it first if it is not cached."""
+    spec = spec or TinyLlamaSpec()
+    return build_once(tiny_model_dir(spec), "config.json", lambda out: write_tiny_model(spec, out))
+
+
+def build_once(target: Path, marker: str, write: Callable[[Path], None]) -> Path:
+    """``target``, written by ``write`` unless ``target/marker`` exists already.
 
     Built in a temporary sibling and renamed into place, under a lock, so a reader never sees a
-    half-written model and two concurrent callers build it once.
+    half-written directory and two concurrent callers build it once.
     """
-    spec = spec or TinyLlamaSpec()
-    target = tiny_model_dir(spec)
-    if (target / "config.json").is_file():
+    if (target / marker).is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(target.with_name(target.name + ".lock")):
-        if (target / "config.json").is_file():
+        if (target / marker).is_file():
             return target
         staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         try:
             staging.chmod(0o755)
-            write_tiny_model(spec, staging)
+            write(staging)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

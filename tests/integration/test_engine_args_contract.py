@@ -125,6 +125,7 @@ CASES: dict[str, tuple[LLMDeployment, Placement]] = {
         ),
         _placement(),
     ),
+    "LoRA enabled before any adapter": (_obj(lora={"enabled": True}), _placement()),
     "engine.args": (
         _obj(engine={"args": ["--enable-chunked-prefill", "--max-num-seqs", "32", "--seed=7"]}),
         _placement(),
@@ -145,8 +146,9 @@ CASES: dict[str, tuple[LLMDeployment, Placement]] = {
             model=_model(dtype="bfloat16", quantization="awq", maxModelLen=4096, revision="main"),
             kvCache={"dtype": "fp8", "cpuOffloadGiB": 4, "prefixCaching": False},
             adapters=[{"name": "sql", "source": "pvc://adapters/sql"}],
+            lora={"maxLoras": 2, "maxRank": 32, "maxCpuLoras": 8},
             resources={"gpuMemoryUtilization": 0.8},
-            engine={"args": ["--max-lora-rank", "32"]},
+            engine={"args": ["--seed", "7"]},
         ),
         _placement(tensor=2),
     ),

@@ -120,6 +120,23 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "adapters names must be unique",
     ),
     (
+        "adapter named like the model",
+        {"model": {"name": "m"}, "adapters": [{"name": "m", "source": "x"}]},
+        "an adapter may not be named like spec.model.name",
+    ),
+    (
+        "adapter with an unknown priority class",
+        {"adapters": [{"name": "a", "source": "x", "priority": "gold"}]},
+        "an adapter's priority must name one of scheduling.priorityClasses",
+    ),
+    (
+        "adapter with a zero ttft",
+        {"adapters": [{"name": "a", "source": "x", "slo": {"ttftMs": 0}}]},
+        "an adapter's slo.ttftMs must be a positive",
+    ),
+    ("cpu loras below loras", {"lora": {"maxLoras": 8, "maxCpuLoras": 4}}, "lora.maxCpuLoras"),
+    ("lora rank vLLM refuses", {"lora": {"maxRank": 12}}, "lora.maxRank must be one of"),
+    (
         "unknown default priority",
         {"scheduling": {"defaultPriority": "gold"}},
         "scheduling.defaultPriority must name one of",

@@ -7,7 +7,7 @@ from typing import Any
 
 from llmd_builders import make_body
 
-from goodput.api.gateway_config import GatewayConfig
+from goodput.api.gateway_config import AdapterCatalog, GatewayConfig
 from goodput.api.llmdeployment import LLMDeployment
 from goodput.operator import gateway_config, naming, service, workload
 from goodput.operator.placement.selection import Placement
@@ -62,7 +62,7 @@ def test_engine_args_follow_the_spec() -> None:
     assert args[-2:] == ["--max-num-seqs", "64"], "user args come last so they win"
 
 
-def test_lora_adapters_and_pvc_sources_are_mounted_once() -> None:
+def test_lora_capacity_is_in_the_args_and_adapters_claims_are_mounted_once() -> None:
     obj = _obj(
         model={"name": "mistral", "source": "pvc://models/mistral-7b"},
         adapters=[
@@ -74,9 +74,17 @@ def test_lora_adapters_and_pvc_sources_are_mounted_once() -> None:
     engine = _containers(dep)["engine"]
     args = engine["args"]
     assert _flag(args, "--model") == "/models/models/mistral-7b"
-    assert "--enable-lora" in args and _flag(args, "--max-loras") == "2"
-    i = args.index("--lora-modules")
-    assert args[i + 1 : i + 3] == ["sql=/models/models/adapters/sql", "chat=org/chat-lora"]
+    assert "--enable-lora" in args and _flag(args, "--max-loras") == "4"
+    assert (_flag(args, "--max-lora-rank"), _flag(args, "--max-cpu-loras")) == ("16", "16")
+    assert "--lora-modules" not in args, "the gateway loads adapters at runtime"
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in engine["env"]
+    catalog = AdapterCatalog.model_validate_json(
+        gateway_config.config_map(obj)["data"]["adapters.json"]
+    )
+    assert [(a.name, a.path) for a in catalog.adapters] == [
+        ("sql", "/models/models/adapters/sql"),
+        ("chat", "org/chat-lora"),
+    ]
     pvcs = [v for v in dep["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
     assert pvcs == [
         {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
@@ -180,7 +188,7 @@ def test_gateway_config_round_trips_through_the_contract() -> None:
     parsed = GatewayConfig.model_validate(json.loads(cm["data"]["gateway.json"]))
     assert parsed.deployment == "llama" and parsed.namespace == "ml"
     assert parsed.served_model_name == "meta-llama/Meta-Llama-3-8B-Instruct"
-    assert parsed.adapters == ["a1"]
+    assert parsed.lora is not None and parsed.lora.catalog_path == "/etc/goodput/adapters.json"
     assert (parsed.slo.ttft_ms, parsed.slo.tpot_ms, parsed.slo.e2e_ms) == (300, 40, 9000)
     assert parsed.slo.percentile == 95
     assert (parsed.policy, parsed.overload) == ("fcfs", "best-effort")
@@ -211,3 +219,28 @@ def test_service_and_endpoint() -> None:
     assert routed["spec"]["selector"] == {naming.LABEL_ROUTER: "llama"}
     assert routed["spec"]["sessionAffinity"] == "None"
     assert service.endpoint(_obj()) == "http://llama.ml.svc:80/v1"
+
+
+def test_adding_or_removing_an_adapter_leaves_the_pod_template_as_it_is() -> None:
+    """Adapters are tenants of running pods: only the catalog (outside the rolling hash)
+    changes, so no rollout restarts the replicas."""
+
+    def template(adapters: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        obj = _obj(lora={"enabled": True}, adapters=adapters)
+        cm = gateway_config.config_map(obj)
+        digest = gateway_config.rolling_hash(cm)
+        return workload.pod_template(obj, _placement(), SETTINGS, digest), cm
+
+    none, cm0 = template([])
+    one, cm1 = template([{"name": "sql", "source": "org/sql-lora", "priority": "default"}])
+    two, cm2 = template(
+        [
+            {"name": "sql", "source": "org/sql-lora"},
+            {"name": "chat", "source": "org/chat-lora", "slo": {"ttftMs": 900}},
+        ]
+    )
+    assert none == one == two
+    assert (
+        cm0["data"]["adapters.json"] != cm1["data"]["adapters.json"] != cm2["data"]["adapters.json"]
+    )
+    assert cm0["data"]["gateway.json"] == cm2["data"]["gateway.json"]

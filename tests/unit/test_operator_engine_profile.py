@@ -137,6 +137,7 @@ def test_a_prefix_aware_deployment_s_gateways_cut_prompts_as_its_router_does() -
         (["--dtype", "half"], "spec.model.dtype"),
         (["--no-enable-prefix-caching"], "spec.kvCache.prefixCaching"),
         (["--kv-offloading-size", "4"], "spec.kvCache.cpuOffloadGiB"),
+        (["--max-lora-rank", "32"], "spec.lora.maxRank"),
     ],
 )
 def test_engine_args_that_fight_the_operator_are_refused(args: list[str], named: str) -> None:
@@ -146,11 +147,11 @@ def test_engine_args_that_fight_the_operator_are_refused(args: list[str], named:
 
 
 def test_harmless_engine_args_and_negative_values_pass() -> None:
-    spec = _obj(engine={"args": ["--seed", "-1", "--max-lora-rank", "32", "--enforce-eager"]}).spec
+    spec = _obj(engine={"args": ["--seed", "-1", "--max-log-len", "32", "--enforce-eager"]}).spec
     assert refusal(spec) is None
     assert user_flags(spec.engine.args) == {
         "--seed": "-1",
-        "--max-lora-rank": "32",
+        "--max-log-len": "32",
         "--enforce-eager": None,
     }
     assert flag_name("-1") is None and flag_name("--a_b=c") == "--a-b"
