@@ -10,7 +10,10 @@ Objects, all owned by the LLMDeployment:
   access to the API;
 - ``NAME-router`` Deployment: ``goodput route`` pods;
 - ``NAME-replicas`` Service: selects the replicas' gateways; the router discovers them through its
-  EndpointSlices (ready ones receive, terminating ones drain).
+  EndpointSlices (ready ones receive, terminating ones drain);
+- with ``spec.routing.cascade``, one ``NAME-cascade-I`` Service per other LLMDeployment of the
+  cascade, selecting its gateways: this router fronts them all under this deployment's model
+  name (docs/cascade.md).
 
 With ``spec.gateway.tls`` the router serves HTTPS from the deployment's TLS Secret and dials the
 gateways over HTTPS, verifying them by the Service's name (``operator/tls.py``).
@@ -55,6 +58,52 @@ def replicas_service_name(name: str) -> str:
     return f"{name}-replicas"
 
 
+MAX_CASCADE_MODELS = 8  # CascadeSpec.models' bound: the Services that may need deleting
+
+
+def cascade_service_name(name: str, index: int) -> str:
+    """The Service selecting the gateways of another deployment of ``name``'s cascade."""
+    return f"{name}-cascade-{index}"
+
+
+def _cascade(obj: LLMDeployment) -> dict[str, Any] | None:
+    """``spec.routing.cascade`` as the router's: each model's replicas from its own Service
+    (this deployment's from ``NAME-replicas``, another's from a ``NAME-cascade-I`` Service that
+    selects its gateways), and the name its requests must carry."""
+    cascade, name = obj.spec.routing.cascade, obj.metadata.name
+    if cascade is None:
+        return None
+    models = []
+    for i, member in enumerate(cascade.models):
+        own = member.deployment == name
+        service = replicas_service_name(name) if own else cascade_service_name(name, i)
+        models.append(
+            {
+                "name": member.deployment,
+                "model": member.model or obj.spec.model.name,
+                "qualityKey": member.quality_key,
+                "multimodal": member.multimodal,
+                "tpotS": None if member.tpot_ms is None else member.tpot_ms / 1000.0,
+                "discovery": _discovery(obj, service),
+            }
+        )
+    return {
+        "models": models,
+        "maxLargeShare": cascade.max_large_share,
+        "minWinRate": cascade.min_win_rate,
+        "windowRequests": cascade.window_requests,
+    }
+
+
+def _discovery(obj: LLMDeployment, service: str) -> dict[str, str]:
+    return {
+        "namespace": obj.metadata.namespace,
+        "service": service,
+        "portName": GATEWAY_PORT_NAME,
+        "loadPortName": GATEWAY_ADMIN_PORT_NAME,
+    }
+
+
 def pod_labels(name: str) -> dict[str, str]:
     """The router pods' labels: no ``goodput.dev/deployment`` (that selects the gateways, and
     marks the replica Deployments the operator counts), ``goodput.dev/router`` instead."""
@@ -85,16 +134,14 @@ def router_config(obj: LLMDeployment, settings: WorkloadSettings | None = None) 
     upstream_tls = None
     if tls.secret_name(obj) is not None:
         upstream_tls = {"caFile": tls.CA_FILE, "serverName": tls.server_name(obj)}
+    cascade = _cascade(obj)
     return RouterConfig.model_validate(
         {
             "name": name,
             "upstreamTls": upstream_tls,
-            "discovery": {
-                "namespace": obj.metadata.namespace,
-                "service": replicas_service_name(name),
-                "portName": GATEWAY_PORT_NAME,
-                "loadPortName": GATEWAY_ADMIN_PORT_NAME,
-            },
+            # With a cascade, this deployment's replicas are one of its models (when listed).
+            "discovery": None if cascade else _discovery(obj, replicas_service_name(name)),
+            "cascade": cascade,
             "scorers": scorers,
             "boundedLoad": routing.router.bounded_load,
             "prefix": {"blockChars": routing.router.block_chars},
@@ -114,10 +161,13 @@ def config_map(obj: LLMDeployment, settings: WorkloadSettings | None = None) -> 
     }
 
 
-def replicas_service(obj: LLMDeployment) -> dict[str, Any]:
+def replicas_service(
+    obj: LLMDeployment, name: str | None = None, selects: str | None = None
+) -> dict[str, Any]:
     """Headless: nobody connects to its address; it exists for its EndpointSlices. The
     gateways' admin port is listed too: the router reads load reports there, keyless and in
-    plain HTTP whatever the API port asks."""
+    plain HTTP whatever the API port asks. ``selects``: another deployment's gateways (a
+    cascade's model), under the Service ``name``; owned by this deployment either way."""
     ports: list[dict[str, Any]] = [
         {
             "name": GATEWAY_PORT_NAME,
@@ -138,14 +188,14 @@ def replicas_service(obj: LLMDeployment) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": naming.object_meta(
-            replicas_service_name(obj.metadata.name),
+            name or replicas_service_name(obj.metadata.name),
             obj.metadata.namespace,
             obj.metadata.name,
             obj.metadata.uid,
         ),
         "spec": {
             "clusterIP": "None",
-            "selector": naming.selector_labels(obj.metadata.name),
+            "selector": naming.selector_labels(selects or obj.metadata.name),
             "publishNotReadyAddresses": False,
             "ports": ports,
         },
@@ -283,10 +333,18 @@ def deployment(obj: LLMDeployment, settings: WorkloadSettings) -> dict[str, Any]
 
 def objects(obj: LLMDeployment, settings: WorkloadSettings) -> list[dict[str, Any]]:
     """Everything the router needs, in apply order (access before the pods that use it)."""
+    name = obj.metadata.name
+    cascade = obj.spec.routing.cascade
+    others = [
+        replicas_service(obj, cascade_service_name(name, i), m.deployment)
+        for i, m in enumerate(cascade.models if cascade is not None else ())
+        if m.deployment != name
+    ]
     return [
         config_map(obj, settings),
         *rbac(obj),
         replicas_service(obj),
+        *others,
         deployment(obj, settings),
     ]
 
@@ -296,6 +354,7 @@ def object_keys(name: str) -> list[tuple[str, str]]:
     return [
         ("Deployment", router_name(name)),
         ("Service", replicas_service_name(name)),
+        *(("Service", cascade_service_name(name, i)) for i in range(MAX_CASCADE_MODELS)),
         ("RoleBinding", router_name(name)),
         ("Role", router_name(name)),
         ("ServiceAccount", router_name(name)),

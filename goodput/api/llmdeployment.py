@@ -629,6 +629,108 @@ class RouterSpec(_Spec):
     )
 
 
+_CASCADE_TARGET = "routing.cascade sets exactly one target: maxLargeShare or minWinRate"
+_CASCADE_UNIQUE = "routing.cascade.models must name each deployment once"
+
+
+class CascadeModelSpec(_Spec):
+    """One LLMDeployment of a cascade (docs/cascade.md)."""
+
+    deployment: str = Field(
+        min_length=1,
+        max_length=50,
+        pattern=_DNS_LABEL,
+        description="An LLMDeployment in this namespace (this one included) whose replicas serve "
+        "this model.",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="The model name that deployment serves (its spec.model.name), written into "
+        "the requests sent there. Unset: this deployment's own model name (the cascade's).",
+    )
+    quality_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        alias="qualityKey",
+        description="The quality predictor's name for this model (an AlpacaEval model, e.g. "
+        "Mistral-7B-Instruct-v0.2 or gpt4_1106_preview); unset: `model`. An unknown name is "
+        "predicted as the average small model.",
+    )
+    multimodal: bool = Field(
+        default=False,
+        description="It reads images: requests with image content go only to such models.",
+    )
+    tpot_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=60_000,
+        alias="tpotMs",
+        description="Its time per output token (e.g. its slo.tpotMs): a spill then weighs the "
+        "request's predicted output length.",
+    )
+
+
+class CascadeSpec(_Spec):
+    """Several LLMDeployments behind this deployment's model name: the router picks one per
+    request by the small model's predicted answer quality, the request's modality, and each
+    model's predicted wait under its SLO, within a target the user sets."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_cel(
+            _rule("has(self.maxLargeShare) != has(self.minWinRate)", _CASCADE_TARGET),
+            _rule(
+                "self.models.all(x, self.models.exists_one(y, y.deployment == x.deployment))",
+                _CASCADE_UNIQUE,
+            ),
+        ),
+    )
+
+    models: list[CascadeModelSpec] = Field(
+        min_length=2,
+        max_length=8,
+        description="The models, cheapest first: the first serves by default, the others are "
+        "escalations.",
+    )
+    max_large_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        alias="maxLargeShare",
+        description="At most this share of requests goes past the first model (over the last "
+        "windowRequests, sessions and spills counted): those it is predicted to answer worst.",
+    )
+    min_win_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        alias="minWinRate",
+        description="A model answers only when its predicted win-rate against the reference "
+        "model is at least this: the first such model, else the best predicted.",
+    )
+    window_requests: int = Field(
+        default=1000,
+        ge=10,
+        le=1_000_000,
+        alias="windowRequests",
+        description="The sliding window maxLargeShare is held over.",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CascadeSpec:
+        if (self.max_large_share is None) == (self.min_win_rate is None):
+            raise ValueError(_CASCADE_TARGET)
+        names = [m.deployment for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(_CASCADE_UNIQUE)
+        return self
+
+
 class RoutingSpec(_Spec):
     """How requests are spread over replicas. With ``prefixAware`` or ``sessionAffinity`` the
     operator deploys a router (``goodput route``) and the deployment's Service leads to it; without
@@ -649,10 +751,15 @@ class RoutingSpec(_Spec):
     router: RouterSpec = Field(
         default_factory=RouterSpec, description="The router, when one is deployed."
     )
+    cascade: CascadeSpec | None = Field(
+        default=None,
+        description="Serve this model name from several LLMDeployments, one chosen per request "
+        "(a router is deployed).",
+    )
 
     @property
     def uses_router(self) -> bool:
-        return self.session_affinity or self.prefix_aware
+        return self.session_affinity or self.prefix_aware or self.cascade is not None
 
 
 class SecretKeyRef(_Spec):

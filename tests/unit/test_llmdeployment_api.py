@@ -172,6 +172,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "gateway.tls.secretName must name a Secret",
     ),
     (
+        "cascade with two targets",
+        {
+            "routing": {
+                "cascade": {
+                    "models": [{"deployment": "small"}, {"deployment": "large"}],
+                    "maxLargeShare": 0.3,
+                    "minWinRate": 0.2,
+                }
+            }
+        },
+        "routing.cascade sets exactly one target",
+    ),
+    (
+        "cascade without a target",
+        {"routing": {"cascade": {"models": [{"deployment": "a"}, {"deployment": "b"}]}}},
+        "routing.cascade sets exactly one target",
+    ),
+    (
+        "cascade naming a deployment twice",
+        {
+            "routing": {
+                "cascade": {
+                    "models": [{"deployment": "small"}, {"deployment": "small"}],
+                    "minWinRate": 0.2,
+                }
+            }
+        },
+        "routing.cascade.models must name each deployment once",
+    ),
+    (
         "tls secret name with a trailing newline",
         {"gateway": {"tls": {"secretName": "cert\n"}}},
         "gateway.tls.secretName must name a Secret",

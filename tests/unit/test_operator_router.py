@@ -175,3 +175,44 @@ def test_autoscaling_to_zero_puts_a_holding_router_before_the_replicas() -> None
     assert [s.type for s in config.scorers] == ["slo-headroom", "least-load"]
     kept = _obj(replicas=1, autoscaling={**autoscaled, "minReplicas": 1})
     assert not kept.spec.needs_router  # never at zero: the Service leads to the gateways
+
+
+CASCADE = {
+    "cascade": {
+        "models": [
+            {"deployment": "mistral", "model": "mistral-7b",
+             "qualityKey": "Mistral-7B-Instruct-v0.2"},
+            {"deployment": "llama", "qualityKey": "gpt4_1106_preview", "multimodal": True,
+             "tpotMs": 50},
+        ],
+        "maxLargeShare": 0.3,
+    }
+}  # fmt: skip
+
+
+def test_a_cascade_routes_this_model_name_over_each_deployments_own_service() -> None:
+    obj = _obj(routing=CASCADE)
+    assert obj.spec.needs_router  # a cascade alone asks for a router
+    config = router.router_config(obj)
+    assert config.discovery is None and config.cascade is not None
+    small, large = config.cascade.models
+    assert (small.name, small.model, small.quality_key) == (
+        "mistral", "mistral-7b", "Mistral-7B-Instruct-v0.2",
+    )  # fmt: skip
+    assert small.discovery is not None and small.discovery.service == "llama-cascade-0"
+    # This deployment's own replicas, under its own model name.
+    assert large.discovery is not None and large.discovery.service == "llama-replicas"
+    assert (large.model, large.multimodal, large.tpot_s) == (obj.spec.model.name, True, 0.05)
+    assert config.cascade.max_large_share == 0.3 and config.cascade.min_win_rate is None
+    assert config.filters[:3] == ["ready", "model-modality", "model-cascade"]
+    services = {
+        o["metadata"]["name"]: o for o in router.objects(obj, WorkloadSettings())
+        if o["kind"] == "Service"
+    }  # fmt: skip
+    assert sorted(services) == ["llama-cascade-0", "llama-replicas"]
+    other = services["llama-cascade-0"]
+    assert other["spec"]["selector"] == naming.selector_labels("mistral")  # its gateways
+    assert other["metadata"]["ownerReferences"][0]["name"] == "llama"  # owned here
+    assert ("Service", "llama-cascade-0") in router.object_keys("llama")
+    cm = router.config_map(obj)
+    assert RouterConfig.model_validate(json.loads(cm["data"]["router.json"])) == config
