@@ -49,14 +49,14 @@ def replicas(keys_dir: str) -> Iterator[Callable[..., list[Replica]]]:
     keys = keys_dir
     with ExitStack() as stack:
 
-        def start(n: int, **gateway: Any) -> list[Replica]:
+        def start(n: int, model: str = "tiny", **gateway: Any) -> list[Replica]:
             out = []
             for _ in range(n):
-                engine = FakeEngine()
+                engine = FakeEngine(model=model)
                 _, engine_url, *_ = (None, *stack.enter_context(running_server(engine.app)))
                 data: dict[str, Any] = {
                     "deployment": "test",
-                    "servedModelName": "tiny",
+                    "servedModelName": model,
                     "engineUrl": engine_url,
                     "slo": {"ttftMs": 60_000, "tpotMs": 1000},
                     "auth": {"keysDir": keys},
