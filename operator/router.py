@@ -89,6 +89,7 @@ def _cascade(obj: LLMDeployment) -> dict[str, Any] | None:
         )
     return {
         "models": models,
+        "modelName": obj.spec.model.name,
         "maxLargeShare": cascade.max_large_share,
         "minWinRate": cascade.min_win_rate,
         "windowRequests": cascade.window_requests,

@@ -315,7 +315,14 @@ class Router:
         self.metrics.requests.labels(self.label, outcome).inc()
 
     async def models(self) -> Response:
-        """The models of the first replica that answers (all replicas serve the same ones)."""
+        """The models of the first replica that answers (all replicas serve the same ones); a
+        cascade's one logical name when it has one (its models serve others)."""
+        cascade = self.config.cascade
+        if cascade is not None and cascade.model_name is not None:
+            card = {"id": cascade.model_name, "object": "model", "owned_by": "goodput"}
+            return Response(
+                json.dumps({"object": "list", "data": [card]}), media_type="application/json"
+            )
         for endpoint in self.table.eligible():
             try:
                 status, content = await self.upstream.get(endpoint.url + "/v1/models")

@@ -179,6 +179,13 @@ class CascadeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     models: list[CascadeModel] = Field(min_length=2, max_length=8)
+    model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        alias="modelName",
+        description="The model name clients send, which `GET /v1/models` lists; unset: the "
+        "first model's replicas answer it.",
+    )
     max_large_share: float | None = Field(
         default=None,
         ge=0,

@@ -51,8 +51,11 @@ def test_two_models_answer_one_model_name_each_request_to_the_one_the_cascade_pi
              "endpoints": [large.url], "multimodal": True},
         ],
         "minWinRate": (easy + hard) / 2,
+        "modelName": "assistant",
     }  # fmt: skip
     _, url = router_for([], cascade=cascade)
+    models = httpx.get(f"{url}/v1/models", headers=AUTH).json()
+    assert [m["id"] for m in models["data"]] == ["assistant"]
 
     assert chat(url, EASY).json()["model"] == "small-m"
     assert chat(url, HARD).json()["model"] == "large-m"

@@ -204,6 +204,7 @@ def test_a_cascade_routes_this_model_name_over_each_deployments_own_service() ->
     assert large.discovery is not None and large.discovery.service == "llama-replicas"
     assert (large.model, large.multimodal, large.tpot_s) == (obj.spec.model.name, True, 0.05)
     assert config.cascade.max_large_share == 0.3 and config.cascade.min_win_rate is None
+    assert config.cascade.model_name == obj.spec.model.name  # what /v1/models lists
     assert config.filters[:3] == ["ready", "model-modality", "model-cascade"]
     services = {
         o["metadata"]["name"]: o for o in router.objects(obj, WorkloadSettings())
