@@ -131,6 +131,9 @@ def router_config(obj: LLMDeployment, settings: WorkloadSettings | None = None) 
         scorers.append({"type": "prefix-cache", "weight": 3.0})
     if routing.session_affinity:
         scorers.append({"type": "session-affinity", "weight": 3.0})
+    if obj.spec.lora_capacity is not None:
+        # Above prefix and session affinity: a request elsewhere costs its adapter's load.
+        scorers.append({"type": "adapter-affinity", "weight": 4.0})
     scorers += [{"type": "slo-headroom", "weight": 1.0}, {"type": "least-load", "weight": 1.0}]
     upstream_tls = None
     if tls.secret_name(obj) is not None:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goodput.api.router_config import RouterConfig
+from goodput.router.adapters import AdapterColdLoads
 from goodput.router.endpoints import EndpointTable, LoadPoller
 from goodput.router.flow import FlowController
 from goodput.router.hold import ReplicaHold
@@ -56,6 +57,7 @@ def build_router(
         queue_depth=lambda: flow.depth,
         held=lambda: hold.held,
     )
+    registry.register(AdapterColdLoads(config.name, lambda: [s for s, _ in pipeline.scorers]))
     upstream = Upstream(config.upstream_tls)
     router = Router(config, table, pipeline, flow, metrics, upstream, clock, hold)
     poller = LoadPoller(

@@ -427,6 +427,7 @@ class RoutingPipeline:
             "slo-headroom": lambda: SLOHeadroomScorer(knowledge),
             "least-load": LeastLoadScorer,
             "random": lambda: RandomScorer(rng),
+            "adapter-affinity": lambda: _adapter_affinity(config.bounded_load, clock),
         }
         pickers: dict[str, Callable[[], Picker]] = {
             "max-score": MaxScorePicker,
@@ -468,3 +469,9 @@ class RoutingPipeline:
             if isinstance(scorer, PrefixCacheScorer):
                 return scorer.knowledge
         return None
+
+
+def _adapter_affinity(bounded_load: float, clock: Callable[[], float]) -> Scorer:
+    from goodput.router.adapters import AdapterAffinityScorer  # it builds on this module
+
+    return AdapterAffinityScorer(bounded_load, clock)

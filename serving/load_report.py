@@ -49,6 +49,7 @@ def load_report(gateway: Gateway, sketch_since: int | None = None) -> LoadReport
         adapters=None
         if gateway.adapters is None
         else AdapterLoad(
+            catalog=gateway.adapters.names,
             loaded=gateway.adapters.loaded,
             capacity=gateway.adapters.slots.capacity,
             cold_loads=dict(gateway.adapters.cold_loads),

@@ -970,10 +970,12 @@ class LLMDeploymentSpec(_Spec):
 
     @property
     def needs_router(self) -> bool:
-        """A router goes before the replicas: ``spec.routing`` asks for one, or autoscaling may
-        take the replicas to zero (the router then holds requests while one starts)."""
+        """A router goes before the replicas: ``spec.routing`` asks for one, autoscaling may
+        take the replicas to zero (the router then holds requests while one starts), or the
+        replicas serve adapters (the router sends each request where its adapter is loaded)."""
         a = self.autoscaling
-        return self.routing.uses_router or (a.enabled and a.min_replicas == 0)
+        zero = a.enabled and a.min_replicas == 0
+        return self.routing.uses_router or zero or self.lora_capacity is not None
 
     @property
     def weights_source(self) -> str:

@@ -23,6 +23,7 @@ class AdapterLoad(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    catalog: list[str] = Field(description="Adapters it may load: requests may name these.")
     loaded: list[str] = Field(description="Loaded now, most recently used first.")
     capacity: int = Field(ge=0, description="Most it keeps loaded; one more evicts one.")
     cold_loads: dict[str, int] = Field(

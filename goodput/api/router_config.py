@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from goodput.api.gateway_config import AuthConfig
 
 FilterName = Literal["ready", "model-modality", "model-cascade", "slo-headroom"]
-ScorerName = Literal["prefix-cache", "session-affinity", "slo-headroom", "least-load", "random"]
+ScorerName = Literal[
+    "prefix-cache", "session-affinity", "slo-headroom", "least-load", "random", "adapter-affinity"
+]
 PickerName = Literal["max-score", "round-robin"]
 DEFAULT_FILTERS: tuple[FilterName, ...] = ("ready", "slo-headroom")
 

@@ -38,7 +38,9 @@ def test_every_example_renders_as_the_operator_would_apply_it(path: Path) -> Non
     routing = manifest["spec"].get("routing") or {}
     router = (
         ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
-        if routing.get("prefixAware") or routing.get("sessionAffinity")
+        if routing.get("prefixAware")
+        or routing.get("sessionAffinity")
+        or manifest["spec"].get("adapters")  # adapter affinity
         else []
     )
     assert kinds == [

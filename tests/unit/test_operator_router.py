@@ -34,6 +34,9 @@ def test_the_router_config_follows_spec_routing() -> None:
     assert config.bounded_load == 2.0 and config.flow.max_queue == 10
     both = router.router_config(_obj(routing={"prefixAware": True, "sessionAffinity": True}))
     assert [s.type for s in both.scorers][:2] == ["prefix-cache", "session-affinity"]
+    lora = _obj(adapters=[{"name": "sql", "source": "org/sql"}])
+    assert lora.spec.needs_router, "adapters need the router's adapter affinity"
+    assert next(s.type for s in router.router_config(lora).scorers) == "adapter-affinity"
     # The ConfigMap holds what `goodput route --config` reads back.
     cm = router.config_map(obj)
     assert RouterConfig.model_validate(json.loads(cm["data"]["router.json"])) == config
