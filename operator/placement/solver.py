@@ -20,8 +20,8 @@ deployments), then GPUs used, then disruption of running replicas.
    replica that would serve unserved demand fits anywhere: no GPU idles while demand it could
    serve waits.
 
-``solve(..., changed=name)`` is the incremental path: only that deployment is decided again,
-every other keeps its replicas, and at most one of theirs moves to make room.
+``change(nodes, demands, plan, name)`` is the incremental path: only that deployment is decided
+again, every other keeps its decision, and at most one of their replicas moves to make room.
 
 Every decision carries a reason; every refusal names the constraint that failed.
 """
@@ -226,27 +226,18 @@ class PlacementSolver:
         nodes: Sequence[GpuNode],
         demands: Sequence[ModelDemand],
         previous: Mapping[str, Sequence[ReplicaPlacement]] | None = None,
-        changed: str | None = None,
     ) -> PlacementPlan:
-        """The plan for ``demands`` on ``nodes``; ``previous`` replicas stay while valid.
-
-        With ``changed``, the incremental path: only that deployment is decided again (the
-        others keep their valid replicas and grow or shrink nothing), and at most
-        ``incremental_moves`` of their replicas move to unblock its minimum.
-        """
+        """The global pass: the plan for ``demands`` on ``nodes``; ``previous`` replicas stay
+        while valid."""
         state = FleetState(nodes)
         previous = previous or {}
         works = self._plan_options(state, demands)
         for work in works:
-            if changed is None or work.demand.name == changed:
-                self._keep_previous(state, work, previous.get(work.demand.name, ()))
-            else:
-                self._hold_previous(state, work, previous.get(work.demand.name, ()))
-        decided = works if changed is None else [w for w in works if w.demand.name == changed]
-        for work in decided:
+            self._keep_previous(state, work, previous.get(work.demand.name, ()))
+        for work in works:
             self._trim(state, work)
         order = sorted(
-            decided,
+            works,
             key=lambda w: (
                 -w.demand.priority,
                 -(w.options[0].shape.gpus if w.options else 0),
@@ -262,18 +253,72 @@ class PlacementSolver:
                 if not self._add_replica(state, work, shares):
                     break
         # Minimums that fragmentation blocks: move a few small replicas when that is worth it.
-        policy = self.defragmentation
-        if policy is not None and changed is not None:
-            policy = replace(policy, max_moves=min(policy.max_moves, self.incremental_moves))
-        if policy is not None:
+        if self.defragmentation is not None:
             for work in order:
                 minimum = max(1, work.demand.min_replicas)
                 while work.options and len(work.replicas) < minimum:
-                    if not self._unblock(state, works, work, policy):
+                    if not self._unblock(state, works, work, self.defragmentation):
                         break
         self._serve_demand(state, order, shares)
         decisions = {w.demand.name: self._decide(state, w) for w in works}
         return PlacementPlan(deployments=decisions, free_gpus=dict(state.free))
+
+    def change(
+        self,
+        nodes: Sequence[GpuNode],
+        demands: Sequence[ModelDemand],
+        plan: PlacementPlan,
+        changed: str,
+    ) -> PlacementPlan:
+        """The incremental path for one change: ``changed`` was added, deleted, or its demand or
+        spec changed since ``plan``. Only it is decided again; every other deployment keeps its
+        decision and replicas (those whose nodes are gone or full are dropped and listed as
+        moved), and at most ``incremental_moves`` of their one-node replicas move to unblock its
+        minimum. Its cost is the fleet's free GPUs and one deployment, not all of them."""
+        state = FleetState(nodes)
+        names = {d.name for d in demands}
+        kept: dict[str, DeploymentPlacement] = {}
+        for name, decision in plan.deployments.items():
+            if name == changed or name not in names:
+                continue
+            held: list[ReplicaPlacement] = []
+            lost: list[ReplicaPlacement] = []
+            for r in decision.replicas:
+                fits = all(s.node in state.nodes and state.free[s.node] >= s.gpus for s in r.stages)
+                if fits:
+                    for stage in r.stages:
+                        state.take(stage.node, stage.gpus)
+                (held if fits else lost).append(r)
+            if lost:
+                gone = tuple(r.replica for r in lost)
+                decision = replace(decision, replicas=tuple(held), moved=decision.moved + gone)
+            kept[name] = decision
+        target = [d for d in demands if d.name == changed]
+        if not target:
+            return PlacementPlan(deployments=kept, free_gpus=dict(state.free))
+        work = self._plan_options(state, target)[0]
+        self._keep_previous(state, work, plan.replicas(changed))
+        self._trim(state, work)
+        shares = self._allocate(state, [work])
+        minimum = max(1, work.demand.min_replicas)
+        while work.options and len(work.replicas) < minimum:
+            if not self._add_replica(state, work, shares):
+                break
+        if self.defragmentation is not None and work.options and len(work.replicas) < minimum:
+            moves = min(self.defragmentation.max_moves, self.incremental_moves)
+            policy = replace(self.defragmentation, max_moves=moves)
+            others = self._plan_options(state, [d for d in demands if d.name in kept])
+            for other in others:
+                other.replicas = list(kept[other.demand.name].replicas)
+            while len(work.replicas) < minimum:
+                if not self._unblock(state, [*others, work], work, policy):
+                    break
+            for other in others:
+                if other.moved:
+                    kept[other.demand.name] = self._decide(state, other)
+        self._serve_demand(state, [work], shares)
+        kept[changed] = self._decide(state, work)
+        return PlacementPlan(deployments=kept, free_gpus=dict(state.free))
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -341,22 +386,6 @@ class PlacementSolver:
             )
             work.replicas.append(kept)
             work.usage.add(state.nodes[kept.stages[0].node])
-
-    def _hold_previous(
-        self, state: FleetState, work: _Work, previous: Sequence[ReplicaPlacement]
-    ) -> None:
-        """The incremental path's other deployments: their replicas hold their GPUs as they
-        are (nothing about them changed), unless their nodes are gone or full."""
-        for replica in sorted(previous, key=lambda r: r.replica):
-            if not all(
-                s.node in state.nodes and state.free[s.node] >= s.gpus for s in replica.stages
-            ):
-                work.moved.append(replica.replica)
-                work.shortfall = f"replica {replica.replica} moved: its nodes are gone or full"
-                continue
-            for stage in replica.stages:
-                state.take(stage.node, stage.gpus)
-            work.replicas.append(replica)  # its spread is counted only if one of it moves
 
     def _trim(self, state: FleetState, work: _Work) -> None:
         """Scale down: keep the lowest-numbered replicas that still meet demand."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from test_placement import TARGET, assert_within_capacity, demand, gpu_node, previous_of
+from test_placement import TARGET, assert_within_capacity, demand, gpu_node
 
 from goodput.operator.inventory import GpuNode
 from goodput.operator.placement import ModelDemand, PlacementPlan, PlacementSolver
@@ -79,17 +79,28 @@ def test_one_change_decides_only_that_deployment_and_moves_at_most_one_replica()
     nodes = [gpu_node("a", gpus=8), gpu_node("b", gpus=8)]
     small = [demand(f"s{i}") for i in range(8)]
     half = [gpu_node("a", gpus=4), gpu_node("b", gpus=4)]
-    previous = previous_of(PlacementSolver().solve(half, small))
+    before = PlacementSolver().solve(half, small)
     grown = [replace(d, target=replace(TARGET, target_rps=1e6), max_replicas=8) for d in small]
-    plan = PlacementSolver().solve(nodes, [*grown], previous, changed="s0")
+    plan = PlacementSolver().change(nodes, grown, before, "s0")
     for d in small[1:]:
-        assert plan.deployments[d.name].replicas == previous[d.name]  # not grown: not decided
+        assert plan.deployments[d.name] == before.deployments[d.name]  # not grown: not decided
     assert len(plan.deployments["s0"].replicas) > 1
-    # A tensor-4 minimum needs one node emptied of 4 small replicas: 1 move allowed, 4 needed.
+    assert_within_capacity(plan, nodes)
+    # A tensor-8 minimum needs one node emptied of 4 small replicas: 1 move allowed, 4 needed.
     big = replace(demand("big", gpu_types=("H100",)), tensor=8)
-    blocked = PlacementSolver().solve(nodes, [*small, big], previous, changed="big")
+    blocked = PlacementSolver().change(nodes, [*small, big], before, "big")
     assert not blocked.deployments["big"].placed
     assert sum(len(d.moved) for d in blocked.deployments.values()) == 0
+    # One move is enough when a node holds a single small replica.
+    one = PlacementSolver().solve([gpu_node("a", gpus=8)], [demand("s0")])
+    pair = [gpu_node("a", gpus=8), gpu_node("b", gpus=1)]
+    moved = PlacementSolver().change(pair, [demand("s0"), big], one, "big")
+    assert moved.deployments["big"].placed and moved.deployments["s0"].moved == (0,)
+    assert moved.deployments["s0"].replicas[0].nodes == ("b",)
+    # A deletion frees its GPUs and decides nothing else.
+    gone = PlacementSolver().change(nodes, small[1:], before, "s0")
+    assert "s0" not in gone.deployments
+    assert sum(gone.free_gpus.values()) == 16 - len(small[1:])  # 7 one-GPU replicas remain
 
 
 def test_a_bigger_shape_when_the_maximum_replicas_bind() -> None:
