@@ -194,10 +194,12 @@ def build_autoscaler(
 
 
 def unplaceable(
-    deployment_status: Mapping[str, Any], wanted: int, fleet_version: str
+    deployment_status: Mapping[str, Any], wanted: int, fleet_version: str, floor: int = 0
 ) -> Unplaceable | None:
     """The placement's refusal of ``wanted`` replicas, when new nodes could cure it (the
-    replicas placed before keep running: the status lists them)."""
+    replicas placed before keep running: the status lists them). The cap never goes below
+    ``floor`` (``minReplicas``): a deployment whose very first placement waits for GPUs keeps
+    asking for its minimum rather than being scaled to what runs, nothing."""
     placed = status.find(deployment_status.get("conditions") or [], status.PLACED)
     if placed is None or placed.status != "False":
         return None
@@ -206,7 +208,7 @@ def unplaceable(
     running = len(deployment_status.get("placement") or ())
     return Unplaceable(
         wanted=wanted,
-        placed=running,
+        placed=max(running, floor),
         reason=f"{placed.reason}: {placed.message}",
         fleet_version=fleet_version,
     )
@@ -347,7 +349,7 @@ class AutoscalingLoop:
         }
         sample = tracked.window.observe(self.clock(), reports, held=self._held(obj))
         fleet = self.fleet_version()
-        refused = unplaceable(current, spec.replicas, fleet)
+        refused = unplaceable(current, spec.replicas, fleet, spec.autoscaling.min_replicas)
         if refused is not None or (tracked.refused and tracked.refused.fleet_version != fleet):
             tracked.refused = refused
         decision, tracked.state = tracked.autoscaler.decide(

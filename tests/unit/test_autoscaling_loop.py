@@ -315,3 +315,12 @@ def test_the_profiler_sizes_catalogued_models_and_the_setting_the_others() -> No
     measured = build_autoscaler(known, placed, AutoscalingSettings(replica_rps=0.5))
     assert measured.throughput.requests_per_second(None, None) == 0.5
     assert build_autoscaler(unknown, {}, AutoscalingSettings(cold_start_s=42)).cold_start_s == 42
+
+
+def test_a_deployment_waiting_for_its_first_gpus_keeps_asking_for_its_minimum() -> None:
+    api = FakeAPI(1, {"minReplicas": 1, "maxReplicas": 4}, placed=0)
+    api.body["status"]["conditions"] = [_placed("False", "InsufficientGPUs")]
+    reports = FakeReports()
+    loop, clock = _loop(api, reports)
+    _ticks(loop, clock, api, reports, 3, per_pod=0)
+    assert api.scaled == [] and api.body["spec"]["replicas"] == 1
