@@ -15,6 +15,7 @@ check is then the judge, and the status says so.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,12 +25,14 @@ from goodput.profiler import catalog
 from goodput.profiler.architectures import ModelArchitecture
 from goodput.profiler.hardware import GIB
 from goodput.profiler.memory import (
+    LoRAMemory,
     MemoryPlan,
     Quantization,
     VllmFlags,
     dtype_bytes,
     flags_for_memory,
     kv_budget_bytes,
+    lora_memory,
     memory_plan,
 )
 
@@ -126,7 +129,7 @@ class CatalogMemory:
         pp: int,
         concurrency: int = 1,
     ) -> MemoryPlan:
-        return memory_plan(
+        plan = memory_plan(
             arch,
             dtype=spec.model.dtype,
             quantization=_QUANTIZATION[spec.model.quantization],
@@ -135,6 +138,28 @@ class CatalogMemory:
             pp=pp,
             max_model_len=spec.model.max_model_len,
             concurrency=concurrency,
+        )
+        lora = self.lora(spec, arch, tp, pp)
+        if lora is None:
+            return plan
+        # Reserved before the KV cache, as vLLM does: the replica is sized with it.
+        return dataclasses.replace(plan, lora_bytes_per_gpu=lora.gpu_bytes_per_gpu)
+
+    def lora(
+        self, spec: LLMDeploymentSpec, arch: ModelArchitecture, tp: int = 1, pp: int = 1
+    ) -> LoRAMemory | None:
+        """What the replica's LoRA capacity (``spec.lora``) costs; None: it serves no LoRA."""
+        capacity = spec.lora_capacity
+        if capacity is None:
+            return None
+        return lora_memory(
+            arch,
+            max_loras=capacity.max_loras,
+            max_rank=capacity.max_rank,
+            max_cpu_loras=capacity.max_cpu_loras,
+            dtype=spec.model.dtype,
+            tp=tp,
+            pp=pp,
         )
 
     def fit(
@@ -150,9 +175,11 @@ class CatalogMemory:
         usable = int(gpu_memory_bytes * spec.resources.gpu_memory_utilization)
         kv_budget = usable - plan.non_kv_bytes_per_gpu
         need = plan.kv_bytes_per_sequence
+        lora = f"{_gib(plan.lora_bytes_per_gpu)} LoRA slots, " if plan.lora_bytes_per_gpu else ""
+        others = plan.non_kv_bytes_per_gpu - plan.weights_bytes_per_gpu - plan.lora_bytes_per_gpu
         detail = (
-            f"per GPU: {_gib(plan.weights_bytes_per_gpu)} weights, "
-            f"{_gib(plan.non_kv_bytes_per_gpu - plan.weights_bytes_per_gpu)} activations and "
+            f"per GPU: {_gib(plan.weights_bytes_per_gpu)} weights, {lora}"
+            f"{_gib(others)} activations and "
             f"runtime, {_gib(max(kv_budget, 0))} left for KV cache of {_gib(usable)} usable; "
             f"one {plan.max_model_len}-token sequence needs {_gib(need)}"
         )

@@ -42,6 +42,7 @@ from goodput.operator.engine_args import MODELS_DIR, RUNTIME_LORA_ENV, in_pod_pa
 from goodput.operator.engine_args import build as build_engine_args
 from goodput.operator.gateway_config import CONFIG_DIR, CONFIG_PATH, STATE_DIR
 from goodput.operator.inventory import GPU_RESOURCE, LABEL_PRODUCT
+from goodput.operator.model_memory import CatalogMemory
 from goodput.operator.placement.selection import Placement
 from goodput.operator.service import GATEWAY_PORT_NAME
 from goodput.operator.settings import WorkloadSettings
@@ -139,6 +140,17 @@ def container_security_context(read_only_root: bool) -> dict[str, Any]:
     }
 
 
+def _lora_host_gib(obj: LLMDeployment, placement: Placement) -> float:
+    """Host memory of the engine's adapter cache (``--max-cpu-loras`` whole adapters per
+    worker), in whole MiB; 0 without LoRA or for a model the catalog does not know."""
+    memory = CatalogMemory()
+    arch = memory.architecture(obj.spec)
+    lora = (
+        None if arch is None else memory.lora(obj.spec, arch, placement.tensor, placement.pipeline)
+    )
+    return 0.0 if lora is None else math.ceil(lora.host_bytes / 2**20) / 1024
+
+
 def _gib(value: float) -> str:
     return f"{value:g}Gi" if float(value).is_integer() else f"{round(value * 1024)}Mi"
 
@@ -191,7 +203,11 @@ def pod_template(
         "resources": {
             "requests": {
                 "cpu": settings.engine_cpu,
-                "memory": _gib(settings.engine_memory_gib + spec.kv_cache.cpu_offload_gib),
+                "memory": _gib(
+                    settings.engine_memory_gib
+                    + spec.kv_cache.cpu_offload_gib
+                    + _lora_host_gib(obj, placement)
+                ),
                 GPU_RESOURCE: gpus,
             },
             "limits": {GPU_RESOURCE: gpus},

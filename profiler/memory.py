@@ -127,6 +127,7 @@ class MemoryPlan:
     kv_bytes_per_sequence: int  # per GPU, one sequence of max_model_len (sliding windows applied)
     activation_bytes_per_gpu: int
     runtime_overhead_bytes_per_gpu: int
+    lora_bytes_per_gpu: int = 0  # ``lora_memory``'s reservation, when the replica serves LoRA
 
     @property
     def num_gpus(self) -> int:
@@ -138,6 +139,7 @@ class MemoryPlan:
             self.weights_bytes_per_gpu
             + self.activation_bytes_per_gpu
             + self.runtime_overhead_bytes_per_gpu
+            + self.lora_bytes_per_gpu
         )
 
     @property
@@ -282,6 +284,62 @@ def cpu_kv_cache_tokens(
     """KV tokens vLLM's CPU engine allocates in ``VLLM_CPU_KVCACHE_SPACE`` bytes."""
     plan = memory_plan(arch, dtype=dtype, kv_dtype=kv_dtype)
     return int(kv_cache_space_bytes // (plan.kv_bytes_per_token * block_tokens) * block_tokens)
+
+
+# -- LoRA adapters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoRAMemory:
+    """What serving LoRA adapters costs one replica.
+
+    vLLM allocates, at start, one ``lora_a`` (rank x in) and one ``lora_b`` (out x rank) buffer
+    per LoRA-capable linear layer for each of ``--max-loras`` slots at ``--max-lora-rank``, in
+    the model's dtype, whatever the adapters later loaded: the GPU reservation. Column-parallel
+    layers (QKV, gate/up) split ``lora_b`` over tensor-parallel ranks, row-parallel ones (O,
+    down) split ``lora_a``; the other factor is replicated. Each worker also keeps up to
+    ``--max-cpu-loras`` whole adapters in host memory (its CPU cache). MoE experts carry no
+    LoRA here (vLLM wraps them only with its fused-MoE LoRA): their attention does.
+    """
+
+    gpu_bytes_per_gpu: int
+    host_bytes: int  # all the replica's workers together
+    adapter_bytes: int  # one adapter at max rank on every wrapped layer, unsharded
+
+
+def lora_memory(
+    arch: ModelArchitecture,
+    *,
+    max_loras: int,
+    max_rank: int,
+    max_cpu_loras: int,
+    dtype: str = "auto",
+    tp: int = 1,
+    pp: int = 1,
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+) -> LoRAMemory:
+    """The GPU reservation per GPU and the host cache of one replica serving LoRA."""
+    elem = dtype_bytes(resolve_dtype(arch, dtype))
+    h, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
+    inter = 0 if arch.is_moe else arch.intermediate_size
+    # (in, out, column-parallel) per wrapped linear layer: QKV, O, gate+up, down.
+    layers = [(h, q + 2 * kv, True), (q, h, False)]
+    if inter:
+        layers += [(h, 2 * inter, True), (inter, h, False)]
+    per_slot_sharded = 0
+    per_adapter_full = 0
+    for fan_in, fan_out, column in layers:
+        a, b = max_rank * fan_in, fan_out * max_rank
+        per_adapter_full += a + b
+        per_slot_sharded += a + _ceil_div(b, tp) if column else _ceil_div(a, tp) + b
+    layers_per_stage = _ceil_div(arch.num_layers, pp)
+    # The punica kernels' intermediate: one fp32 row of rank per slice per batched token.
+    scratch = max_num_batched_tokens * max_rank * 3 * 4
+    gpu = max_loras * per_slot_sharded * layers_per_stage * elem + scratch
+    adapter = per_adapter_full * arch.num_layers * elem
+    return LoRAMemory(
+        gpu_bytes_per_gpu=gpu, host_bytes=max_cpu_loras * adapter * tp * pp, adapter_bytes=adapter
+    )
 
 
 class InsufficientMemory(ValueError):
