@@ -22,7 +22,7 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from goodput.api.prefix_blocks import block_hashes, prompt_token_ids
+from goodput.api.prefix_blocks import block_hashes, prompt_token_ids, tokens_per_block
 from goodput.api.router_config import RouterConfig
 from goodput.router.cascade import cascade_of, request_content
 from goodput.router.endpoints import Endpoint, EndpointTable
@@ -96,11 +96,9 @@ class Router:
         token_ids = prompt_token_ids(parsed.endpoint, body)
         block_chars = self.config.prefix.block_chars
         blocks = block_hashes(parsed.prompt_text, token_ids, block_chars)
-        if token_ids:
-            block_tokens = float(max(1, block_chars // 4))
-        else:
-            chars = max(1, len(parsed.prompt_text))
-            block_tokens = parsed.prompt_tokens_estimate * min(1.0, block_chars / chars)
+        block_tokens = tokens_per_block(
+            parsed.prompt_tokens_estimate, parsed.prompt_text, token_ids, block_chars
+        )
         session = headers.get(self.config.session_header) or None
         user = body.get("user")
         if session is None and self.config.session_from_user and isinstance(user, str) and user:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from goodput.api.prefix_blocks import uncached_tokens
 from goodput.api.router_config import RouterConfig
 from goodput.router.endpoints import Endpoint
 from goodput.router.prefix import PrefixIndex, rendezvous_rank
@@ -112,10 +113,8 @@ class PrefixKnowledge:
     def uncached_tokens(self, request: RoutingRequest, endpoint: Endpoint) -> float:
         """The prompt's tokens that ``endpoint`` would have to prefill: those past the blocks
         this router sent there."""
-        if not request.blocks:
-            return float(request.prompt_tokens)
-        held = self.matched_blocks(request, endpoint) * request.block_tokens
-        return max(0.0, request.prompt_tokens - held)
+        matched = self.matched_blocks(request, endpoint) if request.blocks else 0
+        return uncached_tokens(request.prompt_tokens, matched, request.block_tokens)
 
     def predicted_ttft_s(self, request: RoutingRequest, endpoint: Endpoint) -> float | None:
         return endpoint.predicted_ttft_s(self.uncached_tokens(request, endpoint))

@@ -210,6 +210,7 @@ async def _accept(gateway: Gateway, request: Request, endpoint: Endpoint) -> Res
         max_tokens=parsed.max_tokens,
         model=adapter,
         oracle_output_tokens=oracle,
+        prefill_work=gateway.uncached_tokens(parsed),
     )
     return ProxyExchange(
         gateway,

@@ -221,7 +221,7 @@ class Dispatcher:
             if pending.best_effort or pending.dispatched_at is None:
                 continue
             alone = predict(pending.prefill_tokens)
-            joined = predict(pending.prefill_tokens + job.prompt_tokens)
+            joined = predict(pending.prefill_tokens + job.work_tokens)
             if alone is None or joined is None:
                 return True
             start, deadline = pending.dispatched_at, pending.ttft_deadline
@@ -254,10 +254,10 @@ class Dispatcher:
         job.dispatched_at = now
         self._running.add(job)
         job.concurrency_at_dispatch = len(self._running)
-        job.prefill_tokens = job.prompt_tokens
+        job.prefill_tokens = job.work_tokens
         for pending in self._prefilling:
-            pending.prefill_tokens += job.prompt_tokens
-            job.prefill_tokens += pending.prompt_tokens
+            pending.prefill_tokens += job.work_tokens
+            job.prefill_tokens += pending.work_tokens
         if not self._prefilling:
             self.service.live.prefill_started(now)
         self._prefilling.add(job)

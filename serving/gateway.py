@@ -20,7 +20,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from goodput.api.gateway_config import GatewayConfig
-from goodput.api.prefix_blocks import DEFAULT_BLOCK_CHARS
+from goodput.api.prefix_blocks import DEFAULT_BLOCK_CHARS, prompt_token_ids
 from goodput.serving.adapters import AdapterSet
 from goodput.serving.admission import AdmissionController, RejectReason
 from goodput.serving.auth import ANONYMOUS, KeyStore, Quotas, Tenant
@@ -36,6 +36,7 @@ from goodput.serving.length_estimate import (
     make_predictor,
 )
 from goodput.serving.metrics import GatewayMetrics, RollingAttainment, Totals
+from goodput.serving.openai_request import ParsedRequest
 from goodput.serving.policies import make_policy
 from goodput.serving.refit import PredictorRefitter
 from goodput.serving.request_log import RequestLog, RequestRecord
@@ -159,6 +160,17 @@ class Gateway:
         self._exchanges: set[Exchange] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def uncached_tokens(self, request: ParsedRequest) -> float | None:
+        """The request's prompt tokens its engine would still prefill, estimated from the
+        prompts sent there before; None when the gateway keeps no record of them."""
+        if self.held_blocks is None:
+            return None
+        return self.held_blocks.uncached_tokens(
+            request.prompt_text,
+            prompt_token_ids(request.endpoint, request.body),
+            request.prompt_tokens_estimate,
+        )
 
     def _capacity_blocks(self) -> int:
         """The engine's KV capacity in prompt blocks (about four characters a token)."""

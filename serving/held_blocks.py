@@ -17,6 +17,9 @@ from goodput.api.prefix_blocks import (
     BlockSketch,
     SketchReport,
     block_hashes,
+    held_prefix,
+    tokens_per_block,
+    uncached_tokens,
 )
 
 # Evictions leave their bits set (a Bloom filter cannot forget); the filter is rebuilt once they
@@ -38,6 +41,14 @@ class HeldBlocks:
         self._sketch: BlockSketch | None = None
         self._evicted = 0
         self.version = 0
+
+    def uncached_tokens(self, text: str, token_ids: Sequence[int], prompt_tokens: float) -> float:
+        """The prompt tokens the engine would still prefill: those past the longest prefix of
+        the prompt's blocks in the set (the exact set here, not the reported filter)."""
+        chain = block_hashes(text, token_ids, self.block_chars)
+        matched = held_prefix(chain, self._held) if chain else 0
+        per_block = tokens_per_block(prompt_tokens, text, token_ids, self.block_chars)
+        return uncached_tokens(prompt_tokens, matched, per_block)
 
     def record(self, text: str, token_ids: Sequence[int]) -> None:
         chain = block_hashes(text, token_ids, self.block_chars)

@@ -40,12 +40,20 @@ class Job:
     # before it still awaiting their first token, and those dispatched after it until its own
     # first token came. What its first token waits for.
     prefill_tokens: float = 0.0
+    prefill_work: float | None = None
+    """Its prompt tokens not in the engine's prefix cache, as the gateway estimates them from
+    what it sent there (``HeldBlocks``); None: all of them."""
     first_token_at: float | None = None
     last_token_at: float | None = None
     generated_tokens: int = 0
     heap_seq: int = -1
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     concurrency_area_at_first_token: float = 0.0
+
+    @property
+    def work_tokens(self) -> float:
+        """The prompt tokens its prefill computes: a cached prefix costs the engine nothing."""
+        return self.prompt_tokens if self.prefill_work is None else self.prefill_work
 
     @property
     def ttft_deadline(self) -> float:

@@ -51,6 +51,21 @@ def block_hashes(text: str, token_ids: Sequence[int], block_chars: int) -> tuple
     return tuple(chain)
 
 
+def tokens_per_block(
+    prompt_tokens: float, text: str, token_ids: Sequence[int], block_chars: int
+) -> float:
+    """The prompt tokens one block covers: ``block_chars // 4`` ids of an id prompt; else the
+    prompt's tokens over its characters, times a block's characters."""
+    if token_ids:
+        return float(max(1, block_chars // 4))
+    return prompt_tokens * min(1.0, block_chars / max(1, len(text)))
+
+
+def uncached_tokens(prompt_tokens: float, matched_blocks: int, per_block: float) -> float:
+    """The prompt tokens past ``matched_blocks`` held blocks: what an engine still prefills."""
+    return max(0.0, prompt_tokens - matched_blocks * per_block)
+
+
 def held_prefix(chain: Sequence[int], held: Container[int]) -> int:
     """How many leading blocks of ``chain`` are in ``held``. Binary search: a chain's block is
     only ever held with all those before it (they are sent together and leave deepest first)."""

@@ -4,11 +4,13 @@ replica, against the fake engine on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 
 from goodput.api.load_report import LOAD_PATH, LoadReport
 from goodput.serving.engine_state import parse_engine_metrics
+from goodput.serving.openai_request import parse_request
 
 from .conftest import GatewayFactory
 
@@ -77,6 +79,29 @@ def test_the_prefill_rate_is_reported_once_prompts_of_several_sizes_were_served(
     assert fit is not None
     assert report.prefill_s_per_token == fit.slope_s >= 0.0
     assert "prefillSPerToken" in httpx.get(f"{url}{LOAD_PATH}").json()
+
+
+def test_what_the_engine_was_sent_is_reported_and_prices_the_next_prompt(
+    gateway_for: GatewayFactory,
+) -> None:
+    """Each dispatched prompt's blocks go into the gateway's record of what its engine holds:
+    reported to routers (``prefixSketch``) and used to price the next prompt's prefill (the
+    dispatcher's prefill model learns on those tokens, not on cached ones)."""
+    gateway, url = gateway_for()
+    context = "You are the assistant of one tenant; its documents follow. " * 30
+    body = {"model": "tiny", "prompt": context + "First question?", "max_tokens": 2}
+    httpx.post(f"{url}/v1/completions", json=body, timeout=30).raise_for_status()
+    sketch = LoadReport.model_validate(httpx.get(f"{url}{LOAD_PATH}").json()).prefix_sketch
+    assert sketch is not None and sketch.blocks == len(context + "First question?") // 64
+    follow = parse_request(
+        json.dumps({**body, "prompt": context + "Second question?"}).encode(),
+        "completions",
+        (),
+        None,
+    )
+    uncached = gateway.uncached_tokens(follow)
+    assert uncached is not None
+    assert uncached < 0.1 * follow.prompt_tokens_estimate  # the context is held
 
 
 def test_engine_prefix_cache_counters_are_read_from_vllm_metrics() -> None:

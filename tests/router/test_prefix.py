@@ -83,3 +83,15 @@ def test_held_blocks_keep_the_engine_s_share_and_report_versions() -> None:
     assert held.report(unchanged=True).bits == "" and report.version == 2
     held.record("", list(range(64)))  # token ids: blocks of 4 ids
     assert held.version == 3
+
+
+def test_the_gateway_prices_a_prompt_by_what_its_engine_would_still_prefill() -> None:
+    held = HeldBlocks(block_chars=16, capacity_blocks=lambda: 1000)
+    context = "c" * 320  # 20 blocks
+    assert held.uncached_tokens(context + "q" * 40, [], 90) == 90  # nothing sent there yet
+    held.record(context + "first question", [])
+    # 360 characters, 90 tokens: 20 of its 22 whole blocks held, 4 tokens a block.
+    assert held.uncached_tokens(context + "q" * 40, [], 90) == 90 - 20 * 4
+    assert held.uncached_tokens("", list(range(64)), 64) == 64
+    held.record("", list(range(64)))
+    assert held.uncached_tokens("", list(range(64)) + [7, 7, 7, 7], 68) == 4
