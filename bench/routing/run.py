@@ -415,6 +415,13 @@ def _rates(text: str) -> list[float]:
 @click.option("--tenant-zipf", default=0.0, show_default=True, help="0: tenants drawn uniformly.")
 @click.option("--ttft-scale", default=5.0, show_default=True, help="TTFT SLO / unloaded TTFT.")
 @click.option("--tpot-scale", default=5.0, show_default=True, help="TPOT SLO / unloaded TPOT.")
+@click.option(
+    "--tpot-floor-ms",
+    default=40.0,
+    show_default=True,
+    help="TPOT SLO at least this: a stream faster than ~25 tokens/s outpaces any reader, and "
+    "below it the objective measured the cores' contention at calibration, not routing.",
+)
 @click.option("--kv-cache-mib", default=64, show_default=True)
 @click.option("--probe-pairs", default=30, show_default=True)
 @click.option("--idle-seconds", default=5.0, show_default=True, help="Routers' idle CPU window.")
@@ -449,6 +456,7 @@ def main(
     tenant_zipf: float,
     ttft_scale: float,
     tpot_scale: float,
+    tpot_floor_ms: float,
     kv_cache_mib: int,
     probe_pairs: int,
     idle_seconds: float,
@@ -601,7 +609,8 @@ def main(
                 probes = s.requests[: 10 if workload != "conversations" else sessions * 2][-10:]
                 base = unloaded(gateways[0], probes, engines, enforce)
                 unloaded_by[workload] = base
-                slos[workload] = SLO(base.ttft_s * ttft_scale, base.tpot_s * tpot_scale)
+                tpot_s = max(base.tpot_s * tpot_scale, tpot_floor_ms / 1000)
+                slos[workload] = SLO(base.ttft_s * ttft_scale, tpot_s)
                 click.echo(
                     f"{workload}: unloaded TTFT {base.ttft_s * 1000:.1f} ms, TPOT "
                     f"{base.tpot_s * 1000:.2f} ms -> SLO {slos[workload].ttft_s * 1000:.0f} ms, "
@@ -736,6 +745,7 @@ def main(
                 "unloaded_tpot_ms": round(unloaded_by[w].tpot_s * 1000, 3),
                 "ttft_scale": ttft_scale,
                 "tpot_scale": tpot_scale,
+                "tpot_floor_ms": tpot_floor_ms,
             }
             for w in chosen
         },
