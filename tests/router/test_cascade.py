@@ -204,3 +204,32 @@ def test_the_shipped_quality_model_builds_the_stages_from_config() -> None:
     pipeline = RoutingPipeline.from_config(config, lambda: 0.0)
     names = [f.name for f in pipeline.filters]
     assert names == ["ready", "model-modality", "model-cascade", "slo-headroom"]
+
+
+class StandInLength:
+    """Every answer is predicted 200 tokens long."""
+
+    def predict_request(self, prompt: str, model: str) -> tuple[float, float]:
+        return 200.0, 400.0
+
+
+def test_a_spill_goes_where_the_whole_answer_is_predicted_to_finish_first() -> None:
+    config = CascadeConfig.model_validate(
+        {
+            "models": [
+                {"name": SMALL, "endpoints": ["http://s"]},
+                {"name": "medium", "endpoints": ["http://m"], "tpotS": 0.01},
+                {"name": LARGE, "endpoints": ["http://l"], "tpotS": 0.05},
+            ],
+            "minWinRate": 0.3,
+        }
+    )
+    knowledge = PrefixKnowledge(PrefixIndex(100))
+    f = ModelCascadeFilter(config, StandInQuality(), knowledge, StandInLength())  # type: ignore[arg-type]
+    busy_small = [
+        replica("s0", SMALL, 5.0), replica("m0", "medium", 0.5), replica("l0", LARGE, 0.1),
+    ]  # fmt: skip
+    # The large model answers first (0.15 s) but decodes 200 tokens 5x slower: 10.15 s vs 2.55 s.
+    assert f.choose(request("rate=0.45"), busy_small) == ("medium", "spill")
+    untimed = ModelCascadeFilter(config, StandInQuality(), knowledge)  # type: ignore[arg-type]
+    assert untimed.choose(request("rate=0.45"), busy_small) == (LARGE, "spill")  # TTFT alone
