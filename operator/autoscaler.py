@@ -330,7 +330,10 @@ class AutoscalingLoop:
         if tracked is None:
             return None
         if not spec.autoscaling.enabled:
-            self.forget(namespace, name)
+            if spec.lora_capacity is None:
+                self.forget(namespace, name)
+            else:  # tracked for status.adapters alone
+                self._adapters(obj, self._reports(obj)[1])
             return None
         if status.find(current.get("conditions") or [], status.PLACED) is None:
             return None  # not converged once yet: nothing to scale
@@ -341,12 +344,9 @@ class AutoscalingLoop:
         if tracked.autoscaler is None or tracked.built_for != built_for:
             tracked.autoscaler, tracked.built_for = self.build(spec, current, self.settings), (
                 built_for)  # fmt: skip
-        pods = [p for p in self.kube.list_pods(namespace, naming.selector_string(name)) if _live(p)]
-        reports = {
-            p["metadata"]["name"]: r
-            for p in pods
-            if (r := self.reports.gateway(p["status"]["podIP"])) is not None
-        }
+        pods, reports = self._reports(obj)
+        if spec.lora_capacity is not None:
+            self._adapters(obj, reports)
         sample = tracked.window.observe(self.clock(), reports, held=self._held(obj))
         fleet = self.fleet_version()
         refused = unplaceable(current, spec.replicas, fleet, spec.autoscaling.min_replicas)
@@ -366,6 +366,37 @@ class AutoscalingLoop:
             self._scale(body, decision, drain_order(pods, reports))
         self._report(namespace, name, decision, tracked)
         return decision
+
+    def _reports(self, obj: LLMDeployment) -> tuple[list[dict[str, Any]], dict[str, LoadReport]]:
+        """The running pods and their gateways' load reports, by pod name."""
+        meta = obj.metadata
+        pods = [
+            p
+            for p in self.kube.list_pods(meta.namespace, naming.selector_string(meta.name))
+            if _live(p)
+        ]
+        reports = {
+            str(p["metadata"]["name"]): r
+            for p in pods
+            if (r := self.reports.gateway(p["status"]["podIP"])) is not None
+        }
+        return pods, reports
+
+    def _adapters(self, obj: LLMDeployment, reports: Mapping[str, LoadReport]) -> None:
+        """``status.adapters`` from the gateways' reports: which pods have each adapter loaded
+        (written when it changed; a stale write is left to the next tick)."""
+        meta = obj.metadata
+        adapters = status.adapter_status(obj.spec, reports)
+        body = self.kube.get_llmdeployment(meta.namespace, meta.name)
+        if body is None or (body.get("status") or {}).get("adapters") == adapters:
+            return
+        try:
+            self.kube.patch_llmdeployment_status(
+                meta.namespace, meta.name, {"adapters": adapters},
+                body["metadata"].get("resourceVersion"),
+            )  # fmt: skip
+        except StaleWrite:
+            log.info(f"{meta.namespace}/{meta.name}: status.adapters raced a write; next tick")
 
     def _held(self, obj: LLMDeployment) -> int:
         """Requests the deployment's routers hold for want of a ready replica."""

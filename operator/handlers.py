@@ -143,9 +143,11 @@ def register(
             loop.stop()
 
     def autoscaled(namespace: str, name: str, spec: Mapping[str, Any]) -> None:
-        """Hand the deployment to the autoscaling loop, or take it back."""
+        """Hand the deployment to the autoscaling loop, or take it back. The loop also keeps
+        ``status.adapters`` of deployments serving LoRA: it reads their gateways' reports."""
+        lora = bool(spec.get("adapters") or (spec.get("lora") or {}).get("enabled"))
         for loop in loops:
-            if (spec.get("autoscaling") or {}).get("enabled"):
+            if (spec.get("autoscaling") or {}).get("enabled") or lora:
                 loop.track(namespace, name)
             else:
                 loop.forget(namespace, name)

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from goodput.api.llmdeployment import Phase
+from goodput.api.llmdeployment import AdapterStatus, LLMDeploymentSpec, Phase
+from goodput.api.load_report import LoadReport
 
 PLACED, AVAILABLE, DEGRADED = "Placed", "Available", "Degraded"
 # Placement failures that new nodes can cure: retried when nodes change; others wait for a new spec.
@@ -220,3 +221,26 @@ def readiness_patch(
         "ready": f"{workload.ready}/{desired}",
         "message": r.message,
     }
+
+
+def adapter_status(
+    spec: LLMDeploymentSpec, reports: Mapping[str, LoadReport]
+) -> list[dict[str, Any]]:
+    """``status.adapters``: for each of ``spec.adapters``, the pods (by name) whose gateway
+    reports it loaded, and the loads those gateways counted (a pod that does not answer, or
+    restarted, counts nothing; the status says what the pods say now)."""
+    out = []
+    for adapter in spec.adapters:
+        loaded_on, cold = [], 0
+        for pod, report in sorted(reports.items()):
+            if report.adapters is None:
+                continue
+            if adapter.name in report.adapters.loaded:
+                loaded_on.append(pod)
+            cold += report.adapters.cold_loads.get(adapter.name, 0)
+        out.append(
+            AdapterStatus(name=adapter.name, loaded_on=loaded_on, cold_loads=cold).model_dump(
+                by_alias=True
+            )
+        )
+    return out

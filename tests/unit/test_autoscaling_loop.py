@@ -324,3 +324,36 @@ def test_a_deployment_waiting_for_its_first_gpus_keeps_asking_for_its_minimum() 
     loop, clock = _loop(api, reports)
     _ticks(loop, clock, api, reports, 3, per_pod=0)
     assert api.scaled == [] and api.body["spec"]["replicas"] == 1
+
+
+def test_a_deployment_serving_adapters_gets_status_adapters_from_its_gateways() -> None:
+    """Tracked for its adapters even without autoscaling: which pods have each one loaded."""
+    api, reports = FakeAPI(2, {}), FakeReports()
+    api.body["spec"]["autoscaling"]["enabled"] = False
+    api.body["spec"]["adapters"] = [
+        {"name": "sql", "source": "org/sql"},
+        {"name": "chat", "source": "org/chat"},
+    ]
+    catalog = ["sql", "chat"]
+    reports.reports = {
+        "10.0.0.1": LoadReport.model_validate(
+            {"ready": True, "queue": 0, "inflight": 0,
+             "adapters": {"catalog": catalog, "loaded": ["sql"], "capacity": 4,
+                          "coldLoads": {"sql": 2}}}
+        ),
+        "10.0.0.2": LoadReport.model_validate(
+            {"ready": True, "queue": 0, "inflight": 0,
+             "adapters": {"catalog": catalog, "loaded": ["chat", "sql"], "capacity": 4,
+                          "coldLoads": {"sql": 1, "chat": 1}}}
+        ),
+    }  # fmt: skip
+    loop, _ = _loop(api, reports)
+    assert loop.tick() == {}, "nothing to scale"
+    assert api.body["status"]["adapters"] == [
+        {"name": "sql", "loadedOn": ["llama-r0-x", "llama-r1-x"], "coldLoads": 3},
+        {"name": "chat", "loadedOn": ["llama-r1-x"], "coldLoads": 1},
+    ]
+    version = api.body["metadata"]["resourceVersion"]
+    loop.tick()
+    assert api.body["metadata"]["resourceVersion"] == version, "unchanged: not written again"
+    assert loop.tracked() == [("ml", "llama")]
