@@ -29,12 +29,14 @@ class FleetState:
         self.pools: dict[PoolKey, GpuPool] = group_pools(ordered)
         self.free: dict[str, int] = {}
         self._pool_of: dict[str, PoolKey] = {}
+        self._members: dict[PoolKey, list[str]] = {}
         self._index: dict[PoolKey, dict[str, list[dict[str, None]]]] = {}
         self.by_domain: dict[str, list[str]] = {}
         self.by_rack: dict[tuple[str, str], list[str]] = {}
         for node in ordered:
             key = pool_key(node)
             self._pool_of[node.name] = key
+            self._members.setdefault(key, []).append(node.name)
             zones = self._index.setdefault(key, {})
             buckets = zones.setdefault(node.zone, [])
             size = self.pools[key].max_gpus_per_node + 1
@@ -51,6 +53,13 @@ class FleetState:
         del buckets[self.free[name]][name]
         buckets[new_free][name] = None
         self.free[name] = new_free
+
+    def pool_of(self, name: str) -> PoolKey | None:
+        return self._pool_of.get(name)
+
+    def members(self, key: PoolKey) -> list[str]:
+        """The pool's nodes, by name."""
+        return self._members.get(key, [])
 
     def take(self, name: str, gpus: int) -> None:
         if self.free[name] < gpus:

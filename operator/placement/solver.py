@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -254,10 +254,16 @@ class PlacementSolver:
                     break
         # Minimums that fragmentation blocks: move a few small replicas when that is worth it.
         if self.defragmentation is not None:
+            by_name = {w.demand.name: w for w in works}
             for work in order:
                 minimum = max(1, work.demand.min_replicas)
                 while work.options and len(work.replicas) < minimum:
-                    if not self._unblock(state, works, work, self.defragmentation):
+                    holders = self._holders(
+                        state, work, ((w.demand.name, w.replicas) for w in works)
+                    )
+                    if not self._unblock(
+                        state, holders, by_name.__getitem__, work, self.defragmentation
+                    ):
                         break
         self._serve_demand(state, order, shares)
         decisions = {w.demand.name: self._decide(state, w) for w in works}
@@ -307,15 +313,27 @@ class PlacementSolver:
         if self.defragmentation is not None and work.options and len(work.replicas) < minimum:
             moves = min(self.defragmentation.max_moves, self.incremental_moves)
             policy = replace(self.defragmentation, max_moves=moves)
-            others = self._plan_options(state, [d for d in demands if d.name in kept])
-            for other in others:
-                other.replicas = list(kept[other.demand.name].replicas)
+            by_name = {d.name: d for d in demands}
+            moving: dict[str, _Work] = {}
+
+            def resolve(owner: str) -> _Work:
+                if owner not in moving:
+                    other = self._plan_options(state, [by_name[owner]])[0]
+                    other.replicas = list(kept[owner].replicas)
+                    moving[owner] = other
+                return moving[owner]
+
             while len(work.replicas) < minimum:
-                if not self._unblock(state, [*others, work], work, policy):
+                placed = (
+                    (name, moving[name].replicas if name in moving else d.replicas)
+                    for name, d in kept.items()
+                )
+                holders = self._holders(state, work, placed)
+                if not self._unblock(state, holders, resolve, work, policy):
                     break
-            for other in others:
+            for owner, other in moving.items():
                 if other.moved:
-                    kept[other.demand.name] = self._decide(state, other)
+                    kept[owner] = self._decide(state, other)
         self._serve_demand(state, [work], shares)
         kept[changed] = self._decide(state, work)
         return PlacementPlan(deployments=kept, free_gpus=dict(state.free))
@@ -517,23 +535,24 @@ class PlacementSolver:
         return True
 
     def _unblock(
-        self, state: FleetState, works: list[_Work], work: _Work, policy: MoveFewToUnblock
+        self,
+        state: FleetState,
+        holders: Mapping[str, list[tuple[str, ReplicaPlacement]]],
+        resolve: Callable[[str], _Work],
+        work: _Work,
+        policy: MoveFewToUnblock,
     ) -> bool:
-        """Make one node whole enough for a replica of ``work`` by moving others' replicas."""
-        holders: dict[str, list[tuple[_Work, ReplicaPlacement]]] = {}
-        for other in works:
-            if other is work:
-                continue
-            for r in other.replicas:
-                if r.pipeline == 1:
-                    holders.setdefault(r.stages[0].node, []).append((other, r))
+        """Make one node whole enough for a replica of ``work`` by moving others' replicas.
+        ``holders``: node -> (deployment, one-node replica) there; ``resolve``: a deployment's
+        working state, asked only for those whose replicas move."""
         for option in work.options:
             if option.shape.pipeline != 1:
                 continue
             found = self._cheapest_node(state, option, holders, policy)
             if found is None:
                 continue
-            name, chosen = found
+            name, picked = found
+            chosen = [(resolve(owner), r) for owner, r in picked]
             if self._move_away(state, name, option, chosen):
                 taken = {r.replica for r in work.replicas}
                 index = next(i for i in range(len(taken) + 1) if i not in taken)
@@ -558,24 +577,42 @@ class PlacementSolver:
         return False
 
     @staticmethod
+    def _holders(
+        state: FleetState, work: _Work, replicas: Iterable[tuple[str, Sequence[ReplicaPlacement]]]
+    ) -> dict[str, list[tuple[str, ReplicaPlacement]]]:
+        """Node -> the other deployments' one-node replicas on it, in ``work``'s pools."""
+        keys = {o.pool.key for o in work.options if o.shape.pipeline == 1}
+        holders: dict[str, list[tuple[str, ReplicaPlacement]]] = {}
+        for owner, placed in replicas:
+            if owner == work.demand.name:
+                continue
+            for r in placed:
+                if r.pipeline == 1 and state.pool_of(r.stages[0].node) in keys:
+                    holders.setdefault(r.stages[0].node, []).append((owner, r))
+        return holders
+
+    @staticmethod
     def _cheapest_node(
         state: FleetState,
         option: PoolOption,
-        holders: Mapping[str, list[tuple[_Work, ReplicaPlacement]]],
+        holders: Mapping[str, list[tuple[str, ReplicaPlacement]]],
         policy: MoveFewToUnblock,
-    ) -> tuple[str, list[tuple[_Work, ReplicaPlacement]]] | None:
+    ) -> tuple[str, list[tuple[str, ReplicaPlacement]]] | None:
         """The node of the pool that needs the fewest moves (largest replicas first) to hold
         a tensor group of the option's size."""
         need = option.shape.tensor
-        best: tuple[tuple[int, int, str], list[tuple[_Work, ReplicaPlacement]]] | None = None
-        for name, node in state.nodes.items():
+        best: tuple[tuple[int, int, str], list[tuple[str, ReplicaPlacement]]] | None = None
+        for name in state.members(option.pool.key):
             deficit = need - state.free[name]
-            if pool_key(node) != option.pool.key or node.free < need or deficit <= 0:
+            if state.nodes[name].free < need or deficit <= 0:
                 continue
-            movable = sorted(
-                holders.get(name, []), key=lambda h: (-h[1].gpus, h[0].demand.name, h[1].replica)
+            # largest first, and never more than the policy allows
+            movable = heapq.nsmallest(
+                policy.max_moves,
+                holders.get(name, []),
+                key=lambda h: (-h[1].gpus, h[0], h[1].replica),
             )
-            chosen: list[tuple[_Work, ReplicaPlacement]] = []
+            chosen: list[tuple[str, ReplicaPlacement]] = []
             freed = 0
             for holder in movable:
                 if freed >= deficit:
