@@ -41,10 +41,15 @@ POOLS = (
 )
 
 
-def fleet_nodes(size: int) -> list[dict[str, Any]]:
+#: The homogeneous fleet: H100 HGX servers only.
+HOMOGENEOUS = (Pool("h100", "NVIDIA-H100-80GB-HBM3", 81559, 8, "nvswitch", 4, 1.0),)
+FLEETS = {"mixed": POOLS, "homogeneous": HOMOGENEOUS}
+
+
+def fleet_nodes(size: int, pools: tuple[Pool, ...] = POOLS) -> list[dict[str, Any]]:
     """About ``size`` Node objects (pool shares rounded), deterministic."""
     nodes = []
-    for pool in POOLS:
+    for pool in pools:
         count = max(1, round(size * pool.share))
         per_zone = [count // len(ZONES) + (1 if i < count % len(ZONES) else 0) for i in range(3)]
         index = 0

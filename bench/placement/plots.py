@@ -1,4 +1,5 @@
-"""The benchmark's two figures: the fleet's GPUs by owner, and solve time against fleet size."""
+"""The benchmark's figures: aggregate demand served by load and contender, the fleet's GPUs by
+owner, and solve time against fleet size."""
 
 from __future__ import annotations
 
@@ -58,10 +59,9 @@ def plot_allocation(
                   interpolation="nearest")  # fmt: skip
         s = stats[name]
         ax.set_title(
-            f"{name}\n{s['gpus_used']} GPUs used, {s['stranded_pct']}% stranded,"
+            f"{name}\n{s['gpus_used']} GPUs used, {s['idle_gpus']} idle while demand waits,"
             f" {s['tp_groups_crossing_domains']} TP groups across nodes\n"
-            f"SLO efficiency {s['slo_efficiency']}, mean demand served"
-            f" {s['mean_demand_served_pct']}%",
+            f"aggregate demand served {s['demand_served_pct']}%",
             fontsize=9,
         )
         ax.set_xticks([])
@@ -102,6 +102,46 @@ def plot_solve_time(runs: list[dict[str, Any]], path: Path) -> None:
     ax.axhline(10, color="grey", linestyle=":", label="target at 2,000 nodes")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_demand_served(result: dict[str, Any], path: Path) -> None:
+    """Aggregate demand served per load and contender: the largest mixed and homogeneous fleets,
+    and the small fleets as a share of the exact optimum."""
+    panels: list[tuple[str, dict[str, Any], str]] = [
+        (f"mixed fleet, {result['summary'][next(iter(result['summary']))]['nodes']} nodes",
+         result["summary"], "demand_served_pct"),
+    ]  # fmt: skip
+    if result.get("summary_homogeneous"):
+        first = next(iter(result["summary_homogeneous"].values()))
+        panels.append((f"homogeneous (H100), {first['nodes']} nodes",
+                       result["summary_homogeneous"], "demand_served_pct"))  # fmt: skip
+    small = result["optimum"]["summary"]
+    by_load: dict[str, dict[str, Any]] = {}
+    for key, row in small.items():
+        if key.startswith("mixed load"):
+            by_load[key.removeprefix("mixed ")] = row
+    panels.append((f"small mixed fleets ({small['nodes']} nodes), % of the MILP optimum",
+                   by_load, "pct_of_optimum_mean"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for ax, (title, table, metric) in zip(np.atleast_1d(axes), panels, strict=True):
+        loads = list(table)
+        names = [k for k in table[loads[0]] if isinstance(table[loads[0]][k], dict)]
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            values = [table[load][name][metric] for load in loads]
+            bars = ax.bar(np.arange(len(loads)) + i * width, values, width, label=name,
+                          color=f"C{i}")  # fmt: skip
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(np.arange(len(loads)) + 0.4 - width / 2, loads)
+        ax.set_ylim(0, 110)
+        ax.set_ylabel("% of optimum" if metric == "pct_of_optimum_mean" else "% of demand served")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("aggregate demand served within the SLO (sum served / sum asked)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

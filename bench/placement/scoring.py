@@ -1,4 +1,11 @@
-"""How good a placement is: GPUs used, stranded GPUs, domain crossings, SLO capacity per GPU."""
+"""How good a placement is, scored the same way for every contender.
+
+The headline is the fleet's **aggregate demand served**: the requests/s served within the SLO,
+summed over deployments, over the requests/s they ask for in total. A mean of per-deployment
+served fractions is reported beside it, with the worst decile, but it is not the headline: it
+counts a deployment asking for 1 req/s like one asking for 1,000, so it hides large deployments
+going short.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,18 @@ from typing import Any
 from goodput.operator.inventory import GpuNode
 from goodput.operator.placement import ModelDemand, PlacementPlan, PlacementSolver
 from goodput.operator.placement.pools import group_pools, pool_key
-from goodput.operator.placement.ranking import DemandReplicaCount
+
+
+def served_fractions(plan: PlacementPlan, demands: Sequence[ModelDemand]) -> list[float]:
+    """min(capacity, target) / target per deployment that has a target rate."""
+    out = []
+    for d in demands:
+        target = d.target.target_rps or 0.0
+        if target > 0:
+            placed = plan.deployments.get(d.name)
+            rps = placed.requests_per_second if placed else 0.0
+            out.append(min(rps, target) / target)
+    return out
 
 
 def score(
@@ -18,135 +36,80 @@ def score(
     demands: Sequence[ModelDemand],
     solver: PlacementSolver,
 ) -> dict[str, Any]:
-    """Metrics of one plan, computed the same way for every contender.
+    """Metrics of one plan.
 
-    A deployment is pending while it has fewer than its minimum replicas, or less SLO capacity
-    than its target rate and fewer than its maximum replicas. Stranded GPUs: free GPUs of a type
-    on which some pending deployment can meet its SLO, on nodes whose free count is too small for
-    that deployment's smallest one-node shape although an empty node of the type would hold it
-    (lost to fragmentation). Idle GPUs: free GPUs of types no pending deployment can use at all
-    (its preference excludes them, its SLO cannot be met there, or nothing is pending).
+    Idle GPUs: free GPUs that could hold one more replica of a deployment whose demand is not
+    all served (below its target rate and its maximum replicas): on each node, the free GPUs in
+    whole groups of the smallest one-node shape any such deployment has on that node's GPU type.
+    Those are GPUs left idle while demand that fits them waits.
     """
     by_name = {n.name: n for n in nodes}
-    fleet_gpus = sum(n.gpus for n in nodes)
-    foreign = sum(n.allocated for n in nodes)
     used = sum(r.gpus for d in plan.deployments.values() for r in d.replicas)
-    crossing = 0
-    cross_rack_links = 0
-    tp_groups = 0
+    tp_crossing = 0
+    pp_links_crossing = 0
     for d in plan.deployments.values():
         for r in d.replicas:
-            tp_groups += r.pipeline
             if len(r.stages) > r.pipeline:  # a tensor group split over nodes
-                crossing += 1
-            racks = [(by_name[s.node].zone, by_name[s.node].rack) for s in r.stages]
-            cross_rack_links += sum(a != b for a, b in pairwise(racks))
-    demand_by_name = {d.name: d for d in demands}
-    pending = [
-        demand_by_name[name]
-        for name, d in plan.deployments.items()
-        if len(d.replicas) < max(1, demand_by_name[name].min_replicas)
-        or (
-            d.requests_per_second < (demand_by_name[name].target.target_rps or 0.0) * 0.999
-            and len(d.replicas) < demand_by_name[name].max_replicas
-        )
-    ]
+                tp_crossing += 1
+            domains = [by_name[s.node].domain for s in r.stages]
+            if len(r.stages) == r.pipeline:
+                pp_links_crossing += sum(a != b for a, b in pairwise(domains))
     pools = group_pools(nodes)
-    threshold: dict[tuple[str, str, int], int] = {}  # smallest one-node group a pending one needs
+    need: dict[tuple[str, str, int], int] = {}  # smallest one-node group unserved demand fits
+    short = 0
     seen: set[tuple[object, ...]] = set()
-    for d in pending:
-        sig = (d.model, d.target.concurrency, d.target.tpot_s, d.target.ttft_s, d.gpu_types)
+    for d in demands:
+        placed = plan.deployments.get(d.name)
+        rps = placed.requests_per_second if placed else 0.0
+        count = len(placed.replicas) if placed else 0
+        target = d.target.target_rps or 0.0
+        if count >= max(1, d.min_replicas) and (rps >= target * 0.999 or count >= d.max_replicas):
+            continue
+        short += 1
+        sig = (d.model, d.target.ttft_s, d.target.tpot_s, d.target.concurrency, d.gpu_types,
+               d.tensor, d.pipeline)  # fmt: skip
         if sig in seen:
             continue
         seen.add(sig)
         options, _ = solver.options(d, pools.values())
         for option in options:
-            if option.shape.pipeline == 1:
-                key = option.pool.key
-                threshold[key] = min(threshold.get(key, 1 << 30), option.shape.tensor)
-    stranded = 0
+            for shape in (option.shape, *(s for s, _ in option.fallbacks)):
+                if shape.pipeline == 1:
+                    key = option.pool.key
+                    need[key] = min(need.get(key, 1 << 30), shape.tensor)
     idle = 0
-    partial_nodes = 0
     for name, free in plan.free_gpus.items():
-        node = by_name[name]
-        if 0 < free < node.gpus:
-            partial_nodes += 1
-        need = threshold.get(pool_key(node))
-        if need is None:
-            idle += free
-        elif free < need <= node.gpus:
-            stranded += free
-    slo_rps = 0.0
-    target_rps = 0.0
-    served_fractions = []
-    ideal_gpus = 0.0  # GPUs the served demand would take at each model's best rps per GPU
-    wanted_gpus = 0
-    ideal_cost = 0.0  # GPU cost the served demand would take at each model's best rps per cost
-    counter = DemandReplicaCount()
-    best: dict[tuple[object, ...], tuple[float, int, float]] = {}
-    for name, d in plan.deployments.items():
-        demand = demand_by_name[name]
-        target = demand.target.target_rps or 0.0
-        if not target:
-            continue
-        sig = (demand.model, demand.target, demand.gpu_types, demand.tensor)
-        if sig not in best:
-            options, _ = solver.options(demand, pools.values())
-            per_gpu = max((o.requests_per_second / o.shape.gpus for o in options), default=0.0)
-            per_cost = max((o.capacity_per_cost for o in options), default=0.0)
-            top = options[0] if options else None
-            best[sig] = (
-                per_gpu,
-                counter.desired(demand, top.requests_per_second) * top.shape.gpus if top else 0,
-                per_cost,
-            )
-        per_gpu, wanted, per_cost = best[sig]
-        served = min(d.requests_per_second, target)
-        target_rps += target
-        slo_rps += served
-        served_fractions.append(served / target)
-        wanted_gpus += wanted
-        if per_gpu > 0:
-            ideal_gpus += served / per_gpu
-            ideal_cost += served / per_cost
+        group = need.get(pool_key(by_name[name]))
+        if group is not None and free >= group:
+            idle += free // group * group
+    fractions = served_fractions(plan, demands)
+    target_rps = sum(d.target.target_rps or 0.0 for d in demands)
+    served = sum(
+        min(plan.deployments[d.name].requests_per_second, d.target.target_rps or 0.0)
+        for d in demands
+        if d.name in plan.deployments
+    )
+    worst = sorted(fractions)[: max(1, len(fractions) // 10)]
     replicas = sum(len(d.replicas) for d in plan.deployments.values())
-    cost = sum(
-        s.gpus * by_name[s.node].gpu.relative_cost_per_hour
-        for d in plan.deployments.values()
-        for r in d.replicas
-        for s in r.stages
-    )
-    infeasible = sum(
-        1 for d in plan.deployments.values() for r in d.replicas if r.requests_per_second <= 0
-    )
     return {
         "deployments": len(demands),
-        "deployments_placed": sum(d.placed for d in plan.deployments.values()),
-        "deployments_not_pending": len(demands) - len(pending),
+        "deployments_short": short,
         "replicas": replicas,
-        "replicas_missing_slo": infeasible,
-        "fleet_gpus": fleet_gpus,
-        "gpus_held_by_others": foreign,
-        "gpus_used": used,
-        "gpus_free": sum(plan.free_gpus.values()),
-        "stranded_gpus": stranded,
-        "stranded_pct": round(100.0 * stranded / fleet_gpus, 2),
-        "idle_gpus": idle,
-        "partially_used_nodes": partial_nodes,
-        "tp_groups": tp_groups,
-        "tp_groups_crossing_domains": crossing,
-        "pipeline_links_across_racks": cross_rack_links,
-        "target_rps": round(target_rps, 1),
-        "slo_rps_served": round(slo_rps, 1),
-        "demand_served_pct": round(100.0 * slo_rps / target_rps, 2) if target_rps else 0.0,
-        "slo_rps_per_gpu": round(slo_rps / used, 3) if used else 0.0,
-        "mean_demand_served_pct": round(
-            100.0 * sum(served_fractions) / max(1, len(served_fractions)), 2
+        "replicas_missing_slo": sum(
+            1 for d in plan.deployments.values() for r in d.replicas if r.requests_per_second <= 0
         ),
-        # 1.0: every GPU used serves its model's SLO traffic at the best rate any GPU type and
-        # shape of the fleet could give it; excess replicas and slow choices lower it.
-        "slo_efficiency": round(ideal_gpus / used, 3) if used else 0.0,
-        "slo_cost_efficiency": round(ideal_cost / cost, 3) if cost else 0.0,
-        "gpu_cost_per_hour_h100_units": round(cost, 1),
-        "gpus_wanted_at_best_choice": wanted_gpus,
+        "fleet_gpus": sum(n.gpus for n in nodes),
+        "gpus_held_by_others": sum(n.allocated for n in nodes),
+        "gpus_used": used,
+        "idle_gpus": idle,
+        "tp_groups_crossing_domains": tp_crossing,
+        "pp_links_crossing_domains": pp_links_crossing,
+        "target_rps": round(target_rps, 1),
+        "slo_rps_served": round(served, 1),
+        "demand_served_pct": round(100.0 * served / target_rps, 2) if target_rps else 0.0,
+        "mean_served_fraction_pct": round(100.0 * sum(fractions) / max(1, len(fractions)), 2),
+        "worst_decile_served_fraction_pct": round(100.0 * sum(worst) / len(worst), 2)
+        if fractions
+        else 0.0,
+        "slo_rps_per_gpu": round(served / used, 3) if used else 0.0,
     }

@@ -64,9 +64,18 @@ def _facts() -> dict[tuple[str, str], ModelFacts]:
 
 
 def workload(
-    count: int, nodes: Sequence[GpuNode], solver: PlacementSolver, *, load: float, seed: int
+    count: int,
+    nodes: Sequence[GpuNode],
+    solver: PlacementSolver,
+    *,
+    load: float,
+    seed: int,
+    placeable_only: bool = False,
 ) -> list[ModelDemand]:
-    """``count`` deployments whose demand adds up to about ``load`` x the fleet's free GPUs."""
+    """``count`` deployments whose demand adds up to about ``load`` x the fleet's free GPUs.
+
+    ``placeable_only``: draw again (up to 20 times) a model the solver has no option for on
+    this fleet (the small instances, whose solver has no pipeline-parallel shapes)."""
     rng = random.Random(seed)
     facts = _facts()
     models = [(name, quant) for name, quant, _ in MODEL_MIX]
@@ -74,7 +83,14 @@ def workload(
     pools = list(group_pools(nodes).values())
     drafts: list[tuple[ModelDemand, float, float]] = []  # demand, GPU weight, rps per GPU
     for i in range(count):
-        name, quant = rng.choices(models, model_weights)[0]
+        for _ in range(20 if placeable_only else 1):
+            name, quant = rng.choices(models, model_weights)[0]
+            if not placeable_only or solver.options(
+                ModelDemand("probe", facts[(name, quant)],
+                            ServingTarget(6.0, 0.15, PROMPT_TOKENS, OUTPUT_TOKENS, 128)),
+                pools,
+            )[0]:  # fmt: skip
+                break
         slo, ttft, tpot, concurrency, _ = rng.choices(SLO_CLASSES, [c[4] for c in SLO_CLASSES])[0]
         if "405b" in name and slo == "interactive":
             slo, ttft, tpot, concurrency = "standard", 2.0, 0.08, 64
