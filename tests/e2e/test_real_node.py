@@ -23,12 +23,12 @@ import pytest
 import yaml
 
 from goodput.dev import images
-from goodput.dev.fleet import GPU_RESOURCE, Fleet
+from goodput.dev.fleet import GPU_RESOURCE
 from goodput.dev.fleet import REAL_NODE_LABEL as NODE_LABEL
 from goodput.dev.node import LocalNode
 from goodput.dev.stack import ready_endpoint
-from goodput.dev.tiny_model import ensure_tiny_model
 
+from .conftest import real_node_operator
 from .test_operator import OperatorProcess
 from .waiting import wait_for
 
@@ -54,27 +54,12 @@ def _get(cluster: LocalCluster, *args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def node(cluster: LocalCluster) -> LocalNode:
-    spec = Fleet.load("default").real_node
-    assert spec is not None, "the default fleet names a real node"
-    return cluster.real_node(spec)
-
-
-@pytest.fixture(scope="module")
 def operator(
     cluster: LocalCluster, node: LocalNode, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    node.provide_models(NAMESPACE, {"tiny-llama": ensure_tiny_model()}, MODELS_CLAIM)
     log = tmp_path_factory.mktemp("real-node-operator") / "operator.log"
-    process = OperatorProcess(cluster.kubeconfig, NAMESPACE, log, env=node.operator_env())
-    process.start()
-    try:
+    with real_node_operator(cluster, node, NAMESPACE, log) as process:
         yield process
-    finally:
-        process.stop()
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
 def _explain(cluster: LocalCluster, operator: OperatorProcess) -> str:
