@@ -14,7 +14,6 @@ from goodput.api.gateway_config import (
     AdapterObjectives,
     GatewayConfig,
     LoRAServing,
-    PriorityClass,
 )
 from goodput.serving.adapters import LOAD_PATH, UNLOAD_PATH, AdapterSet, AdapterSlots
 from goodput.serving.auth import Tenant
@@ -125,7 +124,6 @@ def test_an_adapter_has_its_own_objectives_and_class_where_its_tenant_may_use_it
             ],
         }
     )
-    assert isinstance(config.priority_classes[0], PriorityClass)
     entry = AdapterEntry(
         name="sql", path="/a", slo=AdapterObjectives(ttft_ms=400), priority="interactive"
     )
