@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -153,6 +154,8 @@ def main(
     seed: int,
 ) -> None:
     """Replay AlpacaEval prompts against a fixed choice of model and the cascade."""
+    # A timeout's SIGTERM unwinds the stacks: the engines, gateways and routers stop with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     data = shared_data_dir()
     workdir = Path(tempfile.mkdtemp(prefix="goodput-bench-cascade-"))
