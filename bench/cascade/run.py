@@ -49,6 +49,7 @@ FloatArray = npt.NDArray[np.float64]
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SHARES = np.round(np.linspace(0.0, 1.0, 21), 2)
 HEADLINE_SHARE = 0.3
+SERVING_PARTS = ("serving", "serving_stand_in")  # written by serve.py, kept across reruns
 N_FOLDS = 5
 N_BOOT = 2000
 PAIRS = (
@@ -285,10 +286,10 @@ def main() -> None:
         "summary": summary(pairs[0]),
         "pairs": pairs,
         # The serving run (bench/cascade/serve.py) writes its own part; kept across reruns.
-        **{k: v for k, v in previous.items() if k == "serving"},
+        **{k: v for k, v in previous.items() if k in SERVING_PARTS},
     }
-    if "serving" in previous:
-        document["summary"].update(previous["serving"].get("summary", {}))
+    for part in SERVING_PARTS:
+        document["summary"].update(previous.get(part, {}).get("summary", {}))
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     plot(pairs, args.out.with_suffix(".png"))
     for pair in pairs:

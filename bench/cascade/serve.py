@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -68,6 +69,8 @@ RESULTS = REPO / "bench" / "results" / "cascade.json"
 SMALL, LARGE = "tiny-small", "tiny-large"
 STANDS_FOR = {SMALL: "Mistral-7B-Instruct-v0.2", LARGE: "gpt4_1106_preview"}
 LOGICAL = "assistant"
+# Each request asks for its scaled true length (max_tokens, ignore_eos): bench/serving's default.
+ENFORCE = "max-tokens"
 SPECS = {
     SMALL: TinyLlamaSpec(),
     LARGE: TinyLlamaSpec(
@@ -113,11 +116,31 @@ def engines(workdir: Path) -> Iterator[dict[str, EngineProcess]]:
         yield procs
 
 
+@contextmanager
+def stand_in_engines(workdir: Path) -> Iterator[dict[str, Any]]:
+    """Fake engines (``tests/gateway/fake_engine.py``) whose steps take as long as the real
+    tiny Llamas' roughly do, the large one ten times the small one's: the router, gateways and
+    load are real, the engines are not. For a machine where vLLM cannot run in time."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from gateway.conftest import running_server
+    from gateway.fake_engine import FakeEngine
+
+    steps = {SMALL: 0.002, LARGE: 0.02}
+    with ExitStack() as stack:
+        procs: dict[str, Any] = {}
+        for name, step in steps.items():
+            engine = FakeEngine(model=name, step_base_s=step, step_per_request_s=step / 4)
+            url, _ = stack.enter_context(running_server(engine.app))
+            facts = SimpleNamespace(kv_cache_tokens=16384)
+            procs[name] = SimpleNamespace(url=url, model_name=name, facts=facts)
+        yield procs
+
+
 def unloaded(url: str, model: str, corpus: Corpus) -> SLO:
     """Median TTFT and TPOT of requests sent one at a time."""
     loose = SLO(3600.0, 3600.0)
     outs = [
-        asyncio.run(replay(url, model, [r], [0.0], loose))[0]
+        asyncio.run(replay(url, model, [r], [0.0], loose, enforce=ENFORCE))[0]
         for r in corpus.take(8, offset=len(corpus.requests) // 2)
     ]
     ttft = [o.ttft_s for o in outs if o.ttft_s is not None]
@@ -144,6 +167,11 @@ def verdicts() -> dict[str, dict[int, float]]:
 @click.option("--share", type=float, default=0.3, help="The cascade's maxLargeShare.")
 @click.option("--output-scale", type=float, default=0.25)
 @click.option("--seed", type=int, default=7)
+@click.option(
+    "--stand-in/--vllm",
+    default=False,
+    help="Fake engines instead of vLLM (results under `serving_stand_in`).",
+)
 def main(
     rate: float,
     seconds: float,
@@ -152,6 +180,7 @@ def main(
     share: float,
     output_scale: float,
     seed: int,
+    stand_in: bool,
 ) -> None:
     """Replay AlpacaEval prompts against a fixed choice of model and the cascade."""
     # A timeout's SIGTERM unwinds the stacks: the engines, gateways and routers stop with us.
@@ -170,7 +199,8 @@ def main(
                              rate, seed).tolist()  # fmt: skip
     judged = verdicts()
     results: dict[str, Any] = {}
-    with engines(workdir) as procs, ExitStack() as stack:
+    start_engines = stand_in_engines if stand_in else engines
+    with start_engines(workdir) as procs, ExitStack() as stack:
         loose = SLO(60.0, 1.0)
         plain = {
             name: stack.enter_context(gateway("slo", p, loose, workdir / f"gw-{name}.log"))
@@ -178,7 +208,9 @@ def main(
         }
         for name, url in plain.items():  # warm-up: shapes compiled outside the measurements
             warm = corpus.take(8, offset=len(corpus.requests) // 3)
-            asyncio.run(replay(url, name, warm, [0.0] * len(warm), SLO(3600.0, 3600.0)))
+            asyncio.run(
+                replay(url, name, warm, [0.0] * len(warm), SLO(3600.0, 3600.0), enforce=ENFORCE)
+            )
         base = {name: unloaded(url, name, corpus) for name, url in plain.items()}
         slo = SLO(base[LARGE].ttft_s * ttft_scale, base[LARGE].tpot_s * tpot_scale)
         click.echo(f"unloaded {base}; SLO {slo}")
@@ -202,7 +234,15 @@ def main(
                 for proc in procs.values():
                     routing.serving.wait_idle(proc.url)
                 outcomes = asyncio.run(
-                    replay(router.url, model, requests, arrivals, slo, id_prefix=contender)
+                    replay(
+                        router.url,
+                        model,
+                        requests,
+                        arrivals,
+                        slo,
+                        enforce=ENFORCE,
+                        id_prefix=contender,
+                    )
                 )
                 names = list(logs)
                 served = {
@@ -227,8 +267,9 @@ def main(
                 f"TTFT p99 {row['ttft_p99_ms']} ms"
             )
     document = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"summary": {}}
+    part = "serving_stand_in" if stand_in else "serving"
     summary = {
-        f"serving-{name}": {
+        f"{part.replace('_', '-')}-{name}": {
             "slo_attainment": round(row["attainment"], 4),
             "large_share": round(row["large_share"], 4),
             "judge_mean_verdict": None
@@ -238,9 +279,11 @@ def main(
         }
         for name, row in results.items()
     }
-    document["serving"] = {
+    document[part] = {
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "engines": {n: vars(s) for n, s in SPECS.items()},
+        "engines": "tests/gateway/fake_engine.py, steps 2 ms / 20 ms"
+        if stand_in
+        else {n: vars(s) for n, s in SPECS.items()},
         "stands_for": STANDS_FOR,
         "rate": rate,
         "requests": count,
