@@ -75,7 +75,7 @@ def operator(
         "GOODPUT_AUTOSCALING_INTERVAL_S": str(TICK_S),
         "GOODPUT_AUTOSCALING_REPLICA_RPS": str(REPLICA_RPS),
         "GOODPUT_AUTOSCALING_SCALE_DOWN_INTERVAL_S": "5",
-        "GOODPUT_ROUTER_HOLD_S": "300",
+        "GOODPUT_ROUTER_HOLD_S": "1200",  # CPU cold starts here took 80-330 s
     }
     with real_node_operator(cluster, node, NAMESPACE, log, env) as process:
         yield process
