@@ -7,8 +7,9 @@ lives by where it sends the requests. This scorer rates a replica
 - 1 when its gateway reports the adapter loaded, or this router sent it a request for the
   adapter within ``remember_s`` (the load happens before the next report says so);
 - 0.5 for the adapter's *home* when no replica has it: the first replica in the rendezvous order
-  of its name that is not overloaded, the same on every router, so that routers agree where a
-  cold adapter is loaded instead of each loading it somewhere else;
+  of its name that is not overloaded and has a free adapter slot (else the first not
+  overloaded), the same on every router, so that routers agree where a cold adapter is loaded
+  instead of each loading it somewhere else, and a load evicts nothing while a slot is free;
 - 0 otherwise,
 
 and — as the prefix and session scorers do — gives no affinity to a replica above the bounded
@@ -72,13 +73,26 @@ class AdapterAffinityScorer:
             if has and not o:
                 scores[i] = 1.0
         if not any(loaded):
-            by_name = {e.name: i for i, e in enumerate(endpoints)}
-            names = [e.name for e in endpoints]
-            for name in rendezvous_rank(stable_hash(request.model), names):
-                if not over[by_name[name]]:
-                    scores[by_name[name]] = self.HOME_SCORE
-                    break
+            order = rendezvous_rank(stable_hash(request.model), [e.name for e in endpoints])
+            index = {e.name: i for i, e in enumerate(endpoints)}
+            calm = [index[name] for name in order if not over[index[name]]]
+            roomy = [i for i in calm if self._free_slots(endpoints[i]) > 0]
+            if roomy or calm:
+                scores[(roomy or calm)[0]] = self.HOME_SCORE
         return scores
+
+    def _free_slots(self, endpoint: Endpoint) -> int:
+        """Slots its gateway has left, counting the adapters this router sent it since."""
+        reported = _adapters(endpoint)
+        if reported is None:
+            return 0
+        now = self.clock()
+        sent = {
+            a
+            for (name, a), t in self._sent.items()
+            if name == endpoint.name and now - t <= self.remember_s
+        }
+        return reported.capacity - len(set(reported.loaded) | sent)
 
     def chosen(self, request: RoutingRequest, endpoint: Endpoint) -> None:
         reported = _adapters(endpoint)

@@ -95,3 +95,13 @@ def test_the_pipeline_composes_it_and_the_router_counts_cold_loads() -> None:
     registry.register(AdapterColdLoads("r", lambda: [s for s, _ in pipeline.scorers]))
     text = generate_latest(registry).decode()
     assert 'goodput_router_adapter_cold_loads_total{adapter="chat",router="r"} 1.0' in text
+
+
+def test_a_cold_adapter_is_homed_where_a_slot_is_free() -> None:
+    clock = Clock()
+    scorer = AdapterAffinityScorer(bounded_load=1.25, clock=clock)
+    full = [replica("a", ["sql", "chat"]), replica("b", ["sql", "chat"]), replica("c", ["chat"])]
+    assert scorer.score(for_model("docs"), full) == [0.0, 0.0, 0.5]
+    # What this router sent counts before the report says so: c is full now too.
+    scorer.chosen(for_model("sql"), full[2])
+    assert sorted(scorer.score(for_model("docs"), full)) == [0.0, 0.0, 0.5], "any, none free"
