@@ -889,10 +889,15 @@ class LLMDeploymentSpec(_Spec):
         populate_by_name=True,
         frozen=True,
         json_schema_extra=_cel(
-            _rule("!self.adapters.exists(a, a.name == self.model.name)", _ADAPTER_SHADOWS_MODEL),
+            # adapters and scheduling may be absent from a stored object: guard with has().
             _rule(
-                "!self.adapters.exists(a, has(a.priority) && "
-                "!self.scheduling.priorityClasses.exists(p, p.name == a.priority))",
+                "!has(self.adapters) || !self.adapters.exists(a, a.name == self.model.name)",
+                _ADAPTER_SHADOWS_MODEL,
+            ),
+            _rule(
+                "!has(self.adapters) || !self.adapters.exists(a, has(a.priority) && "
+                "!(has(self.scheduling) && has(self.scheduling.priorityClasses) && "
+                "self.scheduling.priorityClasses.exists(p, p.name == a.priority)))",
                 _ADAPTER_PRIORITY,
             ),
             _rule(

@@ -94,4 +94,4 @@ def test_the_gateway_prices_a_prompt_by_what_its_engine_would_still_prefill() ->
     assert held.uncached_tokens(context + "q" * 40, [], 90) == 90 - 20 * 4
     assert held.uncached_tokens("", list(range(64)), 64) == 64
     held.record("", list(range(64)))
-    assert held.uncached_tokens("", list(range(64)) + [7, 7, 7, 7], 68) == 4
+    assert held.uncached_tokens("", [*range(64), 7, 7, 7, 7], 68) == 4
