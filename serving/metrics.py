@@ -167,6 +167,9 @@ class GatewayMetrics:
             _LATENCY_BUCKETS,
             BASE_LABELS,
         )
+        # Zero series from the start: a dashboard's "no cold loads yet" is 0, not an empty panel.
+        self.adapter_cold_loads.labels(**self._base)
+        self.adapter_load_seconds.labels(**self._base)
         self.generated_tokens = Counter(
             "goodput_generated_tokens", "Output tokens generated.", BASE_LABELS, registry=registry
         ).labels(**self._base)
