@@ -293,15 +293,22 @@ def test_concurrent_creations_never_book_a_gpu_twice(cluster: LocalCluster, ns: 
         cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
         peak: dict[str, int] = {}
 
-        def settled() -> dict[str, dict[str, Any]] | None:
-            for node, gpus in booked_gpus(cluster, ns, nodes).items():
+        def snapshot() -> dict[str, int]:
+            booked = booked_gpus(cluster, ns, nodes)
+            for node, gpus in booked.items():
                 peak[node] = max(peak.get(node, 0), gpus)
                 assert gpus <= 4, f"{node} booked {gpus} of its 4 GPUs"
+            return booked
+
+        def settled() -> dict[str, dict[str, Any]] | None:
+            snapshot()
             conds = {name: placed(cluster, ns, name) for name in names}
             if any(c is None for c in conds.values()):
                 return None
             ok = [name for name, c in conds.items() if c and c["status"] == "True"]
-            if sum(booked_gpus(cluster, ns, nodes).values()) != 2 * len(ok):
+            # The bookings are read again after the conditions (a replica Deployment can land
+            # between the two reads); the same read feeds the peak, so it cannot miss them.
+            if sum(snapshot().values()) != 2 * len(ok):
                 return None
             return {name: c for name, c in conds.items() if c}
 
